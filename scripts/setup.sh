@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up everything geneve needs on a fresh Debian machine (run as root): system tools for the
+# namespace tests and the demo, then a virtualenv in .venv with geneve and its test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v ping >/dev/null || need_apt+=(iputils-ping)
+command -v nc >/dev/null || need_apt+=(netcat-openbsd)
+command -v gcc >/dev/null || need_apt+=(gcc)
+command -v tshark >/dev/null || need_apt+=(tshark)
+command -v python3 >/dev/null || need_apt+=(python3 python3-dev python3-venv)
+python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test,bench]'
+.venv/bin/python -c 'import geneve.checksum as c; print("setup: geneve installed, checksum implementation:", c.IMPLEMENTATION)'

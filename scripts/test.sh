@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up, then run every test (codec, pipeline, appliance in network namespaces), the checksum
+# tests again under the pure-Python fallback, and the type and lint checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/python -m pytest -q "$@"
+GENEVE_PURE_PYTHON=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_checksum.py tests/test_packet.py tests/test_pipeline.py
+.venv/bin/mypy --strict src
+.venv/bin/ruff check src tests benchmarks

@@ -1,0 +1,74 @@
+"""geneve: a zero-copy Geneve codec and toolkit for AWS Gateway Load Balancer appliances.
+
+Layers, lowest first; nothing imports a layer above it:
+
+- the codec (sans-I/O): :mod:`geneve.checksum`, header views, :class:`Packet`, errors;
+- the pipeline: :func:`process` (parse, modifier, verdict, swap, fix) and :mod:`geneve.rules`;
+- the appliance: :class:`Appliance` (sockets, workers, signals, health);
+- entry points: ``python -m geneve.appliance``, ``python -m geneve.replay``, the emulator.
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    FragmentError,
+    GeneveError,
+    MalformedError,
+    NotGeneveError,
+    PacketTooLargeError,
+    TruncatedError,
+    UnsupportedError,
+)
+from ._headers import (
+    ETH_P_IPV4,
+    ETH_P_IPV6,
+    ETH_P_TEB,
+    GENEVE_PORT,
+    GWLB_OPTION_CLASS,
+    GWLB_OPTION_CLASSES,
+    ICMP,
+    TCP,
+    UDP,
+    Geneve,
+    GeneveOption,
+    GwlbMetadata,
+    IPv4,
+    IPv6,
+)
+from ._packet import MAX_FRAME_LENGTH, MAX_INNER_LENGTH, Packet, build_frame
+from ._pipeline import ErrorPolicy, Modifier, Stats, Verdict, process
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ETH_P_IPV4",
+    "ETH_P_IPV6",
+    "ETH_P_TEB",
+    "GENEVE_PORT",
+    "GWLB_OPTION_CLASS",
+    "GWLB_OPTION_CLASSES",
+    "ICMP",
+    "MAX_FRAME_LENGTH",
+    "MAX_INNER_LENGTH",
+    "TCP",
+    "UDP",
+    "ErrorPolicy",
+    "FragmentError",
+    "Geneve",
+    "GeneveError",
+    "GeneveOption",
+    "GwlbMetadata",
+    "IPv4",
+    "IPv6",
+    "MalformedError",
+    "Modifier",
+    "NotGeneveError",
+    "Packet",
+    "PacketTooLargeError",
+    "Stats",
+    "TruncatedError",
+    "UnsupportedError",
+    "Verdict",
+    "build_frame",
+    "process",
+]

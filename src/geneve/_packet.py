@@ -1,0 +1,625 @@
+"""A whole GWLB frame over one bytearray: outer IPv4 | UDP | Geneve | inner IP | L4 | payload.
+
+Two-phase parse. :meth:`Packet.parse` checks the outer IPv4, UDP and Geneve headers with three
+precompiled struct unpacks and stores offsets; the inner IP and L4 headers are parsed the first
+time something asks for them. Nothing is copied: accessors return offsets, ints, memoryviews or
+views (see ``_headers``) over the same buffer, and edits write into it.
+
+Edits that change a length (payload replacement) rewrite every length field at once and mark
+the packet modified; the checksums are then fixed in one call (one crossing into C) by
+:meth:`Packet.fix_checksums`, which the pipeline runs after the modifier.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from ._errors import (
+    FragmentError,
+    GeneveError,
+    MalformedError,
+    NotGeneveError,
+    PacketTooLargeError,
+    TruncatedError,
+    UnsupportedError,
+)
+from ._headers import (
+    ETH_P_IPV4,
+    ETH_P_IPV6,
+    ETH_P_TEB,
+    GENEVE_PORT,
+    GWLB_OPTION_CLASS,
+    ICMP,
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    TCP,
+    UDP,
+    Geneve,
+    GwlbMetadata,
+    IPv4,
+    IPv6,
+)
+from .checksum import OuterUdpPolicy, fix_frame, internet_checksum, ones_complement_sum
+
+__all__ = ["MAX_FRAME_LENGTH", "MAX_INNER_LENGTH", "Packet", "build_frame"]
+
+#: GWLB sends inner packets of up to 8500 bytes (AWS GWLB docs, "MTU").
+MAX_INNER_LENGTH = 8500
+#: outer IPv4 (20) + UDP (8) + Geneve (8) + the three GWLB options (32) = 68 bytes.
+GWLB_ENCAP_LENGTH = 68
+#: The largest frame GWLB sends; a receive buffer must hold at least this much.
+MAX_FRAME_LENGTH = MAX_INNER_LENGTH + GWLB_ENCAP_LENGTH
+
+_IP4 = struct.Struct("!BxHxxHxB")  # version/IHL, total length, flags/fragment offset, protocol
+_UDP = struct.Struct("!HHHH")
+_GENEVE = struct.Struct("!BBH")
+_U16 = struct.Struct("!H")
+_IP6_LEN_NH = struct.Struct("!HB")
+# The option headers of the GWLB layout: class 0x0108 type 1 and 2 with 2 words, type 3 with 1.
+_GWLB_OPTS = struct.Struct("!I8xI8xI4x")
+_GWLB_OPT_WORDS = (0x01080102, 0x01080202, 0x01080301)
+_GWLB_VALUES = struct.Struct("!4xQ4xQ4xI")
+_SWAP = struct.Struct("!II")
+
+# IPv6 extension headers that may stand between the fixed header and the L4 header, and
+# whose length is (byte 1 + 1) * 8 (RFC 8200 4.1).
+_IP6_EXT = frozenset((0, 43, 60))
+_IP6_FRAGMENT = 44
+
+_ETH_VLAN = (0x8100, 0x88A8)
+
+
+class Packet:
+    """A GWLB frame, parsed in place. Build one with :meth:`parse`."""
+
+    __slots__ = (
+        "_inner_done",
+        "buf",
+        "geneve_offset",
+        "inner_offset",
+        "ip_end",
+        "ip_offset",
+        "ip_version",
+        "is_fragment",
+        "l4_offset",
+        "l4_protocol",
+        "length",
+        "modified",
+        "payload_offset",
+        "protocol_type",
+        "udp_offset",
+    )
+
+    buf: bytearray
+    length: int  # bytes of the frame (the outer IPv4 total length)
+    udp_offset: int
+    geneve_offset: int
+    inner_offset: int  # first byte after the Geneve header and its options
+    protocol_type: int  # Geneve protocol type of the inner packet
+    modified: bool  # set by every edit; the pipeline fixes checksums when it is true
+    # Filled by the lazy inner parse; -1 / 0 where there is no such layer.
+    ip_offset: int
+    ip_version: int
+    ip_end: int
+    is_fragment: bool
+    l4_offset: int
+    l4_protocol: int
+    payload_offset: int
+
+    @classmethod
+    def parse(
+        cls,
+        buf: bytearray | bytes | memoryview,
+        length: int | None = None,
+        *,
+        port: int = GENEVE_PORT,
+    ) -> Packet:
+        """Check the outer IPv4, UDP and Geneve headers of ``buf[:length]``.
+
+        A ``bytearray`` is used in place (edits write into it); anything else is copied once.
+        Raises :class:`NotGeneveError` for IPv4 that is not UDP to ``port`` and another
+        :class:`GeneveError` for anything malformed. The inner packet is parsed later, when
+        first used, or at once by :meth:`parse_inner`.
+        """
+        if type(buf) is not bytearray:
+            buf = bytearray(buf[:length] if length is not None else buf)
+        n = len(buf) if length is None else length
+        if n > len(buf) or n < 0:
+            raise ValueError("length is beyond the buffer")
+        if n < 20:
+            raise TruncatedError("shorter than an IPv4 header", "outer-truncated")
+        vihl, total, frag, proto = _IP4.unpack_from(buf)
+        if vihl >> 4 != 4:
+            raise NotGeneveError("outer header is not IPv4", "not-ipv4")
+        ihl = (vihl & 0x0F) << 2
+        if ihl < 20:
+            raise MalformedError(f"outer IPv4 IHL {ihl // 4} is below 5", "outer-ihl")
+        if total < ihl:
+            raise MalformedError("outer IPv4 total length is below its IHL", "outer-length")
+        if total > n:
+            raise TruncatedError(
+                f"outer IPv4 total length {total} exceeds the {n} bytes received",
+                "outer-truncated",
+            )
+        if proto != IPPROTO_UDP:
+            raise NotGeneveError(f"IP protocol {proto} is not UDP", "not-udp")
+        if frag & 0x3FFF:
+            raise UnsupportedError("outer IPv4 fragment", "outer-fragment")
+        if total < ihl + 8:
+            raise TruncatedError("no room for the outer UDP header", "outer-truncated")
+        _sport, dport, ulen, _ucsum = _UDP.unpack_from(buf, ihl)
+        if dport != port:
+            raise NotGeneveError(f"UDP port {dport} is not the Geneve port {port}", "not-geneve")
+        if ulen != total - ihl:
+            if ulen > total - ihl:
+                raise TruncatedError("UDP length runs past the IPv4 packet", "udp-length")
+            raise MalformedError("UDP length disagrees with the IPv4 length", "udp-length")
+        geneve = ihl + 8
+        if ulen < 16:
+            raise TruncatedError("shorter than a Geneve header", "geneve-truncated")
+        b0, _b1, ptype = _GENEVE.unpack_from(buf, geneve)
+        # RFC 8926 3.4: "Packets received by a tunnel endpoint with an unknown version MUST be
+        # dropped."
+        if b0 >> 6:
+            raise UnsupportedError(f"Geneve version {b0 >> 6}", "geneve-version")
+        opt_len = (b0 & 0x3F) << 2
+        inner = geneve + 8 + opt_len
+        if inner > total:
+            raise TruncatedError("Geneve options run past the UDP datagram", "geneve-options")
+        if opt_len and not (
+            opt_len == 32 and _GWLB_OPTS.unpack_from(buf, geneve + 8) == _GWLB_OPT_WORDS
+        ):
+            _check_options(buf, geneve + 8, inner)
+
+        self = cls.__new__(cls)
+        self.buf = buf
+        self.length = total
+        self.udp_offset = ihl
+        self.geneve_offset = geneve
+        self.inner_offset = inner
+        self.protocol_type = ptype
+        self.modified = False
+        self._inner_done = False
+        return self
+
+    # -- the inner packet, parsed on first use ------------------------------------------------
+
+    def parse_inner(self) -> None:
+        """Parse the inner IP and L4 headers now (raises :class:`GeneveError` if malformed)."""
+        if not self._inner_done:
+            self._parse_inner()
+
+    def _parse_inner(self) -> None:
+        buf = self.buf
+        off = self.inner_offset
+        end = self.length
+        ptype = self.protocol_type
+        self.ip_offset = self.ip_version = self.l4_protocol = 0
+        self.ip_offset = self.l4_offset = self.payload_offset = self.ip_end = -1
+        self.is_fragment = False
+        if ptype == ETH_P_TEB:
+            if off + 14 > end:
+                raise TruncatedError("inner Ethernet header truncated", "inner-truncated")
+            ptype = _U16.unpack_from(buf, off + 12)[0]
+            off += 14
+            if ptype in _ETH_VLAN:
+                if off + 4 > end:
+                    raise TruncatedError("inner VLAN tag truncated", "inner-truncated")
+                ptype = _U16.unpack_from(buf, off + 2)[0]
+                off += 4
+        if ptype == ETH_P_IPV4:
+            if off + 20 > end:
+                raise TruncatedError("inner IPv4 header truncated", "inner-truncated")
+            vihl, itotal, frag, proto = _IP4.unpack_from(buf, off)
+            if vihl >> 4 != 4:
+                raise MalformedError("inner packet is not IPv4", "inner-version")
+            ihl = (vihl & 0x0F) << 2
+            if ihl < 20 or itotal < ihl:
+                raise MalformedError("inner IPv4 IHL or total length is wrong", "inner-length")
+            ip_end = off + itotal
+            if ip_end > end:
+                raise TruncatedError("inner IPv4 runs past the frame", "inner-truncated")
+            self.ip_version = 4
+            self.ip_offset = off
+            self.ip_end = ip_end
+            self.l4_protocol = proto
+            if frag & 0x3FFF:
+                self.is_fragment = True
+            else:
+                self._parse_l4(off + ihl, proto, ip_end, False)
+        elif ptype == ETH_P_IPV6:
+            if off + 40 > end:
+                raise TruncatedError("inner IPv6 header truncated", "inner-truncated")
+            if buf[off] >> 4 != 6:
+                raise MalformedError("inner packet is not IPv6", "inner-version")
+            plen, nh = _IP6_LEN_NH.unpack_from(buf, off + 4)
+            ip_end = off + 40 + plen
+            if ip_end > end:
+                raise TruncatedError("inner IPv6 runs past the frame", "inner-truncated")
+            self.ip_version = 6
+            self.ip_offset = off
+            self.ip_end = ip_end
+            pos = off + 40
+            while nh in _IP6_EXT:
+                if pos + 8 > ip_end:
+                    raise TruncatedError("IPv6 extension header truncated", "inner-truncated")
+                nh, hlen = buf[pos], (buf[pos + 1] + 1) << 3
+                pos += hlen
+            if pos > ip_end:
+                raise TruncatedError("IPv6 extension header truncated", "inner-truncated")
+            self.l4_protocol = nh
+            if nh == _IP6_FRAGMENT:
+                self.is_fragment = True
+            else:
+                self._parse_l4(pos, nh, ip_end, True)
+        self._inner_done = True
+
+    def _parse_l4(self, l4: int, proto: int, ip_end: int, v6: bool) -> None:
+        room = ip_end - l4
+        if proto == IPPROTO_UDP:
+            if room < 8:
+                raise TruncatedError("inner UDP header truncated", "inner-l4-truncated")
+            if _U16.unpack_from(self.buf, l4 + 4)[0] != room:
+                raise MalformedError("inner UDP length disagrees with IP", "inner-udp-length")
+            payload = l4 + 8
+        elif proto == IPPROTO_TCP:
+            if room < 20:
+                raise TruncatedError("inner TCP header truncated", "inner-l4-truncated")
+            doff = (self.buf[l4 + 12] >> 4) << 2
+            if doff < 20 or doff > room:
+                raise MalformedError("inner TCP data offset is wrong", "inner-tcp-offset")
+            payload = l4 + doff
+        elif proto == (IPPROTO_ICMPV6 if v6 else IPPROTO_ICMP):
+            if room < 4:
+                raise TruncatedError("inner ICMP header truncated", "inner-l4-truncated")
+            payload = min(l4 + 8, ip_end)
+        else:
+            payload = l4  # an L4 this codec does not know: its bytes are all payload
+        self.l4_offset = l4
+        self.payload_offset = payload
+
+    def _inner(self) -> None:
+        if not self._inner_done:
+            self._parse_inner()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def data(self) -> memoryview:
+        """The frame's bytes, ready to send (a view; no copy)."""
+        return memoryview(self.buf)[: self.length]
+
+    def __bytes__(self) -> bytes:
+        return bytes(self.buf[: self.length])
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def outer(self) -> IPv4:
+        return IPv4(self.buf, 0, self)
+
+    @property
+    def outer_udp(self) -> UDP:
+        return UDP(self.buf, self.udp_offset, self)
+
+    @property
+    def geneve(self) -> Geneve:
+        return Geneve(self.buf, self.geneve_offset, self)
+
+    @property
+    def is_control(self) -> bool:
+        """The Geneve O bit: a control message, never to be forwarded as data (RFC 8926 3.4)."""
+        return bool(self.buf[self.geneve_offset + 1] & 0x80)
+
+    @property
+    def vni(self) -> int:
+        return int.from_bytes(self.buf[self.geneve_offset + 4 : self.geneve_offset + 7], "big")
+
+    @property
+    def gwlb(self) -> GwlbMetadata | None:
+        """GWLB endpoint id, attachment id and flow cookie, or None without GWLB options."""
+        g = self.geneve_offset
+        if self.inner_offset - g == 40 and _GWLB_OPTS.unpack_from(self.buf, g + 8) == (
+            _GWLB_OPT_WORDS
+        ):
+            endpoint, attachment, cookie = _GWLB_VALUES.unpack_from(self.buf, g + 8)
+            return GwlbMetadata(endpoint, attachment, cookie, GWLB_OPTION_CLASS)
+        return GwlbMetadata.from_geneve(self.geneve)
+
+    @property
+    def flow_cookie(self) -> int | None:
+        meta = self.gwlb
+        return None if meta is None else meta.flow_cookie
+
+    @property
+    def inner_ipv4(self) -> IPv4 | None:
+        self._inner()
+        return IPv4(self.buf, self.ip_offset, self) if self.ip_version == 4 else None
+
+    @property
+    def inner_ipv6(self) -> IPv6 | None:
+        self._inner()
+        return IPv6(self.buf, self.ip_offset, self) if self.ip_version == 6 else None
+
+    @property
+    def inner_ip(self) -> IPv4 | IPv6 | None:
+        self._inner()
+        if self.ip_version == 4:
+            return IPv4(self.buf, self.ip_offset, self)
+        if self.ip_version == 6:
+            return IPv6(self.buf, self.ip_offset, self)
+        return None
+
+    @property
+    def inner_src(self) -> str | None:
+        """Inner source address as text (convenience; allocates)."""
+        ip = self.inner_ip
+        return None if ip is None else ip.src
+
+    @property
+    def inner_dst(self) -> str | None:
+        ip = self.inner_ip
+        return None if ip is None else ip.dst
+
+    @property
+    def udp(self) -> UDP | None:
+        """The inner UDP header, or None (not UDP, or a fragment)."""
+        self._inner()
+        if self.l4_protocol == IPPROTO_UDP and self.l4_offset >= 0:
+            return UDP(self.buf, self.l4_offset, self)
+        return None
+
+    @property
+    def tcp(self) -> TCP | None:
+        self._inner()
+        if self.l4_protocol == IPPROTO_TCP and self.l4_offset >= 0:
+            return TCP(self.buf, self.l4_offset, self)
+        return None
+
+    @property
+    def icmp(self) -> ICMP | None:
+        """The inner ICMP (over IPv4) or ICMPv6 (over IPv6) header, or None."""
+        self._inner()
+        if (
+            self.l4_offset >= 0
+            and self.l4_protocol == (IPPROTO_ICMPV6 if self.ip_version == 6 else IPPROTO_ICMP)
+            and self.ip_end - self.l4_offset >= 8
+        ):
+            return ICMP(self.buf, self.l4_offset, self)
+        return None
+
+    @property
+    def ports(self) -> tuple[int, int] | None:
+        """Inner (source, destination) ports of UDP or TCP, or None. Fast: one unpack."""
+        self._inner()
+        if self.l4_offset >= 0 and self.l4_protocol in (IPPROTO_UDP, IPPROTO_TCP):
+            src, dst = _PORTS.unpack_from(self.buf, self.l4_offset)
+            return src, dst
+        return None
+
+    @property
+    def payload(self) -> memoryview | None:
+        """The inner L4 payload (a view; no copy), or None when there is no L4 header."""
+        self._inner()
+        if self.payload_offset < 0:
+            return None
+        return memoryview(self.buf)[self.payload_offset : self.ip_end]
+
+    def payload_find(self, sub: bytes) -> int:
+        """Index of ``sub`` in the inner L4 payload, or -1 (no copy)."""
+        self._inner()
+        if self.payload_offset < 0:
+            return -1
+        pos = self.buf.find(sub, self.payload_offset, self.ip_end)
+        return pos if pos < 0 else pos - self.payload_offset
+
+    def payload_contains(self, sub: bytes) -> bool:
+        return self.payload_find(sub) >= 0
+
+    # -- editing ---------------------------------------------------------------------------
+
+    def swap_outer(self) -> None:
+        """Swap the outer IPv4 source and destination addresses in place.
+
+        The IPv4 header checksum and the outer UDP checksum stay valid: a one's-complement sum
+        does not depend on the order of its words.
+        """
+        src, dst = _SWAP.unpack_from(self.buf, 12)
+        _SWAP.pack_into(self.buf, 12, dst, src)
+
+    def mark_modified(self) -> None:
+        """Say that the inner packet was edited directly through :attr:`buf`."""
+        self.modified = True
+
+    def replace_payload(self, data: bytes | bytearray | memoryview) -> None:
+        """Replace the inner UDP or ICMP payload (TCP: only with the same length).
+
+        Grows or shrinks the frame and rewrites the inner IP, inner UDP, outer IPv4 and outer UDP
+        lengths; checksums are fixed by :meth:`fix_checksums` (the pipeline calls it). Bytes after
+        the inner IP packet (padding) are dropped. Fragments are never rewritten.
+        """
+        self._inner()
+        if self.is_fragment:
+            raise FragmentError("inner packet is a fragment; it is never rewritten")
+        if self.payload_offset < 0:
+            raise UnsupportedError("inner packet has no payload to replace", "no-payload")
+        new_len = len(data)
+        old_len = self.ip_end - self.payload_offset
+        if new_len != old_len and self.l4_protocol == IPPROTO_TCP:
+            raise UnsupportedError("changing a TCP payload's length breaks its sequence numbers")
+        if new_len != old_len and self.l4_protocol not in (
+            IPPROTO_UDP,
+            IPPROTO_ICMP,
+            IPPROTO_ICMPV6,
+        ):
+            raise UnsupportedError(f"cannot resize the payload of IP protocol {self.l4_protocol}")
+        delta = new_len - old_len
+        new_ip_end = self.ip_end + delta
+        ip_len = new_ip_end - self.ip_offset
+        limit = 0xFFFF if self.ip_version == 4 else 0xFFFF + 40
+        if new_ip_end > 0xFFFF or ip_len > limit:
+            raise PacketTooLargeError("the frame would exceed 65535 bytes")
+        buf = self.buf
+        if new_ip_end > len(buf):
+            buf.extend(bytes(new_ip_end - len(buf)))
+        buf[self.payload_offset : new_ip_end] = data
+        if delta or new_ip_end != self.length:
+            u16 = _U16.pack_into
+            ip = self.ip_offset
+            if self.ip_version == 4:
+                u16(buf, ip + 2, ip_len)
+            else:
+                u16(buf, ip + 4, ip_len - 40)
+            if self.l4_protocol == IPPROTO_UDP:
+                u16(buf, self.l4_offset + 4, new_ip_end - self.l4_offset)
+            u16(buf, 2, new_ip_end)
+            u16(buf, self.udp_offset + 4, new_ip_end - self.udp_offset)
+            self.length = new_ip_end
+            self.ip_end = new_ip_end
+        self.modified = True
+
+    def replace_in_payload(self, old: bytes, new: bytes, count: int = -1) -> int:
+        """Replace occurrences of ``old`` in the inner payload; returns how many were replaced.
+
+        Costs nothing (no copy) when ``old`` does not occur.
+        """
+        self._inner()
+        start = self.payload_offset
+        if start < 0 or not old:
+            return 0
+        buf = self.buf
+        if buf.find(old, start, self.ip_end) < 0:
+            return 0
+        chunk = buf[start : self.ip_end]
+        found = chunk.count(old) if count < 0 else min(count, chunk.count(old))
+        self.replace_payload(chunk.replace(old, new, count))
+        return found
+
+    def fix_checksums(self, *, outer_udp: OuterUdpPolicy = "keep") -> bool:
+        """Recompute every checksum of the frame in one call; False for an inner fragment."""
+        self._inner()
+        ok = fix_frame(
+            self.buf,
+            self.ip_offset,
+            self.l4_offset if self.ip_offset >= 0 else -1,
+            self.l4_protocol,
+            length=self.length,
+            outer_udp=outer_udp,
+        )
+        self.modified = False
+        return ok
+
+    @property
+    def inner_length(self) -> int:
+        """Bytes after the Geneve header (the inner packet, with its Ethernet header if any)."""
+        return self.length - self.inner_offset
+
+    def __repr__(self) -> str:
+        try:
+            self._inner()
+            inner = f"ipv{self.ip_version} proto={self.l4_protocol}" if self.ip_version else "-"
+        except GeneveError as err:
+            inner = f"malformed ({err.reason})"
+        return (
+            f"<Packet {self.length} bytes, protocol_type=0x{self.protocol_type:04x}, "
+            f"inner {inner}, gwlb={self.gwlb!r}>"
+        )
+
+
+_PORTS = struct.Struct("!HH")
+
+
+def _check_options(buf: bytearray, pos: int, end: int) -> None:
+    """Walk the option TLVs: each must fit, and no critical option may be present.
+
+    RFC 8926 3.5: a tunnel endpoint that receives a critical option it does not understand
+    MUST drop the packet. This codec understands only the GWLB options, none of which is
+    critical, so any critical option is unknown.
+    """
+    while pos < end:
+        if pos + 4 > end:
+            raise MalformedError("Geneve option header runs past Opt Len", "geneve-options")
+        otype = buf[pos + 2]
+        nxt = pos + 4 + ((buf[pos + 3] & 0x1F) << 2)
+        if nxt > end:
+            raise MalformedError("Geneve option data runs past Opt Len", "geneve-options")
+        if otype & 0x80:
+            oclass = (buf[pos] << 8) | buf[pos + 1]
+            raise UnsupportedError(
+                f"unknown critical Geneve option class 0x{oclass:04x} type 0x{otype:02x}",
+                "critical-option",
+            )
+        pos = nxt
+
+
+def build_frame(
+    inner: bytes | bytearray | memoryview,
+    *,
+    src: str = "10.0.0.1",
+    dst: str = "10.0.0.2",
+    src_port: int = 50000,
+    dst_port: int = GENEVE_PORT,
+    endpoint_id: int | None = 0x0123456789ABCDEF,
+    attachment_id: int | None = 0x0FEDCBA987654321,
+    flow_cookie: int | None = 0x11223344,
+    protocol_type: int | None = None,
+    vni: int = 0,
+    options: bytes = b"",
+    udp_checksum: bool = False,
+    ttl: int = 64,
+    identification: int = 0,
+) -> bytearray:
+    """Wrap ``inner`` as GWLB does: IPv4 | UDP | Geneve with the GWLB options (where not None).
+
+    ``protocol_type`` defaults from the inner IP version. ``options`` adds raw option bytes after
+    the GWLB ones. The outer UDP checksum is 0 unless ``udp_checksum``.
+    """
+    inner = bytes(inner)
+    if protocol_type is None:
+        protocol_type = ETH_P_IPV6 if inner[:1] and inner[0] >> 4 == 6 else ETH_P_IPV4
+    opts = bytearray()
+    for otype, value, size in (
+        (1, endpoint_id, 8),
+        (2, attachment_id, 8),
+        (3, flow_cookie, 4),
+    ):
+        if value is not None:
+            opts += struct.pack("!HBB", GWLB_OPTION_CLASS, otype, size // 4)
+            opts += value.to_bytes(size, "big")
+    opts += options
+    if len(opts) % 4 or len(opts) > 252:
+        raise ValueError("Geneve options must be a multiple of 4 bytes, at most 252")
+    geneve = struct.pack("!BBHI", len(opts) // 4, 0, protocol_type, vni << 8) + bytes(opts)
+    ulen = 8 + len(geneve) + len(inner)
+    total = 20 + ulen
+    if total > 0xFFFF:
+        raise PacketTooLargeError("frame would exceed 65535 bytes")
+    frame = bytearray(total)
+    struct.pack_into(
+        "!BBHHHBBH4s4s",
+        frame,
+        0,
+        0x45,
+        0,
+        total,
+        identification,
+        0,
+        ttl,
+        IPPROTO_UDP,
+        0,
+        socket.inet_aton(src),
+        socket.inet_aton(dst),
+    )
+    struct.pack_into("!HHHH", frame, 20, src_port, dst_port, ulen, 0)
+    frame[28 : 28 + len(geneve)] = geneve
+    frame[28 + len(geneve) :] = inner
+    _U16.pack_into(frame, 10, internet_checksum(frame[:20]))
+    if udp_checksum:
+        pseudo = bytes(frame[12:20]) + struct.pack("!BBH", 0, IPPROTO_UDP, ulen)
+        c = internet_checksum(frame[20:], ones_complement_sum(pseudo))
+        _U16.pack_into(frame, 26, c or 0xFFFF)
+    return frame
