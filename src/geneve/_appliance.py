@@ -1,0 +1,693 @@
+"""The appliance: the only code with sockets, workers, signals and the health endpoint.
+
+Receive path (default ``receive="udp"``, the design of AWS's own tunnel handler): each worker
+owns a UDP socket bound to the Geneve port with ``SO_REUSEPORT`` (the kernel spreads flows over
+workers by hash, so no packet is handled twice) and ``IP_PKTINFO`` (the local address the frame
+was sent to). The kernel has already checked and stripped the outer IPv4 and UDP headers; the
+worker writes an equivalent 28-byte header in front of the Geneve bytes, so the shared pipeline
+sees exactly the frame GWLB sent. Replies leave through a raw ``IP_HDRINCL`` socket, because a
+reply must keep GWLB's source port and go to port 6081, which a UDP socket bound to 6081 cannot
+send. Binding 6081 also stops the kernel answering with ICMP port-unreachable.
+
+``receive="raw"`` (the original blog design) reads whole frames from a raw socket. Every raw
+socket gets a copy of every UDP datagram, so it allows only one worker; the bound UDP socket is
+kept (with a filter that drops everything) only to silence the ICMP port-unreachable.
+See docs/appliance.md for the measurements behind the default.
+
+Workers are a thread when there is one (so a modifier can share state with the embedding
+program) and forked processes when there are several (one core each). Each publishes a
+snapshot of its counters and a heartbeat twice a second; the health endpoint reports 503 when a
+worker died or its heartbeat is stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any, Literal
+
+from ._headers import GENEVE_PORT
+from ._health import HealthReport, HealthServer
+from ._packet import MAX_INNER_LENGTH
+from ._pipeline import ErrorPolicy, Modifier, Stats, process
+
+__all__ = ["Appliance", "ApplianceError", "ReceiveMode", "local_addresses"]
+
+log = logging.getLogger("geneve.appliance")
+
+ReceiveMode = Literal["udp", "raw"]
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 does not export it
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+#: Receive buffer capacity: any UDP datagram fits, so nothing is ever truncated.
+BUFFER_SIZE = 65535 + 28
+#: How often a worker publishes counters and heartbeats, and how stale is dead.
+HEARTBEAT = 0.5
+STALE_AFTER = 3.0
+#: Modifier errors logged at most this often per worker (the rest are counted).
+ERROR_LOG_INTERVAL = 1.0
+
+_IP_UDP = struct.Struct("!BBHHHBBH4s4sHHHH")
+_PKTINFO_ADDR = struct.Struct("=i4s4s")
+
+
+class ApplianceError(Exception):
+    """A start-up problem (port taken, no permission, bad option): one line, no traceback."""
+
+
+def local_addresses() -> frozenset[str]:
+    """IPv4 addresses of this host (this network namespace), from /proc/net/fib_trie."""
+    found: set[str] = set()
+    # thread-self: /proc/net follows the main thread, whose namespace may differ from ours.
+    path = "/proc/thread-self/net/fib_trie"
+    if not os.path.exists(path):
+        path = "/proc/net/fib_trie"
+    try:
+        with open(path) as f:
+            last = ""
+            for line in f:
+                text = line.strip()
+                if text.startswith("|--"):
+                    last = text[3:].strip()
+                elif text.startswith("/32 host LOCAL") and last:
+                    found.add(last)
+    except OSError:
+        pass
+    found.add("127.0.0.1")
+    return frozenset(found)
+
+
+class _Sockets:
+    """One worker's sockets: where it receives, and the raw socket it sends replies through."""
+
+    def __init__(self, mode: ReceiveMode, bind: str, port: int, reuse: bool) -> None:
+        self.mode = mode
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.raw_send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self.raw_recv: socket.socket | None = None
+        try:
+            if reuse:
+                self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            self.udp.setsockopt(socket.SOL_IP, IP_PKTINFO, 1)
+            self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            self.udp.bind((bind, port))
+            self.raw_send.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+            self.raw_send.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            if mode == "raw":
+                _drop_all(self.udp)
+                self.raw_recv = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+                self.raw_recv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            self.receiver = self.raw_recv if self.raw_recv is not None else self.udp
+            self.receiver.settimeout(HEARTBEAT / 2)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for sock in (self.udp, self.raw_send, self.raw_recv):
+            if sock is not None:
+                sock.close()
+
+
+def _drop_all(sock: socket.socket) -> None:
+    """Attach a classic BPF filter that accepts nothing: the socket exists only to hold the port."""
+    import ctypes
+
+    insn = struct.pack("HBBI", 0x06, 0, 0, 0)  # BPF_RET | BPF_K, 0: drop
+    buf = ctypes.create_string_buffer(insn)
+    prog = struct.pack("HL", 1, ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
+    sock._geneve_filter = buf  # type: ignore[attr-defined]  # keep the program alive
+
+
+class _Worker:
+    """The receive-process-send loop of one worker (runs in a thread or a forked process)."""
+
+    def __init__(
+        self,
+        index: int,
+        sockets: _Sockets,
+        modifier: Modifier,
+        *,
+        port: int,
+        on_error: ErrorPolicy,
+        max_inner_length: int,
+        publish: Any,
+    ) -> None:
+        self.index = index
+        self.sockets = sockets
+        self.modifier = modifier
+        self.port = port
+        self.on_error = on_error
+        self.max_inner_length = max_inner_length
+        self.publish = publish
+        self.stats = Stats()
+        self.send_errors = 0
+        self.own_replies = 0
+        self.stop = threading.Event()
+        self.failed: str | None = None
+        self.heartbeat = time.monotonic()
+
+    def run(self) -> None:
+        try:
+            if self.sockets.mode == "raw":
+                self._loop_raw()
+            else:
+                self._loop_udp()
+        except Exception as err:
+            self.failed = f"{type(err).__name__}: {err}"
+            log.error("worker %d stopped: %s", self.index, self.failed)
+        finally:
+            self._publish(final=True)
+
+    def _publish(self, final: bool = False) -> None:
+        self.heartbeat = time.monotonic()
+        if self.publish is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.publish(self.snapshot(final))
+
+    def snapshot(self, final: bool = False) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "stats": self.stats.as_dict(),
+            "send_errors": self.send_errors,
+            "own_replies": self.own_replies,
+            "failed": self.failed,
+            "final": final,
+            "time": time.time(),
+        }
+
+    def _log_error(self, last_logged: float, logged_count: int) -> tuple[float, int]:
+        now = time.monotonic()
+        if now - last_logged >= ERROR_LOG_INTERVAL:
+            err = self.stats.last_error
+            suppressed = self.stats.modifier_errors - logged_count - 1
+            log.warning(
+                "modifier error (%s policy): %s: %s%s",
+                self.on_error,
+                type(err).__name__,
+                err,
+                f" ({suppressed} more not logged)" if suppressed > 0 else "",
+            )
+            return now, self.stats.modifier_errors
+        return last_logged, logged_count
+
+    def _loop_udp(self) -> None:
+        socks = self.sockets
+        recvmsg_into = socks.udp.recvmsg_into
+        sendto = socks.raw_send.sendto
+        stats = self.stats
+        modifier, on_error, max_inner, port = (
+            self.modifier,
+            self.on_error,
+            self.max_inner_length,
+            self.port,
+        )
+        buf = bytearray(BUFFER_SIZE)
+        payload = memoryview(buf)[28:]
+        pack_header = _IP_UDP.pack_into
+        unpack_pktinfo = _PKTINFO_ADDR.unpack_from
+        anc_size = socket.CMSG_SPACE(_PKTINFO_ADDR.size)
+        aton = socket.inet_aton
+        own = local_addresses()
+        addr_cache: dict[str, bytes] = {}
+        next_beat = time.monotonic() + HEARTBEAT
+        last_logged, logged = 0.0, 0
+        stop = self.stop
+        while not stop.is_set():
+            try:
+                n, anc, _flags, src = recvmsg_into([payload], anc_size)
+            except TimeoutError:
+                n = -1
+            except InterruptedError:
+                continue
+            if n >= 0:
+                gwlb = src[0]
+                if gwlb in own:
+                    self.own_replies += 1  # a reply of ours that looped back: never process it
+                else:
+                    local = b"\0\0\0\0"
+                    for level, kind, data in anc:
+                        if level == socket.SOL_IP and kind == IP_PKTINFO:
+                            local = unpack_pktinfo(data)[2]
+                    gwlb_raw = addr_cache.get(gwlb)
+                    if gwlb_raw is None:
+                        gwlb_raw = addr_cache[gwlb] = aton(gwlb)
+                    # The frame as GWLB sent it; the kernel checked its UDP checksum already.
+                    pack_header(buf, 0, 0x45, 0, n + 28, 0, 0, 64, 17, 0, gwlb_raw, local,
+                                src[1], port, n + 8, 0)  # fmt: skip
+                    packet = process(
+                        buf, n + 28, modifier, stats,
+                        on_error=on_error, max_inner_length=max_inner, port=port,
+                    )  # fmt: skip
+                    if packet is not None:
+                        try:
+                            sendto(packet.data, (gwlb, 0))
+                        except OSError as err:
+                            self._send_failed(err)
+                        if len(packet.buf) > BUFFER_SIZE:  # a rewrite grew it: shrink back
+                            del packet.buf[BUFFER_SIZE:]
+                    if stats.modifier_errors != logged:
+                        last_logged, logged = self._log_error(last_logged, logged)
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + HEARTBEAT
+                own = local_addresses()
+                self._publish()
+
+    def _loop_raw(self) -> None:
+        socks = self.sockets
+        assert socks.raw_recv is not None
+        recv_into = socks.raw_recv.recv_into
+        sendto = socks.raw_send.sendto
+        stats = self.stats
+        modifier, on_error, max_inner, port = (
+            self.modifier,
+            self.on_error,
+            self.max_inner_length,
+            self.port,
+        )
+        buf = bytearray(BUFFER_SIZE)
+        ntoa = socket.inet_ntoa
+        own = {socket.inet_aton(a) for a in local_addresses()}
+        next_beat = time.monotonic() + HEARTBEAT
+        last_logged, logged = 0.0, 0
+        stop = self.stop
+        while not stop.is_set():
+            try:
+                n = recv_into(buf)
+            except TimeoutError:
+                n = -1
+            except InterruptedError:
+                continue
+            if n >= 28:
+                ihl = (buf[0] & 0x0F) * 4
+                # A raw socket sees every UDP datagram of the host: keep the Geneve port only.
+                if ihl >= 20 and n >= ihl + 4 and (buf[ihl + 2] << 8 | buf[ihl + 3]) == port:
+                    if bytes(buf[12:16]) in own:
+                        self.own_replies += 1
+                    else:
+                        packet = process(
+                            buf, n, modifier, stats,
+                            on_error=on_error, max_inner_length=max_inner, port=port,
+                        )  # fmt: skip
+                        if packet is not None:
+                            try:
+                                sendto(packet.data, (ntoa(packet.buf[16:20]), 0))
+                            except OSError as err:
+                                self._send_failed(err)
+                            if len(packet.buf) > BUFFER_SIZE:
+                                del packet.buf[BUFFER_SIZE:]
+                        if stats.modifier_errors != logged:
+                            last_logged, logged = self._log_error(last_logged, logged)
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + HEARTBEAT
+                own = {socket.inet_aton(a) for a in local_addresses()}
+                self._publish()
+
+    def _send_failed(self, err: OSError) -> None:
+        self.send_errors += 1
+        if self.send_errors == 1 or self.send_errors % 1000 == 0:
+            log.warning("send failed (%d so far): %s", self.send_errors, err)
+
+
+def _process_main(worker: _Worker, conn: multiprocessing.connection.Connection) -> None:
+    """Entry of a forked worker process: stop on SIGTERM/SIGINT, report through ``conn``."""
+
+    def on_signal(signum: int, frame: object) -> None:
+        worker.stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.publish = conn.send
+    worker.run()
+    conn.close()
+
+
+class Appliance:
+    """A GWLB appliance: sockets, workers running ``modifier``, and a health endpoint.
+
+    ``run()`` blocks until SIGTERM/SIGINT; ``start()``/``stop()`` (or ``with``) embed it.
+    """
+
+    def __init__(
+        self,
+        modifier: Modifier,
+        *,
+        port: int = GENEVE_PORT,
+        bind: str = "0.0.0.0",
+        health_host: str = "0.0.0.0",
+        health_port: int | None = 8080,
+        workers: int = 1,
+        on_error: ErrorPolicy = "drop",
+        receive: ReceiveMode = "udp",
+        max_inner_length: int = MAX_INNER_LENGTH,
+    ) -> None:
+        if not callable(modifier):
+            raise ApplianceError("the modifier must be callable")
+        if workers < 1:
+            raise ApplianceError("workers must be at least 1")
+        if receive not in ("udp", "raw"):
+            raise ApplianceError(f"receive must be 'udp' or 'raw', not {receive!r}")
+        if receive == "raw" and workers != 1:
+            raise ApplianceError(
+                "receive='raw' takes one worker: each raw socket sees every packet"
+            )
+        if on_error not in ("drop", "forward"):
+            raise ApplianceError(f"on_error must be 'drop' or 'forward', not {on_error!r}")
+        if not 0 < port < 65536:
+            raise ApplianceError(f"port {port} is out of range")
+        self.modifier = modifier
+        self.port = port
+        self.bind = bind
+        self.health_host = health_host
+        self.health_port = health_port
+        self.workers = workers
+        self.on_error = on_error
+        self.receive = receive
+        self.max_inner_length = max_inner_length
+        self._started = 0.0
+        self._threads: list[threading.Thread] = []
+        self._local_workers: list[_Worker] = []
+        self._processes: list[tuple[Any, multiprocessing.connection.Connection]] = []
+        self._snapshots: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._health: HealthServer | None = None
+        self._stopped = threading.Event()
+        self._running = False
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open every socket and start the workers and the health endpoint."""
+        if self._running:
+            raise ApplianceError("already started")
+        self._check_port_free()
+        sockets: list[_Sockets] = []
+        try:
+            for _ in range(self.workers):
+                sockets.append(_Sockets(self.receive, self.bind, self.port, reuse=True))
+        except PermissionError as err:
+            for s in sockets:
+                s.close()
+            raise ApplianceError(
+                f"cannot open raw sockets ({err.strerror}): run as root or with CAP_NET_RAW"
+            ) from None
+        except OSError as err:
+            for s in sockets:
+                s.close()
+            raise ApplianceError(f"cannot open sockets on port {self.port}: {err}") from None
+        self._started = time.monotonic()
+        self._stopped.clear()
+        try:
+            if self.workers == 1:
+                worker = self._make_worker(0, sockets[0], None)
+                self._local_workers.append(worker)
+                thread = threading.Thread(target=worker.run, name="geneve-worker-0", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            else:
+                ctx = multiprocessing.get_context("fork")
+                for i, socks in enumerate(sockets):
+                    parent, child = ctx.Pipe(duplex=False)
+                    worker = self._make_worker(i, socks, None)
+                    proc = ctx.Process(
+                        target=_process_main, args=(worker, child), name=f"geneve-worker-{i}"
+                    )
+                    proc.start()
+                    child.close()
+                    socks.close()  # the child holds its own copies
+                    self._processes.append((proc, parent))
+                reader = threading.Thread(target=self._collect, name="geneve-stats", daemon=True)
+                self._threads.append(reader)
+                reader.start()
+            if self.health_port is not None:
+                try:
+                    self._health = HealthServer(self.health_host, self.health_port, self.report)
+                except OSError as err:
+                    raise ApplianceError(
+                        f"cannot open the health endpoint {self.health_host}:{self.health_port}: "
+                        f"{err.strerror or err}"
+                    ) from None
+                self._health.start()
+        except BaseException:
+            self._running = True
+            self.stop()
+            raise
+        self._running = True
+        log.info(
+            "listening on %s:%d (%s receive, %d worker%s), health on %s",
+            self.bind,
+            self.port,
+            self.receive,
+            self.workers,
+            "" if self.workers == 1 else "s",
+            f"{self.health_host}:{self.health_address[1]}" if self._health else "off",
+        )
+
+    def _make_worker(self, index: int, socks: _Sockets, publish: Any) -> _Worker:
+        return _Worker(
+            index,
+            socks,
+            self.modifier,
+            port=self.port,
+            on_error=self.on_error,
+            max_inner_length=self.max_inner_length,
+            publish=publish,
+        )
+
+    def _check_port_free(self) -> None:
+        """Fail if anyone holds the port, even another SO_REUSEPORT user (bind would share it)."""
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            probe.bind((self.bind, self.port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise ApplianceError(f"UDP port {self.port} is already in use") from None
+            raise ApplianceError(f"cannot bind {self.bind}:{self.port}: {err.strerror}") from None
+        finally:
+            probe.close()
+
+    def _collect(self) -> None:
+        conns = {parent: proc for proc, parent in self._processes}
+        while conns and not self._stopped.is_set():
+            try:
+                ready = multiprocessing.connection.wait(list(conns), timeout=HEARTBEAT)
+            except OSError:
+                return
+            for conn in ready:
+                assert isinstance(conn, multiprocessing.connection.Connection)
+                try:
+                    snap = conn.recv()
+                except (EOFError, OSError):
+                    conns.pop(conn, None)
+                    continue
+                snap["received_at"] = time.monotonic()
+                with self._lock:
+                    self._snapshots[snap["index"]] = snap
+
+    def stop(self, timeout: float = 1.5) -> None:
+        """Stop the workers (each finishes the packet in hand) and the health endpoint."""
+        if not self._running:
+            return
+        self._running = False
+        deadline = time.monotonic() + timeout
+        for worker in self._local_workers:
+            worker.stop.set()
+        for proc, _conn in self._processes:
+            if proc.is_alive() and proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
+        for thread in self._threads:
+            if thread.name.startswith("geneve-worker"):
+                thread.join(max(0.0, deadline - time.monotonic()))
+        for proc, _conn in self._processes:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(0.2)
+        # Let the collector read the final snapshots before it goes.
+        time.sleep(0.05)
+        self._stopped.set()
+        for thread in self._threads:
+            if not thread.name.startswith("geneve-worker"):
+                thread.join(0.5)
+        for worker in self._local_workers:
+            worker.sockets.close()
+        if self._health is not None:
+            self._health.stop()
+        log.info("stopped: %s", self._summary_line())
+
+    def run(self) -> None:
+        """Start, then block until SIGTERM or SIGINT (call from the main thread)."""
+        self.start()
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: object) -> None:
+            log.info("%s received, stopping", signal.Signals(signum).name)
+            stop.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.stop()
+
+    def __enter__(self) -> Appliance:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def health_address(self) -> tuple[str, int]:
+        if self._health is None:
+            raise ApplianceError("the health endpoint is off")
+        return self._health.address
+
+    def _worker_states(self) -> Iterator[dict[str, Any]]:
+        now = time.monotonic()
+        for worker in self._local_workers:
+            snap = worker.snapshot()
+            alive = any(
+                t.is_alive() for t in self._threads if t.name == f"geneve-worker-{worker.index}"
+            )
+            snap["alive"] = alive and worker.failed is None
+            snap["stale"] = now - worker.heartbeat > STALE_AFTER
+            yield snap
+        with self._lock:
+            snaps = dict(self._snapshots)
+        for i, (proc, _conn) in enumerate(self._processes):
+            snap = snaps.get(
+                i,
+                {
+                    "index": i,
+                    "stats": Stats().as_dict(),
+                    "send_errors": 0,
+                    "own_replies": 0,
+                    "failed": None,
+                    "received_at": self._started,
+                },
+            )
+            snap = dict(snap)
+            snap["alive"] = proc.is_alive() and not snap.get("failed")
+            snap["stale"] = now - snap["received_at"] > STALE_AFTER
+            yield snap
+
+    def stats(self) -> dict[str, Any]:
+        """Counters summed over the workers, plus send errors and looped-back replies ignored."""
+        total = Stats()
+        send_errors = own = 0
+        for snap in self._worker_states():
+            part = Stats()
+            d = snap["stats"]
+            for name in (
+                "received",
+                "forwarded",
+                "modified",
+                "dropped",
+                "malformed",
+                "skipped",
+                "modifier_errors",
+            ):
+                setattr(part, name, d[name])
+            part.drops = dict(d["drops"])
+            part.malformed_reasons = dict(d["malformed_reasons"])
+            total.merge(part)
+            send_errors += snap["send_errors"]
+            own += snap["own_replies"]
+        result = total.as_dict()
+        result["send_errors"] = send_errors
+        result["own_replies_ignored"] = own
+        return result
+
+    def problems(self) -> list[str]:
+        """Why the data path is not working, or an empty list when it is."""
+        if not self._running:
+            return ["stopped"]
+        found = []
+        for snap in self._worker_states():
+            if snap.get("failed"):
+                found.append(f"worker {snap['index']} failed: {snap['failed']}")
+            elif not snap["alive"]:
+                found.append(f"worker {snap['index']} is not running")
+            elif snap["stale"]:
+                found.append(f"worker {snap['index']} is not making progress")
+        return found
+
+    def report(self) -> HealthReport:
+        problems = self.problems()
+        counters = self.stats()
+        body: dict[str, object] = {
+            "status": "ok" if not problems else "unhealthy",
+            "uptime_seconds": round(time.monotonic() - self._started, 3),
+            "workers": self.workers,
+            "counters": counters,
+        }
+        if problems:
+            body["problems"] = problems
+        return HealthReport(not problems, body, _prometheus(counters, not problems, body))
+
+    def _summary_line(self) -> str:
+        s = self.stats()
+        return (
+            f"received {s['received']}, forwarded {s['forwarded']}, modified {s['modified']}, "
+            f"dropped {s['dropped']}, malformed {s['malformed']}, "
+            f"modifier errors {s['modifier_errors']}, send errors {s['send_errors']}"
+        )
+
+
+def _prometheus(counters: dict[str, Any], healthy: bool, body: dict[str, object]) -> str:
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            out.append(f"{name}{labels} {value}")
+
+    def total(key: str) -> list[tuple[str, float]]:
+        return [("", counters[key])]
+
+    metric("geneve_up", "gauge", "1 while the data path works, else 0.", [("", int(healthy))])
+    metric("geneve_uptime_seconds", "gauge", "Seconds since the appliance started.",
+           [("", float(body["uptime_seconds"]))])  # type: ignore[arg-type]  # fmt: skip
+    metric("geneve_received_total", "counter", "Frames received on the Geneve port.",
+           total("received"))  # fmt: skip
+    metric("geneve_forwarded_total", "counter", "Frames sent back to GWLB.", total("forwarded"))
+    metric("geneve_modified_total", "counter", "Forwarded frames the modifier changed.",
+           total("modified"))  # fmt: skip
+    metric("geneve_dropped_total", "counter", "Frames dropped, by reason.",
+           [(f'{{reason="{k}"}}', v) for k, v in sorted(counters["drops"].items())])  # fmt: skip
+    metric("geneve_malformed_total", "counter", "Malformed frames dropped, by reason.",
+           [(f'{{reason="{k}"}}', v)
+            for k, v in sorted(counters["malformed_reasons"].items())])  # fmt: skip
+    metric("geneve_skipped_total", "counter", "Datagrams that were not Geneve.", total("skipped"))
+    metric("geneve_modifier_errors_total", "counter", "Exceptions raised by the modifier.",
+           total("modifier_errors"))  # fmt: skip
+    metric("geneve_send_errors_total", "counter", "Replies the kernel refused to send.",
+           total("send_errors"))  # fmt: skip
+    return "\n".join(out) + "\n"

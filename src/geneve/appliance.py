@@ -1,0 +1,138 @@
+"""``python -m geneve.appliance``: the reference GWLB appliance daemon.
+
+Runs the reference rules unless ``--rules MODULE:CALLABLE`` names another modifier. Every flag
+can also be given as an environment variable (``GENEVE_PORT``, ``GENEVE_WORKERS``...). Logs go
+to stderr, one line per event. SIGTERM or SIGINT stops it cleanly (exit 0); a start-up problem
+is reported in one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from ._appliance import Appliance, ApplianceError, ReceiveMode
+from ._loader import RulesError, load_modifier
+
+__all__ = ["Appliance", "main"]
+
+DEFAULT_RULES = "geneve.rules.reference:modifier"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"GENEVE_{name}", default)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"port {value} is out of range 1-65535")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m geneve.appliance",
+        description="A GWLB appliance: answers Geneve on UDP 6081 and health checks over HTTP. "
+        "Each option can also be set with the environment variable named in brackets.",
+    )
+    p.add_argument(
+        "--rules",
+        default=_env("RULES", DEFAULT_RULES),
+        help="modifier as MODULE:CALLABLE [GENEVE_RULES] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--port",
+        type=_port,
+        default=_env("PORT", "6081"),
+        help="Geneve UDP port [GENEVE_PORT] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--bind",
+        default=_env("BIND", "0.0.0.0"),
+        help="address to receive Geneve on [GENEVE_BIND] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--health-host",
+        default=_env("HEALTH_HOST", "0.0.0.0"),
+        help="health endpoint address [GENEVE_HEALTH_HOST] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--health-port",
+        type=_port,
+        default=_env("HEALTH_PORT", "8080"),
+        help="health endpoint port [GENEVE_HEALTH_PORT] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=_env("WORKERS", "1"),
+        help="worker processes [GENEVE_WORKERS] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--on-error",
+        choices=("drop", "forward"),
+        default=_env("ON_ERROR", "drop"),
+        help="when the modifier raises [GENEVE_ON_ERROR] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--receive",
+        choices=("udp", "raw"),
+        default=_env("RECEIVE", "udp"),
+        help="receive path [GENEVE_RECEIVE] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", "info"),
+        choices=("debug", "info", "warning", "error"),
+        help="[GENEVE_LOG_LEVEL] (default: %(default)s)",
+    )
+    return p  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        modifier = load_modifier(args.rules)
+        receive: ReceiveMode = args.receive
+        appliance = Appliance(
+            modifier,
+            port=args.port,
+            bind=args.bind,
+            health_host=args.health_host,
+            health_port=args.health_port,
+            workers=args.workers,
+            on_error=args.on_error,
+            receive=receive,
+        )
+        appliance.run()
+    except (ApplianceError, RulesError) as err:
+        print(f"geneve.appliance: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
