@@ -121,14 +121,16 @@ class _Sockets:
 
 
 def _drop_all(sock: socket.socket) -> None:
-    """Attach a classic BPF filter that accepts nothing: the socket exists only to hold the port."""
+    """Attach a classic BPF filter that accepts nothing: the socket exists only to hold the port.
+
+    The kernel copies the program during setsockopt, so the buffer need not outlive the call.
+    """
     import ctypes
 
     insn = struct.pack("HBBI", 0x06, 0, 0, 0)  # BPF_RET | BPF_K, 0: drop
     buf = ctypes.create_string_buffer(insn)
     prog = struct.pack("HL", 1, ctypes.addressof(buf))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
-    sock._geneve_filter = buf  # type: ignore[attr-defined]  # keep the program alive
 
 
 class _Worker:

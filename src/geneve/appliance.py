@@ -131,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ApplianceError, RulesError) as err:
         print(f"geneve.appliance: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # anything the kernel refused at start-up that start() did not name
+        print(f"geneve.appliance: {err.strerror or err}", file=sys.stderr)
+        return 2
     return 0
 
 

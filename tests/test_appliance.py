@@ -1,0 +1,398 @@
+"""The appliance on a real kernel: two network namespaces, real sockets, the real daemon.
+
+CI runs as root, so these run there; they skip (with the reason) only where namespaces are
+impossible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from gwlb_client import (
+    GwlbClient,
+    checksums_valid,
+    http,
+    inner_icmp_echo,
+    inner_udp,
+    wait_healthy,
+)
+from netns import Pair, in_netns, netns_unavailable, pair
+
+from geneve import Packet, Verdict
+from geneve._appliance import Appliance, ApplianceError
+
+_why = netns_unavailable()
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(_why is not None, reason=_why or "")]
+
+
+def daemon(p: Pair, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["ip", "netns", "exec", p.ap, sys.executable, "-m", "geneve.appliance",
+         "--health-port", "8080", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _out, err = proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _out, err = proc.communicate()
+    return proc.returncode, err
+
+
+@pytest.fixture
+def ns() -> Iterator[Pair]:
+    with pair() as p:
+        yield p
+
+
+@pytest.fixture
+def running(ns: Pair) -> Iterator[tuple[Pair, subprocess.Popen[str], GwlbClient]]:
+    proc = daemon(ns)
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        yield ns, proc, client
+    finally:
+        client.close()
+        stop(proc)
+
+
+def geneve_bytes(frame: bytes) -> bytes:
+    ihl = (frame[0] & 0x0F) * 4
+    g = ihl + 8
+    return frame[g : g + 8 + (frame[g] & 0x3F) * 4]
+
+
+def check_reply(sent: bytes, reply: bytes) -> Packet:
+    assert reply[12:16] == sent[16:20] and reply[16:20] == sent[12:16], "addresses not swapped"
+    assert reply[20:22] == sent[20:22], "GWLB's source port must be kept"
+    assert reply[22:24] == (6081).to_bytes(2, "big")
+    assert geneve_bytes(reply) == geneve_bytes(sent), "Geneve header must come back unchanged"
+    assert checksums_valid(reply)
+    return Packet.parse(bytearray(reply))
+
+
+def test_reference_rules_on_the_wire(
+    running: tuple[Pair, subprocess.Popen[str], GwlbClient],
+) -> None:
+    p, _proc, client = running
+    plain = client.frame(inner_udp(b"hello", dport=80))
+    client.send(plain)
+    (reply,) = client.replies(want=1)
+    check_reply(plain, reply)
+    assert reply[28:] == plain[28:], "an untouched packet comes back byte for byte"
+
+    weak = client.frame(inner_udp(b"a weakly typed and weakly typed language", sport=3000, dport=9))
+    client.send(weak)
+    (reply,) = client.replies(want=1)
+    pkt = check_reply(weak, reply)
+    assert bytes(pkt.payload or b"") == b"a strongly typed and strongly typed language"
+    assert len(reply) == len(weak) + 4
+
+    client.send(client.frame(inner_udp(b"please drop me now")))
+    assert client.replies(timeout=0.5) == []
+
+    for seq in (4, 5, 10, 11):
+        client.send(client.frame(inner_icmp_echo(seq)))
+    replies = client.replies(timeout=1.0, want=2)
+    seqs = sorted(Packet.parse(bytearray(r)).icmp.sequence for r in replies)  # type: ignore[union-attr]
+    assert seqs == [4, 11]
+
+
+def test_no_icmp_port_unreachable(running: tuple[Pair, subprocess.Popen[str], GwlbClient]) -> None:
+    p, _proc, client = running
+    before = p.snmp(p.ap)["Icmp"]["OutDestUnreachs"]
+    for i in range(50):
+        client.send(client.frame(inner_udp(b"x" * i, dport=80), src_port=30000 + i))
+    assert len(client.replies(timeout=2.0, want=50)) == 50
+    assert p.snmp(p.ap)["Icmp"]["OutDestUnreachs"] == before
+
+
+def test_health_http_tcp_and_metrics(
+    running: tuple[Pair, subprocess.Popen[str], GwlbClient],
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    p, _proc, client = running
+    client.send(client.frame(inner_udp(b"drop me")))
+    client.send(client.frame(inner_udp(b"fine", dport=80)))
+    client.replies(timeout=0.5, want=1)
+    time.sleep(0.6)  # counters are published twice a second
+
+    answer = http(p, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200")
+    doc = json.loads(body)
+    assert doc["status"] == "ok" and doc["uptime_seconds"] > 0
+    assert doc["counters"]["received"] == 2 and doc["counters"]["drops"] == {"rule": 1}
+
+    head_only = http(p, b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert head_only.startswith(b"HTTP/1.1 200") and head_only.endswith(b"\r\n\r\n")
+
+    tcp = p.gw_socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.settimeout(2)
+    tcp.connect((p.ap_addr, 8080))  # a GWLB TCP check: the connect is the whole test
+    tcp.close()
+
+    metrics = http(p, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").split(b"\r\n\r\n", 1)[1]
+    families = {f.name: f for f in text_string_to_metric_families(metrics.decode())}
+    assert families["geneve_up"].samples[0].value == 1
+    received = families["geneve_received"].samples[0].value
+    assert received == 2
+    drops = {s.labels["reason"]: s.value for s in families["geneve_dropped"].samples}
+    assert drops == {"rule": 1}
+
+    assert http(p, b"POST / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405")
+    assert http(p, b"garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
+    big = b"GET / HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n"
+    assert http(p, big).startswith(b"HTTP/1.1 431")
+
+
+def test_sigterm_exits_zero_quickly(ns: Pair) -> None:
+    proc = daemon(ns)
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        for i in range(200):
+            client.send(client.frame(inner_udp(b"load", dport=80), src_port=20000 + i))
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=5)
+        assert time.monotonic() - start < 2.0
+        assert proc.returncode == 0
+    finally:
+        client.close()
+        stop(proc)
+
+
+def test_two_workers_no_duplicates_no_losses(ns: Pair) -> None:
+    proc = daemon(ns, "--workers", "2")
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        n = 600
+        sent = {}
+        for i in range(n):
+            frame = client.frame(
+                inner_udp(i.to_bytes(4, "big"), dport=80), src_port=10000 + i % 150
+            )
+            sent[bytes(frame[-4:])] = frame
+            client.send(frame)
+            if i % 50 == 49:
+                time.sleep(0.01)  # bounded bursts: the test is about correctness, not load
+        replies = client.replies(timeout=3.0, want=n)
+        keys = [r[-4:] for r in replies]
+        assert len(keys) == n and len(set(keys)) == n
+        time.sleep(0.7)
+        doc = json.loads(http(ns, b"GET / HTTP/1.1\r\n\r\n").split(b"\r\n\r\n", 1)[1])
+        assert doc["counters"]["received"] == n and doc["workers"] == 2
+    finally:
+        client.close()
+        rc, err = stop(proc)
+    assert rc == 0, err
+
+
+def in_process(p: Pair, modifier: object, **kw: object) -> Appliance:
+    app = Appliance(modifier, health_port=8080, **kw)  # type: ignore[arg-type]
+    in_netns(p.ap, app.start)
+    return app
+
+
+@pytest.mark.parametrize("policy", ["drop", "forward"])
+def test_modifier_raising(ns: Pair, policy: str) -> None:
+    def modifier(packet: Packet) -> Verdict | None:
+        if packet.ports == (40000, 3000):
+            raise RuntimeError("boom")
+        return None
+
+    app = in_process(ns, modifier, on_error=policy)
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        for _ in range(3):
+            frame = client.frame(inner_udp(b"payload"))
+            client.send(frame)
+        replies = client.replies(timeout=0.7)
+        client.send(client.frame(inner_udp(b"ok", dport=81)))
+        assert len(client.replies(timeout=1.0, want=1)) == 1, "the loop must go on"
+        if policy == "drop":
+            assert replies == []
+        else:
+            assert len(replies) == 3
+            assert all(r[28:] == frame[28:] for r in replies)
+        stats = app.stats()
+        assert stats["modifier_errors"] == 3
+        assert stats["forwarded"] == (1 if policy == "drop" else 4)
+        assert app.problems() == []
+    finally:
+        client.close()
+        app.stop()
+
+
+def test_health_503_when_worker_stops(ns: Pair) -> None:
+    app = in_process(ns, lambda packet: None)
+    try:
+        wait_healthy(ns)
+        app._local_workers[0].stop.set()
+        time.sleep(0.6)
+        answer = http(ns, b"GET / HTTP/1.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 503")
+        assert b"not running" in answer
+        metrics = http(ns, b"GET /metrics HTTP/1.1\r\n\r\n")
+        assert b"geneve_up 0" in metrics
+    finally:
+        app.stop()
+
+
+def test_health_503_when_a_worker_process_dies(ns: Pair) -> None:
+    app = in_process(ns, lambda packet: None, workers=2)
+    try:
+        wait_healthy(ns)
+        proc, _conn = app._processes[1]
+        assert proc.pid is not None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(2)
+        assert http(ns, b"GET / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 503")
+    finally:
+        app.stop()
+
+
+def test_health_503_when_worker_is_stuck(ns: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    import geneve._appliance as appliance_module
+
+    monkeypatch.setattr(appliance_module, "STALE_AFTER", 0.8)
+
+    def slow(packet: Packet) -> None:
+        time.sleep(2.5)
+
+    app = in_process(ns, slow)
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        client.send(client.frame(inner_udp(b"slow")))
+        time.sleep(1.5)
+        answer = http(ns, b"GET / HTTP/1.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 503") and b"not making progress" in answer
+        time.sleep(1.6)
+        assert http(ns, b"GET / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200")
+    finally:
+        client.close()
+        app.stop()
+
+
+def test_own_replies_are_never_processed(ns: Pair) -> None:
+    app = in_process(ns, lambda packet: None)
+    try:
+        wait_healthy(ns)
+
+        def send_from_self() -> None:
+            from gwlb_client import inner_udp as mk
+
+            from geneve import build_frame
+
+            tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            tx.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+            frame = build_frame(mk(b"loop"), src=ns.ap_addr, dst=ns.ap_addr, src_port=6081)
+            tx.sendto(frame, (ns.ap_addr, 0))
+            tx.close()
+
+        in_netns(ns.ap, send_from_self)
+        time.sleep(0.3)
+        stats = app.stats()
+        assert stats["own_replies_ignored"] == 1 and stats["received"] == 0
+    finally:
+        app.stop()
+
+
+def test_raw_receive_mode(ns: Pair) -> None:
+    proc = daemon(ns, "--receive", "raw")
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        before = ns.snmp(ns.ap)["Icmp"]["OutDestUnreachs"]
+        frame = client.frame(inner_udp(b"weakly typed"))
+        client.send(frame)
+        (reply,) = client.replies(want=1)
+        pkt = check_reply(frame, reply)
+        assert bytes(pkt.payload or b"") == b"strongly typed"
+        assert client.replies(timeout=0.3) == [], "exactly one reply"
+        assert ns.snmp(ns.ap)["Icmp"]["OutDestUnreachs"] == before
+    finally:
+        client.close()
+        rc, err = stop(proc)
+    assert rc == 0, err
+
+
+def one_line_failure(proc: subprocess.Popen[str]) -> str:
+    try:
+        _out, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        raise AssertionError("the daemon should have refused to start") from None
+    rc = proc.returncode
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_startup_port_taken(ns: Pair) -> None:
+    holder = in_netns(ns.ap, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    try:
+        holder.bind(("0.0.0.0", 6081))
+        line = one_line_failure(daemon(ns))
+        assert "6081" in line and "in use" in line
+    finally:
+        holder.close()
+
+
+def test_startup_port_taken_by_reuseport_user(ns: Pair) -> None:
+    holder = in_netns(ns.ap, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    try:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("0.0.0.0", 6081))
+        assert "in use" in one_line_failure(daemon(ns))
+    finally:
+        holder.close()
+
+
+def test_startup_bad_rules(ns: Pair) -> None:
+    assert "--rules" in one_line_failure(daemon(ns, "--rules", "no.such.module:thing"))
+    assert "--rules" in one_line_failure(daemon(ns, "--rules", "geneve.rules:nothing_here"))
+
+
+def test_startup_without_raw_socket_permission(ns: Pair) -> None:
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns.ap, "setpriv", "--reuid=65534", "--regid=65534",
+         "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
+         sys.executable, "-m", "geneve.appliance", "--port", "16081", "--health-port", "18080"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    line = one_line_failure(proc)
+    assert "CAP_NET_RAW" in line
+
+
+def test_constructor_rejects_bad_options() -> None:
+    with pytest.raises(ApplianceError):
+        Appliance(lambda p: None, workers=0)
+    with pytest.raises(ApplianceError):
+        Appliance(lambda p: None, receive="raw", workers=2)
+    with pytest.raises(ApplianceError):
+        Appliance(lambda p: None, on_error="explode")  # type: ignore[arg-type]
+    with pytest.raises(ApplianceError):
+        Appliance("not callable")  # type: ignore[arg-type]
