@@ -66,9 +66,7 @@ def inner_checksums_valid(data: bytes) -> bool:
     for layer in (UDP, TCP, ICMP):
         if layer in pkt and rebuilt[layer].chksum != pkt[layer].chksum:
             return False
-    if UDP in pkt and pkt[UDP].len != len(data) - pkt.ihl * 4:
-        return False
-    return True
+    return not (UDP in pkt and pkt[UDP].len != len(data) - pkt.ihl * 4)
 
 
 @dataclass

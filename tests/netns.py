@@ -103,10 +103,10 @@ class Pair:
         text = run("ip", "netns", "exec", ns, "cat", "/proc/net/snmp")
         lines = text.splitlines()
         tables: dict[str, dict[str, int]] = {}
-        for head, values in zip(lines[::2], lines[1::2]):
+        for head, values in zip(lines[::2], lines[1::2], strict=False):
             name, keys = head.split(":", 1)
             _, vals = values.split(":", 1)
-            tables[name] = dict(zip(keys.split(), (int(v) for v in vals.split())))
+            tables[name] = dict(zip(keys.split(), (int(v) for v in vals.split()), strict=True))
         return tables
 
 

@@ -90,7 +90,7 @@ def check_reply(sent: bytes, reply: bytes) -> Packet:
 def test_reference_rules_on_the_wire(
     running: tuple[Pair, subprocess.Popen[str], GwlbClient],
 ) -> None:
-    p, _proc, client = running
+    _p, _proc, client = running
     plain = client.frame(inner_udp(b"hello", dport=80))
     client.send(plain)
     (reply,) = client.replies(want=1)
