@@ -396,3 +396,106 @@ def test_constructor_rejects_bad_options() -> None:
         Appliance(lambda p: None, on_error="explode")  # type: ignore[arg-type]
     with pytest.raises(ApplianceError):
         Appliance("not callable")  # type: ignore[arg-type]
+
+
+def test_allow_from_refuses_other_sources(ns: Pair) -> None:
+    proc = daemon(ns, "--allow-from", "10.201.0.200/32")
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        client.send(client.frame(inner_udp(b"spoofed?", dport=80)))
+        assert client.replies(timeout=0.5) == [], "a source outside --allow-from gets nothing"
+        time.sleep(0.6)
+        doc = json.loads(http(ns, b"GET / HTTP/1.1\r\n\r\n").split(b"\r\n\r\n", 1)[1])
+        assert doc["counters"]["not_allowed"] == 1 and doc["counters"]["received"] == 0
+    finally:
+        client.close()
+        _rc, err = stop(proc)
+    assert "no --allow-from" not in err
+
+    proc = daemon(ns, "--allow-from", "10.201.0.0/24")
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        assert client.exchange(inner_udp(b"mine", dport=80)) is not None
+    finally:
+        client.close()
+        stop(proc)
+
+
+def test_warns_without_allow_from(ns: Pair) -> None:
+    proc = daemon(ns)
+    try:
+        wait_healthy(ns)
+    finally:
+        _rc, err = stop(proc)
+    assert "no --allow-from" in err
+
+
+def _status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def _daemon_pid(ip_netns_pid: int) -> int:
+    # `ip netns exec` execs the command in place, so the pid is the daemon's.
+    return ip_netns_pid
+
+
+def test_user_drops_root_and_keeps_working(ns: Pair) -> None:
+    proc = daemon(ns, "--user", "nobody")
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        status = _status(_daemon_pid(proc.pid))
+        assert status["Uid"].split()[:2] == ["65534", "65534"]
+        assert int(status["CapEff"], 16) == 0, "no capability is left after the switch"
+        reply = client.exchange(inner_udp(b"weakly typed"))
+        assert reply is not None and b"strongly typed" in reply
+    finally:
+        client.close()
+        rc, err = stop(proc)
+    assert rc == 0, err
+
+
+def test_runs_with_only_cap_net_raw(ns: Pair) -> None:
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns.ap, "setpriv", "--reuid=65534", "--regid=65534",
+         "--clear-groups", "--inh-caps=+net_raw", "--ambient-caps=+net_raw",
+         sys.executable, "-m", "geneve.appliance", "--health-port", "8080"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        status = _status(proc.pid)
+        assert status["Uid"].split()[0] == "65534"
+        assert int(status["CapEff"], 16) == 1 << 13  # CAP_NET_RAW only
+        assert client.exchange(inner_udp(b"hello", dport=80)) is not None
+    finally:
+        client.close()
+        rc, err = stop(proc)
+    assert rc == 0, err
+
+
+def test_send_error_is_counted_not_fatal(ns: Pair) -> None:
+    run_mtu = ["ip", "-n", ns.ap, "link", "set", "gnvt-veth1", "mtu", "1500"]
+    subprocess.run(run_mtu, check=True)
+    proc = daemon(ns)
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        # 1500 bytes on the wire; the rewrite adds 2, which the link cannot carry: EMSGSIZE.
+        filler = b"x" * (1500 - 68 - 28 - len(b"weakly typed"))
+        frame = client.frame(inner_udp(b"weakly typed" + filler))
+        assert len(frame) == 1500
+        client.send(frame)
+        assert client.replies(timeout=0.5) == []
+        assert client.exchange(inner_udp(b"still alive", dport=80)) is not None
+        time.sleep(0.6)
+        doc = json.loads(http(ns, b"GET / HTTP/1.1\r\n\r\n").split(b"\r\n\r\n", 1)[1])
+        assert doc["counters"]["send_errors"] == 1 and doc["status"] == "ok"
+    finally:
+        client.close()
+        rc, err = stop(proc)
+    assert rc == 0, err

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -33,7 +34,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
@@ -86,6 +87,16 @@ def local_addresses() -> frozenset[str]:
         pass
     found.add("127.0.0.1")
     return frozenset(found)
+
+
+def _own_raw() -> frozenset[bytes]:
+    return frozenset(socket.inet_aton(a) for a in local_addresses())
+
+
+_OWN = b"own"
+_DENIED = b"denied"
+#: Sources whose admission is cached at once (the cache is emptied when full).
+ADMIT_CACHE = 4096
 
 
 class _Sockets:
@@ -146,8 +157,11 @@ class _Worker:
         on_error: ErrorPolicy,
         max_inner_length: int,
         publish: Any,
+        allow_from: tuple[ipaddress.IPv4Network, ...] = (),
     ) -> None:
         self.index = index
+        self.allow = tuple((int(net.network_address), int(net.netmask)) for net in allow_from)
+        self.not_allowed = 0
         self.sockets = sockets
         self.modifier = modifier
         self.port = port
@@ -185,6 +199,7 @@ class _Worker:
             "stats": self.stats.as_dict(),
             "send_errors": self.send_errors,
             "own_replies": self.own_replies,
+            "not_allowed": self.not_allowed,
             "failed": self.failed,
             "final": final,
             "time": time.time(),
@@ -205,6 +220,22 @@ class _Worker:
             return now, self.stats.modifier_errors
         return last_logged, logged_count
 
+    def _admit(self, src: bytes, own: frozenset[bytes]) -> bytes:
+        """``src`` if Geneve from it may be processed, else _OWN or _DENIED (cached by callers)."""
+        if src in own:
+            return _OWN  # a reply of ours that looped back: never process it
+        if self.allow:
+            value = int.from_bytes(src, "big")
+            if not any(value & mask == net for net, mask in self.allow):
+                return _DENIED  # not a GWLB we serve: never bounce its packets anywhere
+        return src
+
+    def _refused(self, verdict: bytes) -> None:
+        if verdict is _OWN:
+            self.own_replies += 1
+        else:
+            self.not_allowed += 1
+
     def _loop_udp(self) -> None:
         socks = self.sockets
         recvmsg_into = socks.udp.recvmsg_into
@@ -222,8 +253,8 @@ class _Worker:
         unpack_pktinfo = _PKTINFO_ADDR.unpack_from
         anc_size = socket.CMSG_SPACE(_PKTINFO_ADDR.size)
         aton = socket.inet_aton
-        own = local_addresses()
-        addr_cache: dict[str, bytes] = {}
+        own = _own_raw()
+        admitted: dict[str, bytes] = {}
         next_beat = time.monotonic() + HEARTBEAT
         last_logged, logged = 0.0, 0
         stop = self.stop
@@ -236,16 +267,18 @@ class _Worker:
                 continue
             if n >= 0:
                 gwlb = src[0]
-                if gwlb in own:
-                    self.own_replies += 1  # a reply of ours that looped back: never process it
+                gwlb_raw = admitted.get(gwlb)
+                if gwlb_raw is None:
+                    if len(admitted) >= ADMIT_CACHE:  # spoofed sources must not grow memory
+                        admitted.clear()
+                    gwlb_raw = admitted[gwlb] = self._admit(aton(gwlb), own)
+                if len(gwlb_raw) != 4:
+                    self._refused(gwlb_raw)
                 else:
                     local = b"\0\0\0\0"
                     for level, kind, data in anc:
                         if level == socket.SOL_IP and kind == IP_PKTINFO:
                             local = unpack_pktinfo(data)[2]
-                    gwlb_raw = addr_cache.get(gwlb)
-                    if gwlb_raw is None:
-                        gwlb_raw = addr_cache[gwlb] = aton(gwlb)
                     # The frame as GWLB sent it; the kernel checked its UDP checksum already.
                     pack_header(buf, 0, 0x45, 0, n + 28, 0, 0, 64, 17, 0, gwlb_raw, local,
                                 src[1], port, n + 8, 0)  # fmt: skip
@@ -265,7 +298,8 @@ class _Worker:
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + HEARTBEAT
-                own = local_addresses()
+                own = _own_raw()
+                admitted.clear()
                 self._publish()
 
     def _loop_raw(self) -> None:
@@ -282,7 +316,8 @@ class _Worker:
         )
         buf = bytearray(BUFFER_SIZE)
         ntoa = socket.inet_ntoa
-        own = {socket.inet_aton(a) for a in local_addresses()}
+        own = _own_raw()
+        admitted: dict[bytes, bytes] = {}
         next_beat = time.monotonic() + HEARTBEAT
         last_logged, logged = 0.0, 0
         stop = self.stop
@@ -297,8 +332,14 @@ class _Worker:
                 ihl = (buf[0] & 0x0F) * 4
                 # A raw socket sees every UDP datagram of the host: keep the Geneve port only.
                 if ihl >= 20 and n >= ihl + 4 and (buf[ihl + 2] << 8 | buf[ihl + 3]) == port:
-                    if bytes(buf[12:16]) in own:
-                        self.own_replies += 1
+                    src = bytes(buf[12:16])
+                    verdict = admitted.get(src)
+                    if verdict is None:
+                        if len(admitted) >= ADMIT_CACHE:
+                            admitted.clear()
+                        verdict = admitted[src] = self._admit(src, own)
+                    if len(verdict) != 4:
+                        self._refused(verdict)
                     else:
                         packet = process(
                             buf, n, modifier, stats,
@@ -316,13 +357,31 @@ class _Worker:
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + HEARTBEAT
-                own = {socket.inet_aton(a) for a in local_addresses()}
+                own = _own_raw()
+                admitted.clear()
                 self._publish()
 
     def _send_failed(self, err: OSError) -> None:
         self.send_errors += 1
         if self.send_errors == 1 or self.send_errors % 1000 == 0:
             log.warning("send failed (%d so far): %s", self.send_errors, err)
+
+
+def _drop_privileges(user: str) -> None:
+    """Become ``user`` (and its primary group) for good; the open sockets keep working."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ApplianceError(f"--user: no such user {user!r}") from None
+    try:
+        os.setgroups([])
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+    except PermissionError:
+        raise ApplianceError(f"--user {user}: cannot switch user (not root?)") from None
+    log.info("running as %s (uid %d) from now on", user, entry.pw_uid)
 
 
 def _process_main(worker: _Worker, conn: multiprocessing.connection.Connection) -> None:
@@ -356,6 +415,8 @@ class Appliance:
         on_error: ErrorPolicy = "drop",
         receive: ReceiveMode = "udp",
         max_inner_length: int = MAX_INNER_LENGTH,
+        allow_from: Sequence[str] = (),
+        user: str | None = None,
     ) -> None:
         if not callable(modifier):
             raise ApplianceError("the modifier must be callable")
@@ -380,6 +441,11 @@ class Appliance:
         self.on_error = on_error
         self.receive = receive
         self.max_inner_length = max_inner_length
+        try:
+            self.allow_from = tuple(ipaddress.IPv4Network(c, strict=False) for c in allow_from)
+        except ValueError as err:
+            raise ApplianceError(f"--allow-from: {err}") from None
+        self.user = user
         self._started = 0.0
         self._threads: list[threading.Thread] = []
         self._local_workers: list[_Worker] = []
@@ -414,6 +480,21 @@ class Appliance:
         self._started = time.monotonic()
         self._stopped.clear()
         try:
+            if self.health_port is not None:
+                try:
+                    self._health = HealthServer(self.health_host, self.health_port, self.report)
+                except OSError as err:
+                    raise ApplianceError(
+                        f"cannot open the health endpoint {self.health_host}:{self.health_port}: "
+                        f"{err.strerror or err}"
+                    ) from None
+            if self.user is not None:
+                _drop_privileges(self.user)
+            if not self.allow_from:
+                log.warning(
+                    "no --allow-from: Geneve from any source is answered; a spoofed sender "
+                    "could use this appliance to bounce packets"
+                )
             if self.workers == 1:
                 worker = self._make_worker(0, sockets[0], None)
                 self._local_workers.append(worker)
@@ -435,14 +516,7 @@ class Appliance:
                 reader = threading.Thread(target=self._collect, name="geneve-stats", daemon=True)
                 self._threads.append(reader)
                 reader.start()
-            if self.health_port is not None:
-                try:
-                    self._health = HealthServer(self.health_host, self.health_port, self.report)
-                except OSError as err:
-                    raise ApplianceError(
-                        f"cannot open the health endpoint {self.health_host}:{self.health_port}: "
-                        f"{err.strerror or err}"
-                    ) from None
+            if self._health is not None:
                 self._health.start()
         except BaseException:
             self._running = True
@@ -468,6 +542,7 @@ class Appliance:
             on_error=self.on_error,
             max_inner_length=self.max_inner_length,
             publish=publish,
+            allow_from=self.allow_from,
         )
 
     def _check_port_free(self) -> None:
@@ -602,7 +677,7 @@ class Appliance:
     def stats(self) -> dict[str, Any]:
         """Counters summed over the workers, plus send errors and looped-back replies ignored."""
         total = Stats()
-        send_errors = own = 0
+        send_errors = own = not_allowed = 0
         for snap in self._worker_states():
             part = Stats()
             d = snap["stats"]
@@ -621,7 +696,9 @@ class Appliance:
             total.merge(part)
             send_errors += snap["send_errors"]
             own += snap["own_replies"]
+            not_allowed += snap.get("not_allowed", 0)
         result = total.as_dict()
+        result["not_allowed"] = not_allowed
         result["send_errors"] = send_errors
         result["own_replies_ignored"] = own
         return result
@@ -690,6 +767,8 @@ def _prometheus(counters: dict[str, Any], healthy: bool, body: dict[str, object]
     metric("geneve_skipped_total", "counter", "Datagrams that were not Geneve.", total("skipped"))
     metric("geneve_modifier_errors_total", "counter", "Exceptions raised by the modifier.",
            total("modifier_errors"))  # fmt: skip
+    metric("geneve_not_allowed_total", "counter", "Geneve from sources outside --allow-from.",
+           total("not_allowed"))  # fmt: skip
     metric("geneve_send_errors_total", "counter", "Replies the kernel refused to send.",
            total("send_errors"))  # fmt: skip
     return "\n".join(out) + "\n"

@@ -98,12 +98,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="receive path [GENEVE_RECEIVE] (default: %(default)s)",
     )
     p.add_argument(
+        "--allow-from",
+        action="append",
+        metavar="CIDR",
+        default=[c for c in _env("ALLOW_FROM", "").replace(",", " ").split() if c],
+        help="accept Geneve only from these GWLB addresses or subnets; repeatable "
+        "[GENEVE_ALLOW_FROM, comma-separated] (default: any source, with a warning)",
+    )
+    p.add_argument(
+        "--user",
+        default=_env("USER", "") or None,
+        help="switch to this user once the sockets are open [GENEVE_USER]",
+    )
+    p.add_argument(
+        "--max-inner-length",
+        type=_positive,
+        default=_env("MAX_INNER_LENGTH", "8500"),
+        help="largest inner packet a rewrite may produce; a larger one is dropped "
+        "[GENEVE_MAX_INNER_LENGTH] (default: %(default)s)",
+    )
+    p.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=("debug", "info", "warning", "error"),
         help="[GENEVE_LOG_LEVEL] (default: %(default)s)",
     )
-    return p  # fmt: skip
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
             on_error=args.on_error,
             receive=receive,
+            allow_from=args.allow_from,
+            user=args.user,
+            max_inner_length=args.max_inner_length,
         )
         appliance.run()
     except (ApplianceError, RulesError) as err:
