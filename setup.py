@@ -24,6 +24,9 @@ class OptionalBuildExt(build_ext):
 
 
 setup(
-    cffi_modules=["src/geneve/_checksum_build.py:ffibuilder"],
+    cffi_modules=[
+        "src/geneve/_checksum_build.py:ffibuilder",
+        "src/geneve/_batch_build.py:ffibuilder",
+    ],
     cmdclass={"build_ext": OptionalBuildExt},
 )
