@@ -131,6 +131,12 @@ def process(
         reasons = stats.malformed_reasons
         reasons[err.reason] = reasons.get(err.reason, 0) + 1
         return None
+    # GWLB never sends more than max_inner_length bytes after the Geneve header.
+    if packet.length - packet.inner_offset > max_inner_length:
+        stats.malformed += 1
+        reasons = stats.malformed_reasons
+        reasons["oversized"] = reasons.get("oversized", 0) + 1
+        return None
     # RFC 8926 3.4: a control (O bit) packet's payload must not be forwarded as data.
     if buf[packet.geneve_offset + 1] & 0x80:
         stats.drop("control")
