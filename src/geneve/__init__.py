@@ -10,6 +10,7 @@ Layers, lowest first; nothing imports a layer above it:
 
 from __future__ import annotations
 
+from ._appliance import Appliance, ApplianceError  # the I/O layer: builds on all the rest
 from ._errors import (
     FragmentError,
     GeneveError,
@@ -52,6 +53,8 @@ __all__ = [
     "MAX_INNER_LENGTH",
     "TCP",
     "UDP",
+    "Appliance",
+    "ApplianceError",
     "ErrorPolicy",
     "FragmentError",
     "Geneve",
