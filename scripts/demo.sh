@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
-# Set up, then run the demo: the real cloud GWLB capture through the reference rules.
+# Set up, then run the live demo: namespaces (client, GWLB emulator, server, appliance), the
+# reference daemon, and the original blog's checks with real ping and nc. Tears down after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-vectors=${GENEVE_VECTORS:-../shared/vectors}
-out=$(mktemp --suffix=.pcap)
-trap 'rm -f "$out"' EXIT
-.venv/bin/python -m geneve.replay "$vectors/tx-gwlb-for-demo__geneve.pcap" "$out"
+exec .venv/bin/python -m geneve.emulator demo "$@"

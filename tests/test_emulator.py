@@ -1,0 +1,625 @@
+"""The GWLB emulator: its encapsulation and reply checker on crafted frames, its flow and
+reply accounting on a data plane without sockets, and, in network namespaces (root), the blog
+demo with real ping and nc through the real appliance, broken appliances on the wire, and
+teardown after success, exceptions, signals and dead runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+from scapy.utils import checksum as scapy_checksum
+
+import geneve
+from geneve import _emulator as emu_mod
+from geneve._emulator import (
+    NETNS_PREFIX,
+    DataPlane,
+    Emulator,
+    EmulatorConfig,
+    EmulatorError,
+    Expected,
+    Names,
+    check_inner,
+    check_reply,
+    checksum,
+    encapsulate,
+    flow_key,
+    geneve_header,
+    netns,
+    netns_list,
+)
+from geneve.rules.reference import modifier as reference_modifier
+
+GWLB = socket.inet_aton("10.200.3.1")
+APPLIANCE = socket.inet_aton("10.200.3.2")
+SPORT = 43210
+GENEVE = geneve_header(geneve.ETH_P_IPV4, 0x0E1B2C3D4E5F6071, 0x0A77AC4ED00D0001, 0xC0FFEE01)
+EXPECTED = Expected(GWLB, APPLIANCE, SPORT, GENEVE)
+
+
+def udp_inner(payload: bytes = b"weakly typed programming language\n") -> bytes:
+    return bytes(IP(src="10.200.1.2", dst="10.200.2.2") / UDP(sport=40000, dport=3000) / payload)
+
+
+def request(inner: bytes, *, udp_checksum: bool = False, geneve_bytes: bytes = GENEVE) -> bytes:
+    return bytes(
+        encapsulate(
+            inner, geneve_bytes, src=GWLB, dst=APPLIANCE, source_port=SPORT,
+            udp_checksum=udp_checksum,
+        )
+    )  # fmt: skip
+
+
+def codec_reply(frame: bytes) -> bytes:
+    """What the project's pipeline (reference rules) sends back for ``frame``."""
+    buf = bytearray(frame)
+    packet = geneve.process(buf, len(buf), reference_modifier, geneve.Stats())
+    assert packet is not None
+    return bytes(packet.data)
+
+
+def swapped(frame: bytes) -> bytearray:
+    """A minimal correct echo: outer addresses swapped, nothing else touched."""
+    f = bytearray(frame)
+    f[12:16], f[16:20] = frame[16:20], frame[12:16]
+    return f
+
+
+# -- encapsulation as GWLB does it ------------------------------------------------------------
+
+
+def test_geneve_header_is_the_gwlb_layout() -> None:
+    assert len(GENEVE) == 40
+    assert GENEVE[:8] == bytes([8, 0, 0x08, 0x00, 0, 0, 0, 0])  # Opt Len 8, VNI 0, IPv4
+    options = [GENEVE[8:20], GENEVE[20:32], GENEVE[32:40]]
+    assert [o[:4] for o in options] == [
+        bytes.fromhex("01080102"),
+        bytes.fromhex("01080202"),
+        bytes.fromhex("01080301"),
+    ]
+    assert options[2][4:] == bytes.fromhex("c0ffee01")
+
+
+@pytest.mark.parametrize("udp_checksum", [False, True])
+def test_encapsulated_frame_reads_back_with_the_codec(udp_checksum: bool) -> None:
+    frame = request(udp_inner(), udp_checksum=udp_checksum)
+    assert len(frame) == 68 + len(udp_inner())
+    packet = geneve.Packet.parse(frame)
+    assert packet.gwlb == geneve.GwlbMetadata(0x0E1B2C3D4E5F6071, 0x0A77AC4ED00D0001, 0xC0FFEE01)
+    assert packet.outer_udp.dst_port == 6081 and packet.outer_udp.src_port == SPORT
+    assert (packet.outer_udp.checksum != 0) is udp_checksum
+    assert bytes(frame[68:]) == udp_inner()
+    # scapy recomputes both checksums independently.
+    decoded = IP(frame)
+    rebuilt = decoded.copy()
+    del rebuilt.chksum
+    if udp_checksum:
+        del rebuilt[UDP].chksum
+    assert bytes(rebuilt) == frame
+
+
+def test_checksum_agrees_with_scapy() -> None:
+    rnd = random.Random(7)
+    for n in [0, 1, 2, 3, *(rnd.randrange(4, 9000) for _ in range(300))]:
+        data = rnd.randbytes(n)
+        # 0 and 0xFFFF are the same one's-complement value (the all-zero input gives either).
+        assert checksum(data) % 0xFFFF == scapy_checksum(data) % 0xFFFF
+        if n >= 2 and n % 2 == 0:
+            stamped = data[:-2] + b"\0\0"
+            stamped = stamped[:-2] + struct.pack("!H", checksum(stamped))
+            assert emu_mod.checksum_ok(stamped)
+            assert not emu_mod.checksum_ok(stamped[:-1] + bytes([stamped[-1] ^ 1]))
+
+
+def test_flow_key_is_the_same_both_ways() -> None:
+    there = bytes(IP(src="10.200.1.2", dst="10.200.2.2") / UDP(sport=40000, dport=3000) / b"x")
+    back = bytes(IP(src="10.200.2.2", dst="10.200.1.2") / UDP(sport=3000, dport=40000) / b"y")
+    assert flow_key(there) == flow_key(back) is not None
+    ping = bytes(IP(src="10.200.1.2", dst="10.200.2.2") / ICMP(type=8, id=77, seq=1))
+    pong = bytes(IP(src="10.200.2.2", dst="10.200.1.2") / ICMP(type=0, id=77, seq=1))
+    other = bytes(IP(src="10.200.1.2", dst="10.200.2.2") / ICMP(type=8, id=78, seq=1))
+    assert flow_key(ping) == flow_key(pong) != flow_key(other)
+
+
+# -- the reply checker ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("udp_checksum", [False, True])
+@pytest.mark.parametrize(
+    "inner",
+    [
+        udp_inner(),  # the reference rules rewrite this one (2 bytes longer)
+        udp_inner(b"nothing to change"),
+        bytes(IP(src="10.200.1.2", dst="10.200.2.2") / ICMP(type=8, id=9, seq=1) / b"abc"),
+        bytes(IP(src="10.200.1.2", dst="10.200.2.2") / TCP(sport=5555, dport=80) / b"GET /"),
+    ],
+    ids=["udp-modified", "udp", "icmp", "tcp"],
+)
+def test_checker_accepts_what_the_pipeline_sends_back(inner: bytes, udp_checksum: bool) -> None:
+    reply = codec_reply(request(inner, udp_checksum=udp_checksum))
+    assert check_reply(reply, EXPECTED) is None
+
+
+def test_checker_accepts_ipv6_inner() -> None:
+    inner = bytes(IPv6(src="fd00:200:1::2", dst="fd00:200:2::2") / ICMPv6EchoRequest(id=3, seq=1))
+    g6 = geneve_header(geneve.ETH_P_IPV6, 1, 2, 3)
+    reply = swapped(request(inner, geneve_bytes=g6))
+    assert check_reply(reply, Expected(GWLB, APPLIANCE, SPORT, g6)) is None
+
+
+def _fix_outer_ipv4(f: bytearray) -> None:
+    f[10:12] = b"\0\0"
+    f[10:12] = struct.pack("!H", checksum(f[:20]))
+
+
+def _fix_inner_ipv4(f: bytearray) -> None:
+    f[78:80] = b"\0\0"
+    f[78:80] = struct.pack("!H", checksum(f[68:88]))
+
+
+def _corrupt(name: str) -> Callable[[bytearray], None]:
+    def ports_swapped(f: bytearray) -> None:
+        f[20:22], f[22:24] = f[22:24], f[20:22]
+
+    def source_port_changed(f: bytearray) -> None:
+        f[20:22] = struct.pack("!H", SPORT + 1)
+
+    def addresses_kept(f: bytearray) -> None:
+        f[12:16], f[16:20] = f[16:20], f[12:16]  # swapped back: the request's own addresses
+
+    def ttl_changed_checksum_not(f: bytearray) -> None:
+        f[8] -= 1
+
+    def stale_outer_udp_checksum(f: bytearray) -> None:
+        f[26:28] = b"\x12\x34"
+
+    def inner_payload_changed(f: bytearray) -> None:
+        f[-1] ^= 0x20
+
+    def inner_ttl_changed(f: bytearray) -> None:
+        f[76] -= 1
+
+    def trailing_bytes(f: bytearray) -> None:
+        f += b"\0" * 4
+
+    def truncated(f: bytearray) -> None:
+        del f[-1]
+
+    def outer_udp_length(f: bytearray) -> None:
+        f[24:26] = struct.pack("!H", struct.unpack_from("!H", f, 24)[0] - 1)
+
+    def inner_length(f: bytearray) -> None:
+        f[70:72] = struct.pack("!H", struct.unpack_from("!H", f, 70)[0] - 1)
+        _fix_inner_ipv4(f)
+
+    def inner_udp_length(f: bytearray) -> None:
+        f[92:94] = struct.pack("!H", struct.unpack_from("!H", f, 92)[0] + 2)
+
+    def grew_without_lengths(f: bytearray) -> None:
+        f += b"!!"  # payload grew; no length or checksum follows
+        f[2:4] = struct.pack("!H", len(f))
+        _fix_outer_ipv4(f)
+
+    return {
+        "outer-udp-ports": ports_swapped,
+        "outer-udp-ports/src": source_port_changed,
+        "outer-addresses": addresses_kept,
+        "outer-ipv4-checksum": ttl_changed_checksum_not,
+        "outer-udp-checksum": stale_outer_udp_checksum,
+        "inner-udp-checksum": inner_payload_changed,
+        "inner-ipv4-checksum": inner_ttl_changed,
+        "outer-length": trailing_bytes,
+        "outer-truncated": truncated,
+        "outer-udp-length": outer_udp_length,
+        "inner-length": inner_length,
+        "inner-udp-length": inner_udp_length,
+        "outer-udp-length/grown": grew_without_lengths,
+    }[name]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "outer-udp-ports",
+        "outer-udp-ports/src",
+        "outer-addresses",
+        "outer-ipv4-checksum",
+        "outer-udp-checksum",
+        "inner-udp-checksum",
+        "inner-ipv4-checksum",
+        "outer-length",
+        "outer-truncated",
+        "outer-udp-length",
+        "inner-length",
+        "inner-udp-length",
+        "outer-udp-length/grown",
+    ],
+)
+def test_checker_rejects_a_corrupted_reply(case: str) -> None:
+    good = bytearray(codec_reply(request(udp_inner(b"plain payload"))))
+    assert check_reply(good, EXPECTED) is None
+    _corrupt(case)(good)
+    assert check_reply(good, EXPECTED) == case.split("/")[0]
+
+
+@pytest.mark.parametrize("offset", range(40))
+def test_checker_rejects_any_changed_geneve_byte(offset: int) -> None:
+    reply = bytearray(codec_reply(request(udp_inner(b"plain payload"))))
+    reply[28 + offset] ^= 0x01
+    assert check_reply(reply, EXPECTED) == "geneve-changed"
+
+
+def test_checker_rejects_stale_inner_checksums_of_each_protocol() -> None:
+    icmp = bytes(IP(src="10.200.1.2", dst="10.200.2.2") / ICMP(type=8, id=9, seq=1) / b"abcd")
+    tcp = bytes(IP(src="10.200.1.2", dst="10.200.2.2") / TCP(sport=1, dport=2) / b"abcd")
+    v6 = bytes(IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=1, dport=2) / b"abcd")
+    for inner, proto_type, reason in (
+        (icmp, geneve.ETH_P_IPV4, "inner-icmp-checksum"),
+        (tcp, geneve.ETH_P_IPV4, "inner-tcp-checksum"),
+        (v6, geneve.ETH_P_IPV6, "inner-udp-checksum"),
+    ):
+        assert check_inner(inner, proto_type) is None
+        assert check_inner(inner[:-1] + b"X", proto_type) == reason
+    # Over IPv6 a UDP checksum of 0 is not "no checksum" but an error (RFC 8200 8.1).
+    zero = bytearray(v6)
+    zero[46:48] = b"\0\0"
+    assert check_inner(zero, geneve.ETH_P_IPV6) == "inner-udp-checksum"
+
+
+# -- the data plane's accounting, without sockets -------------------------------------------
+
+
+class FakeSender:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> int:
+        self.frames.append(bytes(data))
+        return len(data)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def plane() -> Iterator[tuple[DataPlane, FakeSender, int]]:
+    """A DataPlane whose 'tun' is a pipe (read end returned) and whose sender records."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    sender = FakeSender()
+    dp = DataPlane(EmulatorConfig(seed=1), w, a, sender, c)  # type: ignore[arg-type]
+    yield dp, sender, r
+    dp.stop()
+    for s in (b, d):
+        s.close()
+    os.close(r)
+
+
+def _delivered(r: int) -> bytes:
+    try:
+        return os.read(r, 65535)
+    except BlockingIOError:
+        return b""
+
+
+def test_data_plane_flows_cookies_and_counts(plane: tuple[DataPlane, FakeSender, int]) -> None:
+    dp, sender, tun = plane
+    for seq in (1, 2):
+        dp._from_tun(bytes(IP(src="10.200.1.2", dst="10.200.2.2") / ICMP(type=8, id=5, seq=seq)))
+    dp._from_tun(bytes(IP(src="10.200.2.2", dst="10.200.1.2") / ICMP(type=0, id=5, seq=1)))
+    dp._from_tun(udp_inner())
+    assert len(sender.frames) == 4
+    metas = [geneve.Packet.parse(f) for f in sender.frames]
+    ports = [m.outer_udp.src_port for m in metas]
+    cookies = [m.flow_cookie for m in metas]
+    # One flow for the ICMP exchange (both directions), another for UDP.
+    assert cookies[0] == cookies[1] == cookies[2] != cookies[3]
+    assert ports[0] == ports[1] == ports[2] != ports[3]
+    assert all(m.outer.src == "10.200.3.1" and m.outer.dst == "10.200.3.2" for m in metas)
+
+    # The appliance answers: one ICMP echo unchanged, the UDP one rewritten; drops the rest.
+    dp._from_appliance(bytes(swapped(sender.frames[0])))
+    assert _delivered(tun) == bytes(sender.frames[0][68:])
+    dp._from_appliance(codec_reply(sender.frames[3]))
+    assert b"strongly typed" in _delivered(tun)
+    s = dp.summary()
+    assert (s["sent"], s["returned"], s["verified"], s["modified"]) == (4, 2, 2, 1)
+    assert s["not_returned"] == 2 and s["failed"] == 0 and s["delivered"] == 2
+    icmp, udp = s["flows"]
+    assert (icmp["sent"], icmp["returned"], icmp["not_returned"]) == (3, 1, 2)
+    assert (udp["sent"], udp["returned"], udp["modified"]) == (1, 1, 1)
+
+
+def test_data_plane_never_delivers_a_bad_reply(plane: tuple[DataPlane, FakeSender, int]) -> None:
+    dp, sender, tun = plane
+    dp._from_tun(udp_inner(b"one"))
+    dp._from_tun(udp_inner(b"two"))
+    bad = swapped(sender.frames[0])
+    bad[20:22], bad[22:24] = bad[22:24], bad[20:22]  # the classic bug: ports swapped too
+    dp._from_appliance(bytes(bad))
+    stale = swapped(sender.frames[1])
+    stale[-1] ^= 1  # payload edited, checksum left stale
+    dp._from_appliance(bytes(stale))
+    dp._from_appliance(bytes(swapped(sender.frames[1])))  # a second answer to one request
+    assert _delivered(tun) == b""
+    s = dp.summary()
+    assert s["failures"] == {
+        "inner-udp-checksum": 1,
+        "outer-udp-ports": 1,
+        "unsolicited": 1,
+    }
+    assert s["verified"] == 0 and s["delivered"] == 0
+
+
+def test_data_plane_ignores_what_is_not_a_reply(plane: tuple[DataPlane, FakeSender, int]) -> None:
+    dp, _sender, _tun = plane
+    dp._from_appliance(bytes(IP(src="10.200.3.2", dst="10.200.3.1") / TCP(sport=8080, dport=5)))
+    dp._from_appliance(bytes(IP(src="10.200.3.2", dst="10.200.3.1") / UDP(sport=53, dport=53)))
+    foreign = swapped(request(udp_inner(), geneve_bytes=geneve_header(0x0800, 1, 2, 999)))
+    foreign[20:22] = struct.pack("!H", 1)
+    dp._from_appliance(bytes(foreign))
+    s = dp.summary()
+    assert s["other_from_appliance"] == 2
+    assert s["failures"] == {"unknown-flow": 1}
+
+
+# -- in network namespaces ------------------------------------------------------------------
+
+
+def _netns_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root for network namespaces"
+    if shutil.which("ip") is None:
+        return "needs iproute2's ip command"
+    if not os.path.exists("/dev/net/tun"):
+        return "needs /dev/net/tun"
+    probe = f"{NETNS_PREFIX}-{os.getpid()}-probe"
+    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if r.returncode:
+        return f"ip netns add failed: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+_UNAVAILABLE = _netns_unavailable()
+needs_netns = pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or "")
+needs_tools = pytest.mark.skipif(
+    not (shutil.which("ping") and shutil.which("nc")), reason="needs ping and nc (netcat-openbsd)"
+)
+
+
+def _mine(pid: int | None = None) -> list[str]:
+    prefix = f"{NETNS_PREFIX}-{os.getpid() if pid is None else pid}-"
+    return [n for n in netns_list() if n.startswith(prefix)]
+
+
+@pytest.fixture
+def no_leftovers() -> Iterator[None]:
+    yield
+    assert _mine() == [], "the emulator left namespaces behind"
+
+
+@needs_netns
+@needs_tools
+@pytest.mark.netns
+def test_demo_through_the_real_appliance() -> None:
+    """``python -m geneve.emulator demo``: the blog demo with ping and nc, via the CLI."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geneve.emulator", "demo", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    result = json.loads(stdout)
+    report = "\n".join(("✓ " if c["ok"] else "✗ ") + c["text"] for c in result["checks"])
+    assert proc.returncode == 0 and result["ok"], f"{report}\n{result['error']}\n{stderr}"
+    texts = " | ".join(c["text"] for c in result["checks"])
+    assert "8 of 10 answered, lost seq 5, 10" in texts
+    assert "'drop me': dropped" in texts
+    assert "received ['strongly typed programming language']" in texts
+    assert "health GET http://10.200.3.2:8080/: 200" in texts
+    s = result["summary"]
+    assert s["failed"] == 0 and s["tun_invalid"] == {} and s["errors"] == {}
+    flows = {f["protocol"]: f for f in s["flows"]}
+    # 10 requests of which 5 and 10 dropped, 8 replies; 2 datagrams, 1 dropped, 1 rewritten.
+    assert (flows["icmp"]["sent"], flows["icmp"]["returned"]) == (18, 16)
+    assert (flows["udp"]["sent"], flows["udp"]["returned"], flows["udp"]["modified"]) == (2, 1, 1)
+    assert result["seconds"] < 30
+    assert _mine(proc.pid) == []
+
+
+@needs_netns
+@needs_tools
+@pytest.mark.netns
+def test_tcp_and_ipv6_through_the_real_appliance(tmp_path: Path, no_leftovers: None) -> None:
+    data = random.Random(3).randbytes(40000)
+    received = tmp_path / "received"
+    with Emulator() as emu:
+        a = emu.addressing
+        emu.start_appliance()
+        emu.wait_healthy()
+        ping6 = emu.run("client", ["ping", "-6", "-n", "-c", "3", "-i", "0.2", a.server6])
+        assert " 3 received" in ping6.stdout, ping6.stdout + ping6.stderr
+        with received.open("wb") as sink:
+            listener = emu.spawn("server", ["nc", "-l", "5000"], stdout=sink)
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and not _tcp_listening(emu, 5000):
+                time.sleep(0.05)
+            emu.run("client", ["nc", "-N", a.server, "5000"], input=data, timeout=10)
+            listener.wait(10)
+        time.sleep(0.2)
+        s = emu.summary()
+    assert received.read_bytes() == data
+    assert s["failed"] == 0 and s["tun_invalid"] == {}, s
+    flows = {f["protocol"]: f for f in s["flows"]}
+    assert flows["tcp"]["returned"] == flows["tcp"]["sent"] > 30
+    assert flows["tcp"]["modified"] == 0
+    assert flows["icmpv6"]["returned"] == flows["icmpv6"]["sent"] == 6  # ICMPv6: no drop rule
+
+
+def _tcp_listening(emu: Emulator, port: int) -> bool:
+    with netns(emu.names.server), open("/proc/thread-self/net/tcp") as f:
+        return any(f":{port:04X} " in line and " 0A " in line for line in f)
+
+
+# An appliance with one bug each, in the spirit of the known broken ones (GWLB.md).
+BROKEN_APPLIANCE = r"""
+import socket, sys
+bug = sys.argv[1]
+rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+hold = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+hold.bind(("0.0.0.0", 6081))
+while True:
+    f = bytearray(rx.recv(65535))
+    if f[22:24] != b"\x17\xc1":
+        continue
+    f[12:16], f[16:20] = f[16:20], f[12:16]
+    if bug == "swap-ports":
+        f[20:22], f[22:24] = f[22:24], f[20:22]
+    elif bug == "stale-checksum":
+        f[-1] ^= 0x20  # edits the payload, fixes nothing
+    elif bug == "change-geneve":
+        f[28 + 12] ^= 0x01  # one byte of the endpoint id
+    tx.sendto(f, (socket.inet_ntoa(bytes(f[16:20])), 0))
+"""
+
+
+@needs_netns
+@pytest.mark.netns
+@pytest.mark.parametrize(
+    ("bug", "reason"),
+    [
+        ("swap-ports", "outer-udp-ports"),
+        ("stale-checksum", "inner-udp-checksum"),
+        ("change-geneve", "geneve-changed"),
+        ("none", None),
+    ],
+)
+def test_broken_appliance_on_the_wire(bug: str, reason: str | None, no_leftovers: None) -> None:
+    """The checker on real frames: each bug is named, and nothing broken reaches the server."""
+    with Emulator() as emu:
+        a = emu.addressing
+        emu.start_appliance([sys.executable, "-c", BROKEN_APPLIANCE, bug])
+        deadline = time.monotonic() + 5
+        while not emu.udp_port_bound("appliance", 6081):
+            assert time.monotonic() < deadline, "the test appliance did not start"
+            time.sleep(0.05)
+        with netns(emu.names.server):
+            server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with netns(emu.names.client):
+            client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with server, client:
+            server.bind((a.server, 7000))
+            server.settimeout(0.5)
+            for i in range(3):
+                client.sendto(b"message %d" % i, (a.server, 7000))
+            got = []
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    got.append(server.recv(100))
+        s = emu.summary()
+    assert s["sent"] == 3 and s["returned"] == 3
+    if reason is None:
+        assert got == [b"message 0", b"message 1", b"message 2"]
+        assert s["verified"] == 3 and s["failures"] == {}
+    else:
+        assert got == []
+        assert s["failures"] == {reason: 3} and s["delivered"] == 0
+
+
+@needs_netns
+@pytest.mark.netns
+def test_exception_inside_leaves_no_namespace(no_leftovers: None) -> None:
+    names = Names()
+    with pytest.raises(RuntimeError, match="boom"), Emulator(names=names):
+        assert set(names.all()) <= set(netns_list())
+        raise RuntimeError("boom")
+    assert not set(names.all()) & set(netns_list())
+
+
+@needs_netns
+@pytest.mark.netns
+def test_failed_start_leaves_no_namespace(no_leftovers: None) -> None:
+    bad = EmulatorConfig(addressing=emu_mod.Addressing(server="10.200.2.300"))
+    names = Names()
+    with pytest.raises(EmulatorError, match=r"10\.200\.2\.300"):
+        Emulator(bad, names).start()
+    assert not set(names.all()) & set(netns_list())
+
+
+@needs_netns
+@pytest.mark.netns
+def test_cleanup_removes_only_namespaces_of_dead_runs() -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = Names(pid=dead.pid, index=0)
+    live = Names(index=999)
+    for name in (stale.gwlb, stale.client, live.gwlb):
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        removed = emu_mod.cleanup()
+        assert {stale.gwlb, stale.client} <= set(removed)
+        assert live.gwlb not in removed
+        present = set(netns_list())
+        assert stale.gwlb not in present and stale.client not in present
+        assert live.gwlb in present
+    finally:
+        for name in (stale.gwlb, stale.client, live.gwlb):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@needs_netns
+@pytest.mark.netns
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_run_tears_down_on_signal(signum: int) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geneve.emulator", "run", "--no-appliance", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        seen = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            seen.append(line)
+            if not line or "Ctrl-C to stop" in line:
+                break
+        assert "Ctrl-C to stop" in seen[-1], "".join(seen)
+        assert len(_mine(proc.pid)) == 4
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert json.loads(out)["sent"] == 0
+    assert _mine(proc.pid) == []

@@ -1,0 +1,72 @@
+"""Packaging: the sdist builds a wheel with the C modules, and no compiler still installs."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str, env: dict[str, str] | None = None, cwd: pathlib.Path | None = None) -> str:
+    r = subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    assert r.returncode == 0, f"{' '.join(args)}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("dist")
+    _run(sys.executable, "-m", "build", "--sdist", "--outdir", str(out), str(ROOT))
+    (path,) = out.glob("geneve-*.tar.gz")
+    return path
+
+
+def test_sdist_carries_the_c_sources(sdist: pathlib.Path) -> None:
+    with tarfile.open(sdist) as tar:
+        names = {pathlib.PurePosixPath(n).name for n in tar.getnames()}
+    for needed in ("_checksum.c", "_checksum.h", "_batch.c", "_batch.h", "py.typed", "setup.py"):
+        assert needed in names
+
+
+def test_wheel_from_sdist_has_the_c_implementation(
+    sdist: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(sdist))
+    (wheel,) = tmp_path.glob("geneve-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+    assert any(n.startswith("geneve/_checksum_cffi") and n.endswith(".so") for n in names)
+    assert any(n.startswith("geneve/_batch_cffi") and n.endswith(".so") for n in names)
+    assert "geneve/py.typed" in names
+    venv = tmp_path / "venv"
+    _run(sys.executable, "-m", "venv", str(venv))
+    _run(str(venv / "bin" / "pip"), "install", "-q", str(wheel))
+    out = _run(str(venv / "bin" / "python"), "-c",
+               "import geneve.checksum as c; print(c.IMPLEMENTATION)", cwd=tmp_path)  # fmt: skip
+    assert out.strip() == "c"
+
+
+def test_install_without_a_compiler_falls_back(sdist: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    venv = tmp_path / "venv"
+    _run(sys.executable, "-m", "venv", str(venv))
+    env = dict(os.environ, CC="/bin/false", LDSHARED="/bin/false")
+    _run(str(venv / "bin" / "pip"), "install", "-q", "--no-cache-dir", str(sdist), env=env)
+    probe = (
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import geneve.checksum as c\n"
+        "print(c.IMPLEMENTATION, any('pure-Python' in str(x.message) for x in w))\n"
+        "import geneve\n"
+        "print(geneve.checksum.internet_checksum(b'\\x45\\x00\\x00\\x1c'))\n"
+    )
+    out = _run(str(venv / "bin" / "python"), "-c", probe, cwd=tmp_path).split()
+    assert out[:2] == ["python", "True"]
+    assert int(out[2]) == 0xBAE3
