@@ -94,6 +94,13 @@ def test_sum_counts_bytes_of_a_wide_memoryview() -> None:
     assert checksum.internet_checksum(wide) == naive_checksum(data)
 
 
+@pytest.mark.parametrize("initial", [-1, 2**32, 2**64])
+def test_initial_outside_a_partial_sum_is_a_value_error(initial: int) -> None:
+    for function in (checksum.ones_complement_sum, checksum.internet_checksum):
+        with pytest.raises(ValueError):
+            function(b"ab", initial)
+
+
 # -- incremental update (RFC 1624) ------------------------------------------------------------
 
 

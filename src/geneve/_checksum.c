@@ -134,15 +134,35 @@ static int fix_l4(uint8_t *l4, size_t n, int proto, uint32_t pseudo_addr, int v6
     }
 }
 
-/* Inner IP header checksum, then (unless l4_off is negative) the L4 checksum at l4_off. */
+/* Bytes of the L4 header whose checksum fix_l4() writes; 0 for one it leaves alone. */
+static size_t l4_min_length(int proto, int v6)
+{
+    switch (proto) {
+    case 17:
+        return 8;
+    case 6:
+        return 20;
+    case 1:
+        return v6 ? 0 : 4;
+    case 58:
+        return v6 ? 4 : 0;
+    default:
+        return 0;
+    }
+}
+
+/* Inner IP header checksum, then (unless l4_off is negative) the L4 checksum at l4_off.
+ * Every check comes before the first write: an error leaves the frame as it was. */
 static int fix_inner(uint8_t *frame, size_t total, size_t ip_off, long l4_off, int l4_proto)
 {
-    uint8_t *ip = frame + ip_off;
+    uint8_t *ip;
     size_t end;
     if (ip_off >= total)
         return GENEVE_FIX_TRUNCATED;
+    ip = frame + ip_off; /* only now: a pointer past the buffer is undefined even unread */
     if ((ip[0] >> 4) == 4) {
         size_t ihl;
+        int fragment;
         if (total - ip_off < 20)
             return GENEVE_FIX_TRUNCATED;
         ihl = (size_t)(ip[0] & 0x0f) * 4;
@@ -151,14 +171,19 @@ static int fix_inner(uint8_t *frame, size_t total, size_t ip_off, long l4_off, i
             return GENEVE_FIX_MALFORMED;
         if (end > total)
             return GENEVE_FIX_TRUNCATED;
-        store_checksum(ip, ihl, 10, 0, 0);
         /* A fragment carries only part of the L4 segment: its checksum cannot be recomputed. */
-        if ((be16(ip + 6) & 0x3fffu) != 0)
+        fragment = (be16(ip + 6) & 0x3fffu) != 0;
+        if (!fragment && l4_off >= 0) {
+            if ((size_t)l4_off < ip_off + ihl || (size_t)l4_off > end)
+                return GENEVE_FIX_MALFORMED;
+            if (end - (size_t)l4_off < l4_min_length(l4_proto, 0))
+                return GENEVE_FIX_TRUNCATED;
+        }
+        store_checksum(ip, ihl, 10, 0, 0);
+        if (fragment)
             return GENEVE_FIX_FRAGMENT;
         if (l4_off < 0)
             return 0;
-        if ((size_t)l4_off < ip_off + ihl || (size_t)l4_off > end)
-            return GENEVE_FIX_MALFORMED;
         return fix_l4(frame + l4_off, end - (size_t)l4_off, l4_proto,
                       geneve_sum(ip + 12, 8, 0), 0);
     }
@@ -172,6 +197,8 @@ static int fix_inner(uint8_t *frame, size_t total, size_t ip_off, long l4_off, i
             return 0;
         if ((size_t)l4_off < ip_off + 40 || (size_t)l4_off > end)
             return GENEVE_FIX_MALFORMED;
+        if (end - (size_t)l4_off < l4_min_length(l4_proto, 1))
+            return GENEVE_FIX_TRUNCATED;
         /* RFC 8200 8.1: the upper-layer length excludes extension headers before it. */
         return fix_l4(frame + l4_off, end - (size_t)l4_off, l4_proto,
                       geneve_sum(ip + 8, 32, 0), 1);
@@ -193,14 +220,15 @@ int geneve_fix(uint8_t *frame, size_t len, size_t ip_off, long l4_off, int l4_pr
         return GENEVE_FIX_MALFORMED;
     if (total > len || ihl + 8 > total)
         return GENEVE_FIX_TRUNCATED;
-    rc = fix_inner(frame, total, ip_off, l4_off, l4_proto);
-    if (rc != 0 && rc != GENEVE_FIX_FRAGMENT)
-        return rc;
-    store_checksum(frame, ihl, 10, 0, 0);
     udp = frame + ihl;
     ulen = be16(udp + 4);
     if (ulen < 8 || ihl + ulen > total)
         return GENEVE_FIX_MALFORMED;
+    /* The outer header is sound; fix_inner() checks the inner one before writing anything. */
+    rc = fix_inner(frame, total, ip_off, l4_off, l4_proto);
+    if (rc != 0 && rc != GENEVE_FIX_FRAGMENT)
+        return rc;
+    store_checksum(frame, ihl, 10, 0, 0);
     /* RFC 768: zero means "no checksum" over IPv4. Keep a zero, recompute anything else. */
     if (outer_udp_mode == GENEVE_OUTER_ZERO || (outer_udp_mode == GENEVE_OUTER_KEEP && be16(udp + 6) == 0)) {
         udp[6] = 0;

@@ -110,13 +110,14 @@ class _View:
 class Field:
     """An unsigned big-endian integer field at a fixed offset, optionally a bit range of it."""
 
-    __slots__ = ("mask", "rel", "shift", "struct")
+    __slots__ = ("limit", "mask", "rel", "shift", "struct")
 
     def __init__(self, rel: int, size: int, mask: int | None = None, shift: int = 0) -> None:
         self.rel = rel
         self.struct = _BY_SIZE[size]
         self.mask = mask
         self.shift = shift
+        self.limit = (1 << 8 * size) - 1 if mask is None else mask >> shift
 
     @overload
     def __get__(self, view: None, owner: Any) -> Field: ...
@@ -132,18 +133,17 @@ class Field:
 
     def __set__(self, view: _View, value: int) -> None:
         at = view.offset + self.rel
+        # Checked before packing: a failing struct.pack_into has already zeroed its bytes.
+        if not isinstance(value, int):
+            raise TypeError(f"a header field takes an int, not {type(value).__name__}")
+        if not 0 <= value <= self.limit:
+            raise ValueError(f"value {value} does not fit in {self.limit.bit_length()} bits")
         if self.mask is None:
             word = value
         else:
-            limit = self.mask >> self.shift
-            if not 0 <= value <= limit:
-                raise ValueError(f"value {value} does not fit in {limit.bit_length()} bits")
             old = self.struct.unpack_from(view.buf, at)[0]
             word = (old & ~self.mask) | (value << self.shift)
-        try:
-            self.struct.pack_into(view.buf, at, word)
-        except struct.error as err:
-            raise ValueError(f"value {value} out of range for this field") from err
+        self.struct.pack_into(view.buf, at, word)
         view._touch()
 
 
@@ -194,8 +194,17 @@ class _Address:
         start = view.offset + self.rel
         return socket.inet_ntop(self.family, bytes(view.buf[start : start + self.size]))
 
-    def __set__(self, view: _View, value: str | bytes) -> None:
-        raw = value if isinstance(value, bytes) else socket.inet_pton(self.family, value)
+    def __set__(self, view: _View, value: str | bytes | bytearray | memoryview) -> None:
+        if isinstance(value, str):
+            try:
+                raw = socket.inet_pton(self.family, value)
+            except OSError as err:  # inet_pton's error for bad text is not a ValueError
+                version = 4 if self.family == socket.AF_INET else 6
+                raise ValueError(f"{value!r} is not an IPv{version} address") from err
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            raw = bytes(value)
+        else:
+            raise TypeError(f"an address is text or bytes, not {type(value).__name__}")
         if len(raw) != self.size:
             raise ValueError(f"an address here is {self.size} bytes")
         start = view.offset + self.rel

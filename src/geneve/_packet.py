@@ -1,9 +1,11 @@
 """A whole GWLB frame over one bytearray: outer IPv4 | UDP | Geneve | inner IP | L4 | payload.
 
-Two-phase parse. :meth:`Packet.parse` checks the outer IPv4, UDP and Geneve headers with three
-precompiled struct unpacks and stores offsets; the inner IP and L4 headers are parsed the first
-time something asks for them. Nothing is copied: accessors return offsets, ints, memoryviews or
-views (see ``_headers``) over the same buffer, and edits write into it.
+Two-phase parse. :meth:`Packet.parse` checks the outer IPv4, UDP and Geneve headers and stores
+offsets; the inner IP and L4 headers are parsed the first time something asks for them. The
+usual GWLB frame (no IPv4 options, the three GWLB options, UDP in IPv4 inside) is recognised
+with one struct unpack and one test, inner headers included; anything else takes a path that
+checks one field at a time and names what is wrong. Nothing is copied: accessors return offsets,
+ints, memoryviews or views (see ``_headers``) over the same buffer, and edits write into it.
 
 Edits that change a length (payload replacement) rewrite every length field at once and mark
 the packet modified; the checksums are then fixed in one call (one crossing into C) by
@@ -42,7 +44,16 @@ from ._headers import (
     IPv4,
     IPv6,
 )
-from .checksum import OuterUdpPolicy, fix_frame, internet_checksum, ones_complement_sum
+from ._pychecksum import fix as _py_fix
+from .checksum import (
+    _OUTER_MODES,
+    OuterUdpPolicy,
+    _c_fix,
+    _c_from_buffer,
+    _raise_fix_error,
+    internet_checksum,
+    ones_complement_sum,
+)
 
 __all__ = ["MAX_FRAME_LENGTH", "MAX_INNER_LENGTH", "Packet", "build_frame"]
 
@@ -54,13 +65,19 @@ GWLB_ENCAP_LENGTH = 68
 MAX_FRAME_LENGTH = MAX_INNER_LENGTH + GWLB_ENCAP_LENGTH
 
 _IP4 = struct.Struct("!BxHxxHxB")  # version/IHL, total length, flags/fragment offset, protocol
-_UDP = struct.Struct("!HHHH")
-_GENEVE = struct.Struct("!BBH")
+_IP4_UDP = "BxHxxHxB10x4xH2x"  # _IP4's fields, then the UDP length after them
+_new = object.__new__
 _U16 = struct.Struct("!H")
 _IP6_LEN_NH = struct.Struct("!HB")
 # The option headers of the GWLB layout: class 0x0108 type 1 and 2 with 2 words, type 3 with 1.
 _GWLB_OPTS = struct.Struct("!I8xI8xI4x")
 _GWLB_OPT_WORDS = (0x01080102, 0x01080202, 0x01080301)
+_GWLB_OPT1, _GWLB_OPT2, _GWLB_OPT3 = _GWLB_OPT_WORDS
+_UDP = struct.Struct("!HHHH")
+_GENEVE = struct.Struct("!BBH")
+# The 68-byte GWLB encapsulation with a 20-byte outer IPv4 header: _IP4's fields, then the tail.
+# The usual GWLB frame: 20-byte outer IPv4 (_IP4's fields), the tail, inner IPv4 and UDP.
+_USUAL = struct.Struct("!BxHxxHxB10x" + "2xHH2xBxH4xI8xI8xI4x" + _IP4_UDP)
 _GWLB_VALUES = struct.Struct("!4xQ4xQ4xI")
 _SWAP = struct.Struct("!II")
 
@@ -77,18 +94,18 @@ class Packet:
 
     __slots__ = (
         "_inner_done",
+        "_ip_end",
+        "_ip_offset",
+        "_ip_version",
+        "_is_fragment",
+        "_l4_offset",
+        "_l4_protocol",
+        "_payload_offset",
         "buf",
         "geneve_offset",
         "inner_offset",
-        "ip_end",
-        "ip_offset",
-        "ip_version",
-        "is_fragment",
-        "l4_offset",
-        "l4_protocol",
         "length",
         "modified",
-        "payload_offset",
         "protocol_type",
         "udp_offset",
     )
@@ -100,14 +117,15 @@ class Packet:
     inner_offset: int  # first byte after the Geneve header and its options
     protocol_type: int  # Geneve protocol type of the inner packet
     modified: bool  # set by every edit; the pipeline fixes checksums when it is true
-    # Filled by the lazy inner parse; -1 / 0 where there is no such layer.
-    ip_offset: int
-    ip_version: int
-    ip_end: int
-    is_fragment: bool
-    l4_offset: int
-    l4_protocol: int
-    payload_offset: int
+    # Filled by the lazy inner parse; -1 / 0 where there is no such layer. Read them through the
+    # properties of the same name without the underscore, which parse first when needed.
+    _ip_offset: int
+    _ip_version: int
+    _ip_end: int
+    _is_fragment: bool
+    _l4_offset: int
+    _l4_protocol: int
+    _payload_offset: int
 
     @classmethod
     def parse(
@@ -126,63 +144,68 @@ class Packet:
         """
         if type(buf) is not bytearray:
             buf = bytearray(buf[:length] if length is not None else buf)
-        n = len(buf) if length is None else length
-        if n > len(buf) or n < 0:
+        size = len(buf)
+        n = size if length is None else length
+        if n > size or n < 0:
             raise ValueError("length is beyond the buffer")
-        if n < 20:
-            raise TruncatedError("shorter than an IPv4 header", "outer-truncated")
-        vihl, total, frag, proto = _IP4.unpack_from(buf)
-        if vihl >> 4 != 4:
-            raise NotGeneveError("outer header is not IPv4", "not-ipv4")
-        ihl = (vihl & 0x0F) << 2
-        if ihl < 20:
-            raise MalformedError(f"outer IPv4 IHL {ihl // 4} is below 5", "outer-ihl")
-        if total < ihl:
-            raise MalformedError("outer IPv4 total length is below its IHL", "outer-length")
-        if total > n:
-            raise TruncatedError(
-                f"outer IPv4 total length {total} exceeds the {n} bytes received",
-                "outer-truncated",
+        # The usual frame, recognised with one unpack and one test: outer IPv4 without options,
+        # not a fragment, UDP to the Geneve port with a length that agrees, Geneve version 0
+        # with exactly GWLB's three options (none critical). The test proves 68 <= total <= n,
+        # so every field it uses is inside the frame. Anything else, valid or not, goes through
+        # _parse_outer, which checks one field at a time and says what is wrong.
+        usual = False
+        if size >= _USUAL.size:
+            (vihl, total, frag, proto, dport, ulen, b0, ptype, o1, o2, o3,
+             ivihl, itotal, ifrag, iproto, iulen) = _USUAL.unpack_from(buf)  # fmt: skip
+            usual = (
+                vihl == 0x45
+                and proto == IPPROTO_UDP
+                and not frag & 0x3FFF
+                and dport == port
+                and 68 <= total <= n
+                and ulen == total - 20
+                and b0 == 8
+                and o1 == _GWLB_OPT1
+                and o2 == _GWLB_OPT2
+                and o3 == _GWLB_OPT3
             )
-        if proto != IPPROTO_UDP:
-            raise NotGeneveError(f"IP protocol {proto} is not UDP", "not-udp")
-        if frag & 0x3FFF:
-            raise UnsupportedError("outer IPv4 fragment", "outer-fragment")
-        if total < ihl + 8:
-            raise TruncatedError("no room for the outer UDP header", "outer-truncated")
-        _sport, dport, ulen, _ucsum = _UDP.unpack_from(buf, ihl)
-        if dport != port:
-            raise NotGeneveError(f"UDP port {dport} is not the Geneve port {port}", "not-geneve")
-        if ulen != total - ihl:
-            if ulen > total - ihl:
-                raise TruncatedError("UDP length runs past the IPv4 packet", "udp-length")
-            raise MalformedError("UDP length disagrees with the IPv4 length", "udp-length")
-        geneve = ihl + 8
-        if ulen < 16:
-            raise TruncatedError("shorter than a Geneve header", "geneve-truncated")
-        b0, _b1, ptype = _GENEVE.unpack_from(buf, geneve)
-        # RFC 8926 3.4: "Packets received by a tunnel endpoint with an unknown version MUST be
-        # dropped."
-        if b0 >> 6:
-            raise UnsupportedError(f"Geneve version {b0 >> 6}", "geneve-version")
-        opt_len = (b0 & 0x3F) << 2
-        inner = geneve + 8 + opt_len
-        if inner > total:
-            raise TruncatedError("Geneve options run past the UDP datagram", "geneve-options")
-        if opt_len and not (
-            opt_len == 32 and _GWLB_OPTS.unpack_from(buf, geneve + 8) == _GWLB_OPT_WORDS
-        ):
-            _check_options(buf, geneve + 8, inner)
+        if usual:
+            ihl = 20
+            inner = 68
+        else:
+            total, ihl, inner, ptype = _parse_outer(buf, n, port)
 
-        self = cls.__new__(cls)
+        self = _new(cls)
         self.buf = buf
         self.length = total
         self.udp_offset = ihl
-        self.geneve_offset = geneve
+        self.geneve_offset = ihl + 8
         self.inner_offset = inner
         self.protocol_type = ptype
         self.modified = False
-        self._inner_done = False
+        # The usual inner packet, UDP in IPv4 without options, is parsed here too, setting what
+        # _parse_inner would; anything else (or anything wrong) is left to _parse_inner, on
+        # first use, so that parse() never fails for the inner packet. itotal >= 28 and
+        # 68 + itotal <= total prove these fields are in the frame.
+        if (
+            usual
+            and ptype == ETH_P_IPV4
+            and ivihl == 0x45
+            and iproto == IPPROTO_UDP
+            and not ifrag & 0x3FFF
+            and 28 <= itotal <= total - 68
+            and iulen == itotal - 20
+        ):
+            self._ip_version = 4
+            self._ip_offset = 68
+            self._ip_end = 68 + itotal
+            self._l4_protocol = IPPROTO_UDP
+            self._is_fragment = False
+            self._l4_offset = 88
+            self._payload_offset = 96
+            self._inner_done = True
+        else:
+            self._inner_done = False
         return self
 
     # -- the inner packet, parsed on first use ------------------------------------------------
@@ -197,9 +220,6 @@ class Packet:
         off = self.inner_offset
         end = self.length
         ptype = self.protocol_type
-        self.ip_offset = self.ip_version = self.l4_protocol = 0
-        self.ip_offset = self.l4_offset = self.payload_offset = self.ip_end = -1
-        self.is_fragment = False
         if ptype == ETH_P_TEB:
             if off + 14 > end:
                 raise TruncatedError("inner Ethernet header truncated", "inner-truncated")
@@ -222,14 +242,25 @@ class Packet:
             ip_end = off + itotal
             if ip_end > end:
                 raise TruncatedError("inner IPv4 runs past the frame", "inner-truncated")
-            self.ip_version = 4
-            self.ip_offset = off
-            self.ip_end = ip_end
-            self.l4_protocol = proto
+            l4 = off + ihl
             if frag & 0x3FFF:
-                self.is_fragment = True
+                self._is_fragment = True
+                self._l4_offset = self._payload_offset = -1
+            elif proto == IPPROTO_UDP:  # what GWLB carries most: inlined from _parse_l4
+                if ip_end - l4 < 8:
+                    raise TruncatedError("inner UDP header truncated", "inner-l4-truncated")
+                if _U16.unpack_from(buf, l4 + 4)[0] != ip_end - l4:
+                    raise MalformedError("inner UDP length disagrees with IP", "inner-udp-length")
+                self._is_fragment = False
+                self._l4_offset = l4
+                self._payload_offset = l4 + 8
             else:
-                self._parse_l4(off + ihl, proto, ip_end, False)
+                self._parse_l4(l4, proto, ip_end, False)
+                self._is_fragment = False
+            self._ip_version = 4
+            self._ip_offset = off
+            self._ip_end = ip_end
+            self._l4_protocol = proto
         elif ptype == ETH_P_IPV6:
             if off + 40 > end:
                 raise TruncatedError("inner IPv6 header truncated", "inner-truncated")
@@ -239,9 +270,6 @@ class Packet:
             ip_end = off + 40 + plen
             if ip_end > end:
                 raise TruncatedError("inner IPv6 runs past the frame", "inner-truncated")
-            self.ip_version = 6
-            self.ip_offset = off
-            self.ip_end = ip_end
             pos = off + 40
             while nh in _IP6_EXT:
                 if pos + 8 > ip_end:
@@ -250,11 +278,20 @@ class Packet:
                 pos += hlen
             if pos > ip_end:
                 raise TruncatedError("IPv6 extension header truncated", "inner-truncated")
-            self.l4_protocol = nh
             if nh == _IP6_FRAGMENT:
-                self.is_fragment = True
+                self._is_fragment = True
+                self._l4_offset = self._payload_offset = -1
             else:
                 self._parse_l4(pos, nh, ip_end, True)
+                self._is_fragment = False
+            self._ip_version = 6
+            self._ip_offset = off
+            self._ip_end = ip_end
+            self._l4_protocol = nh
+        else:  # no inner IP (ARP, unknown protocol type): nothing below the Geneve header
+            self._ip_version = self._l4_protocol = 0
+            self._ip_offset = self._ip_end = self._l4_offset = self._payload_offset = -1
+            self._is_fragment = False
         self._inner_done = True
 
     def _parse_l4(self, l4: int, proto: int, ip_end: int, v6: bool) -> None:
@@ -278,12 +315,64 @@ class Packet:
             payload = min(l4 + 8, ip_end)
         else:
             payload = l4  # an L4 this codec does not know: its bytes are all payload
-        self.l4_offset = l4
-        self.payload_offset = payload
+        self._l4_offset = l4
+        self._payload_offset = payload
 
     def _inner(self) -> None:
         if not self._inner_done:
             self._parse_inner()
+
+    # The inner fields, read-only. Plain properties rather than __getattr__: a class with
+    # __getattr__ loses CPython's fast path for every attribute, slots included.
+
+    @property
+    def ip_offset(self) -> int:
+        """Where the inner IPv4/IPv6 header starts; -1 without one."""
+        if not self._inner_done:
+            self._parse_inner()
+        return self._ip_offset
+
+    @property
+    def ip_version(self) -> int:
+        """4 or 6; 0 when the inner packet is not IP."""
+        if not self._inner_done:
+            self._parse_inner()
+        return self._ip_version
+
+    @property
+    def ip_end(self) -> int:
+        """Where the inner IP packet ends (its length field); -1 without one."""
+        if not self._inner_done:
+            self._parse_inner()
+        return self._ip_end
+
+    @property
+    def is_fragment(self) -> bool:
+        """The inner IP packet is a fragment (never rewritten)."""
+        if not self._inner_done:
+            self._parse_inner()
+        return self._is_fragment
+
+    @property
+    def l4_offset(self) -> int:
+        """Where the inner L4 header starts; -1 for a fragment or without IP."""
+        if not self._inner_done:
+            self._parse_inner()
+        return self._l4_offset
+
+    @property
+    def l4_protocol(self) -> int:
+        """The inner IP protocol number (after IPv6 extension headers); 0 without IP."""
+        if not self._inner_done:
+            self._parse_inner()
+        return self._l4_protocol
+
+    @property
+    def payload_offset(self) -> int:
+        """Where the inner L4 payload starts; -1 for a fragment or without IP."""
+        if not self._inner_done:
+            self._parse_inner()
+        return self._payload_offset
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -337,21 +426,24 @@ class Packet:
 
     @property
     def inner_ipv4(self) -> IPv4 | None:
-        self._inner()
-        return IPv4(self.buf, self.ip_offset, self) if self.ip_version == 4 else None
+        if not self._inner_done:
+            self._parse_inner()
+        return IPv4(self.buf, self._ip_offset, self) if self._ip_version == 4 else None
 
     @property
     def inner_ipv6(self) -> IPv6 | None:
-        self._inner()
-        return IPv6(self.buf, self.ip_offset, self) if self.ip_version == 6 else None
+        if not self._inner_done:
+            self._parse_inner()
+        return IPv6(self.buf, self._ip_offset, self) if self._ip_version == 6 else None
 
     @property
     def inner_ip(self) -> IPv4 | IPv6 | None:
-        self._inner()
-        if self.ip_version == 4:
-            return IPv4(self.buf, self.ip_offset, self)
-        if self.ip_version == 6:
-            return IPv6(self.buf, self.ip_offset, self)
+        if not self._inner_done:
+            self._parse_inner()
+        if self._ip_version == 4:
+            return IPv4(self.buf, self._ip_offset, self)
+        if self._ip_version == 6:
+            return IPv6(self.buf, self._ip_offset, self)
         return None
 
     @property
@@ -368,54 +460,60 @@ class Packet:
     @property
     def udp(self) -> UDP | None:
         """The inner UDP header, or None (not UDP, or a fragment)."""
-        self._inner()
-        if self.l4_protocol == IPPROTO_UDP and self.l4_offset >= 0:
-            return UDP(self.buf, self.l4_offset, self)
+        if not self._inner_done:
+            self._parse_inner()
+        if self._l4_protocol == IPPROTO_UDP and self._l4_offset >= 0:
+            return UDP(self.buf, self._l4_offset, self)
         return None
 
     @property
     def tcp(self) -> TCP | None:
-        self._inner()
-        if self.l4_protocol == IPPROTO_TCP and self.l4_offset >= 0:
-            return TCP(self.buf, self.l4_offset, self)
+        if not self._inner_done:
+            self._parse_inner()
+        if self._l4_protocol == IPPROTO_TCP and self._l4_offset >= 0:
+            return TCP(self.buf, self._l4_offset, self)
         return None
 
     @property
     def icmp(self) -> ICMP | None:
         """The inner ICMP (over IPv4) or ICMPv6 (over IPv6) header, or None."""
-        self._inner()
+        if not self._inner_done:
+            self._parse_inner()
         if (
-            self.l4_offset >= 0
-            and self.l4_protocol == (IPPROTO_ICMPV6 if self.ip_version == 6 else IPPROTO_ICMP)
-            and self.ip_end - self.l4_offset >= 8
+            self._l4_offset >= 0
+            and self._l4_protocol == (IPPROTO_ICMPV6 if self._ip_version == 6 else IPPROTO_ICMP)
+            and self._ip_end - self._l4_offset >= 8
         ):
-            return ICMP(self.buf, self.l4_offset, self)
+            return ICMP(self.buf, self._l4_offset, self)
         return None
 
     @property
     def ports(self) -> tuple[int, int] | None:
         """Inner (source, destination) ports of UDP or TCP, or None. Fast: one unpack."""
-        self._inner()
-        if self.l4_offset >= 0 and self.l4_protocol in (IPPROTO_UDP, IPPROTO_TCP):
-            src, dst = _PORTS.unpack_from(self.buf, self.l4_offset)
+        if not self._inner_done:
+            self._parse_inner()
+        if self._l4_offset >= 0 and self._l4_protocol in (IPPROTO_UDP, IPPROTO_TCP):
+            src, dst = _PORTS.unpack_from(self.buf, self._l4_offset)
             return src, dst
         return None
 
     @property
     def payload(self) -> memoryview | None:
         """The inner L4 payload (a view; no copy), or None when there is no L4 header."""
-        self._inner()
-        if self.payload_offset < 0:
+        if not self._inner_done:
+            self._parse_inner()
+        if self._payload_offset < 0:
             return None
-        return memoryview(self.buf)[self.payload_offset : self.ip_end]
+        return memoryview(self.buf)[self._payload_offset : self._ip_end]
 
     def payload_find(self, sub: bytes) -> int:
         """Index of ``sub`` in the inner L4 payload, or -1 (no copy)."""
-        self._inner()
-        if self.payload_offset < 0:
+        if not self._inner_done:
+            self._parse_inner()
+        if self._payload_offset < 0:
             return -1
-        pos = self.buf.find(sub, self.payload_offset, self.ip_end)
-        return pos if pos < 0 else pos - self.payload_offset
+        pos = self.buf.find(sub, self._payload_offset, self._ip_end)
+        return pos if pos < 0 else pos - self._payload_offset
 
     def payload_contains(self, sub: bytes) -> bool:
         return self.payload_find(sub) >= 0
@@ -442,44 +540,50 @@ class Packet:
         lengths; checksums are fixed by :meth:`fix_checksums` (the pipeline calls it). Bytes after
         the inner IP packet (padding) are dropped. Fragments are never rewritten.
         """
-        self._inner()
-        if self.is_fragment:
+        if not self._inner_done:
+            self._parse_inner()
+        if self._is_fragment:
             raise FragmentError("inner packet is a fragment; it is never rewritten")
-        if self.payload_offset < 0:
+        if self._payload_offset < 0:
             raise UnsupportedError("inner packet has no payload to replace", "no-payload")
-        new_len = len(data)
-        old_len = self.ip_end - self.payload_offset
-        if new_len != old_len and self.l4_protocol == IPPROTO_TCP:
-            raise UnsupportedError("changing a TCP payload's length breaks its sequence numbers")
-        if new_len != old_len and self.l4_protocol not in (
-            IPPROTO_UDP,
-            IPPROTO_ICMP,
-            IPPROTO_ICMPV6,
-        ):
-            raise UnsupportedError(f"cannot resize the payload of IP protocol {self.l4_protocol}")
-        delta = new_len - old_len
-        new_ip_end = self.ip_end + delta
-        ip_len = new_ip_end - self.ip_offset
-        limit = 0xFFFF if self.ip_version == 4 else 0xFFFF + 40
-        if new_ip_end > 0xFFFF or ip_len > limit:
-            raise PacketTooLargeError("the frame would exceed 65535 bytes")
+        self._write_payload(data)
+
+    def _write_payload(self, data: bytes | bytearray | memoryview) -> None:
+        # The inner packet is parsed, has a payload and is not a fragment.
+        start = self._payload_offset
+        new_ip_end = start + len(data)
+        if new_ip_end != self._ip_end:
+            proto = self._l4_protocol
+            if proto == IPPROTO_TCP:
+                raise UnsupportedError(
+                    "changing a TCP payload's length breaks its sequence numbers"
+                )
+            if proto != IPPROTO_UDP and proto != IPPROTO_ICMP and proto != IPPROTO_ICMPV6:
+                raise UnsupportedError(f"cannot resize the payload of IP protocol {proto}")
+            limit = 0xFFFF if self._ip_version == 4 else 0xFFFF + 40
+            if new_ip_end > 0xFFFF or new_ip_end - self._ip_offset > limit:
+                raise PacketTooLargeError("the frame would exceed 65535 bytes")
         buf = self.buf
         if new_ip_end > len(buf):
-            buf.extend(bytes(new_ip_end - len(buf)))
-        buf[self.payload_offset : new_ip_end] = data
-        if delta or new_ip_end != self.length:
+            try:
+                buf[start:] = data  # grows the buffer in one step
+            except BufferError:  # a memoryview of it is alive: it cannot resize, so grow a copy
+                buf = self.buf = buf[:start] + data
+        else:
+            buf[start:new_ip_end] = data
+        if new_ip_end != self.length:
             u16 = _U16.pack_into
-            ip = self.ip_offset
-            if self.ip_version == 4:
-                u16(buf, ip + 2, ip_len)
+            ip = self._ip_offset
+            if self._ip_version == 4:
+                u16(buf, ip + 2, new_ip_end - ip)
             else:
-                u16(buf, ip + 4, ip_len - 40)
-            if self.l4_protocol == IPPROTO_UDP:
-                u16(buf, self.l4_offset + 4, new_ip_end - self.l4_offset)
+                u16(buf, ip + 4, new_ip_end - ip - 40)
+            if self._l4_protocol == IPPROTO_UDP:
+                u16(buf, self._l4_offset + 4, new_ip_end - self._l4_offset)
             u16(buf, 2, new_ip_end)
             u16(buf, self.udp_offset + 4, new_ip_end - self.udp_offset)
             self.length = new_ip_end
-            self.ip_end = new_ip_end
+            self._ip_end = new_ip_end
         self.modified = True
 
     def replace_in_payload(self, old: bytes, new: bytes, count: int = -1) -> int:
@@ -487,31 +591,95 @@ class Packet:
 
         Costs nothing (no copy) when ``old`` does not occur.
         """
-        self._inner()
-        start = self.payload_offset
+        if not self._inner_done:
+            self._parse_inner()
+        start = self._payload_offset
         if start < 0 or not old:
             return 0
         buf = self.buf
-        if buf.find(old, start, self.ip_end) < 0:
+        end = self._ip_end
+        if buf.find(old, start, end) < 0:
             return 0
-        chunk = buf[start : self.ip_end]
-        found = chunk.count(old) if count < 0 else min(count, chunk.count(old))
-        self.replace_payload(chunk.replace(old, new, count))
-        return found
+        chunk = buf[start:end]
+        data = chunk.replace(old, new, count)
+        grow = len(new) - len(old)
+        if not grow:
+            self._write_payload(data)
+            return chunk.count(old) if count < 0 else min(count, chunk.count(old))
+        # Each replacement changes the length by the same amount: no second scan. The rest is
+        # _write_payload for a length change, inlined: this is the rewrite appliances do most.
+        new_end = start + len(data)
+        proto = self._l4_protocol
+        if proto != IPPROTO_UDP or new_end > 0xFFFF:
+            self._write_payload(data)  # raises, or handles the rarer cases
+        else:
+            if new_end > len(buf):
+                self._write_payload(data)
+            else:
+                buf[start:new_end] = data
+                u16 = _U16.pack_into
+                ip = self._ip_offset
+                if self._ip_version == 4:
+                    u16(buf, ip + 2, new_end - ip)
+                else:
+                    u16(buf, ip + 4, new_end - ip - 40)
+                l4 = self._l4_offset
+                u16(buf, l4 + 4, new_end - l4)
+                u16(buf, 2, new_end)
+                udp = self.udp_offset
+                u16(buf, udp + 4, new_end - udp)
+                self.length = self._ip_end = new_end
+                self.modified = True
+        return (len(data) - (end - start)) // grow
 
     def fix_checksums(self, *, outer_udp: OuterUdpPolicy = "keep") -> bool:
         """Recompute every checksum of the frame in one call; False for an inner fragment."""
-        self._inner()
-        ok = fix_frame(
-            self.buf,
-            self.ip_offset,
-            self.l4_offset if self.ip_offset >= 0 else -1,
-            self.l4_protocol,
-            length=self.length,
-            outer_udp=outer_udp,
-        )
+        if not self._inner_done:
+            self._parse_inner()
+        ip = self._ip_offset
+        if ip < 0:  # no inner IP (ARP, an unknown protocol type): the outer checksums only
+            self._fix_outer(outer_udp)
+            self.modified = False
+            return True
+        # What fix_frame does, minus its argument checks (self.length <= len(self.buf) always)
+        # and one call level; the buffer is a bytearray, so it is writable.
+        if _c_fix is not None:
+            rc: int = _c_fix(
+                _c_from_buffer(self.buf),
+                self.length,
+                ip,
+                self._l4_offset,
+                self._l4_protocol,
+                _OUTER_MODES[outer_udp],
+            )
+        else:
+            rc = _py_fix(
+                self.buf,
+                self.length,
+                ip,
+                self._l4_offset,
+                self._l4_protocol,
+                _OUTER_MODES[outer_udp],
+            )
+        if rc < 0:
+            _raise_fix_error(rc)
         self.modified = False
-        return ok
+        # An IPv6 fragment's L4 offset is -1, so the fix-up itself cannot tell it is one.
+        return rc == 0 and not self._is_fragment
+
+    def _fix_outer(self, outer_udp: OuterUdpPolicy) -> None:
+        buf = self.buf
+        udp = self.udp_offset
+        buf[10:12] = b"\0\0"
+        _U16.pack_into(buf, 10, internet_checksum(buf[:udp]))
+        was_zero = buf[udp + 6] == 0 and buf[udp + 7] == 0
+        buf[udp + 6 : udp + 8] = b"\0\0"
+        if outer_udp == "compute" or (outer_udp == "keep" and not was_zero):
+            ulen = self.length - udp
+            pseudo = ones_complement_sum(buf[12:20]) + IPPROTO_UDP + ulen
+            # RFC 768: a computed zero is sent as all ones.
+            csum = internet_checksum(buf[udp : self.length], pseudo)
+            _U16.pack_into(buf, udp + 6, csum or 0xFFFF)
 
     @property
     def inner_length(self) -> int:
@@ -521,7 +689,7 @@ class Packet:
     def __repr__(self) -> str:
         try:
             self._inner()
-            inner = f"ipv{self.ip_version} proto={self.l4_protocol}" if self.ip_version else "-"
+            inner = f"ipv{self._ip_version} proto={self._l4_protocol}" if self._ip_version else "-"
         except GeneveError as err:
             inner = f"malformed ({err.reason})"
         return (
@@ -531,6 +699,56 @@ class Packet:
 
 
 _PORTS = struct.Struct("!HH")
+
+
+def _parse_outer(buf: bytearray, n: int, port: int) -> tuple[int, int, int, int]:
+    """Check the outer IPv4, UDP and Geneve headers field by field; raise for the first bad one.
+
+    Returns the outer total length, the outer IPv4 header length, where the inner packet starts
+    and the Geneve protocol type.
+    """
+    if n < 20:
+        raise TruncatedError("shorter than an IPv4 header", "outer-truncated")
+    vihl, total, frag, proto = _IP4.unpack_from(buf)
+    if vihl >> 4 != 4:
+        raise NotGeneveError("outer header is not IPv4", "not-ipv4")
+    ihl = (vihl & 0x0F) << 2
+    if ihl < 20:
+        raise MalformedError(f"outer IPv4 IHL {ihl // 4} is below 5", "outer-ihl")
+    if total < ihl:
+        raise MalformedError("outer IPv4 total length is below its IHL", "outer-length")
+    if total > n:
+        raise TruncatedError(
+            f"outer IPv4 total length {total} exceeds the {n} bytes received", "outer-truncated"
+        )
+    if proto != IPPROTO_UDP:
+        raise NotGeneveError(f"IP protocol {proto} is not UDP", "not-udp")
+    if frag & 0x3FFF:
+        raise UnsupportedError("outer IPv4 fragment", "outer-fragment")
+    if total < ihl + 8:
+        raise TruncatedError("no room for the outer UDP header", "outer-truncated")
+    _sport, dport, ulen, _ucsum = _UDP.unpack_from(buf, ihl)
+    if dport != port:
+        raise NotGeneveError(f"UDP port {dport} is not the Geneve port {port}", "not-geneve")
+    if ulen != total - ihl:
+        if ulen > total - ihl:
+            raise TruncatedError("UDP length runs past the IPv4 packet", "udp-length")
+        raise MalformedError("UDP length disagrees with the IPv4 length", "udp-length")
+    geneve = ihl + 8
+    if ulen < 16:
+        raise TruncatedError("shorter than a Geneve header", "geneve-truncated")
+    b0, _b1, ptype = _GENEVE.unpack_from(buf, geneve)
+    # RFC 8926 3.4: "Packets received by a tunnel endpoint with an unknown version MUST be
+    # dropped."
+    if b0 >> 6:
+        raise UnsupportedError(f"Geneve version {b0 >> 6}", "geneve-version")
+    opt_len = (b0 & 0x3F) << 2
+    inner = geneve + 8 + opt_len
+    if inner > total:
+        raise TruncatedError("Geneve options run past the UDP datagram", "geneve-options")
+    if opt_len:
+        _check_options(buf, geneve + 8, inner)
+    return total, ihl, inner, ptype
 
 
 def _check_options(buf: bytearray, pos: int, end: int) -> None:

@@ -66,7 +66,19 @@ def _fix_l4(
     return 0
 
 
+# Bytes of the L4 header whose checksum _fix_l4 writes, by (protocol, over IPv6).
+_L4_MIN = {
+    (17, False): 8,
+    (17, True): 8,
+    (6, False): 20,
+    (6, True): 20,
+    (1, False): 4,
+    (58, True): 4,
+}
+
+
 def _fix_inner(buf: bytearray | memoryview, total: int, ip: int, l4: int, proto: int) -> int:
+    # Every check comes before the first write: an error leaves the frame as it was.
     if ip >= total:
         return FIX_TRUNCATED
     version = buf[ip] >> 4
@@ -79,13 +91,17 @@ def _fix_inner(buf: bytearray | memoryview, total: int, ip: int, l4: int, proto:
             return FIX_MALFORMED
         if end > total:
             return FIX_TRUNCATED
+        fragment = ((buf[ip + 6] << 8) | buf[ip + 7]) & 0x3FFF
+        if not fragment and l4 >= 0:
+            if l4 < ip + ihl or l4 > end:
+                return FIX_MALFORMED
+            if end - l4 < _L4_MIN.get((proto, False), 0):
+                return FIX_TRUNCATED
         _store(buf, ip, ip + ihl, ip + 10, 0, False)
-        if ((buf[ip + 6] << 8) | buf[ip + 7]) & 0x3FFF:
+        if fragment:
             return FIX_FRAGMENT
         if l4 < 0:
             return 0
-        if l4 < ip + ihl or l4 > end:
-            return FIX_MALFORMED
         return _fix_l4(buf, l4, end - l4, proto, ones_sum(buf[ip + 12 : ip + 20]), False)
     if version == 6:
         if total - ip < 40:
@@ -97,6 +113,8 @@ def _fix_inner(buf: bytearray | memoryview, total: int, ip: int, l4: int, proto:
             return 0
         if l4 < ip + 40 or l4 > end:
             return FIX_MALFORMED
+        if end - l4 < _L4_MIN.get((proto, True), 0):
+            return FIX_TRUNCATED
         return _fix_l4(buf, l4, end - l4, proto, ones_sum(buf[ip + 8 : ip + 40]), True)
     return FIX_MALFORMED
 
@@ -118,13 +136,13 @@ def fix(
         return FIX_MALFORMED
     if total > length or ihl + 8 > total:
         return FIX_TRUNCATED
+    ulen = (buf[ihl + 4] << 8) | buf[ihl + 5]
+    if ulen < 8 or ihl + ulen > total:
+        return FIX_MALFORMED
     rc = _fix_inner(buf, total, ip_off, l4_off, l4_proto)
     if rc not in (0, FIX_FRAGMENT):
         return rc
     _store(buf, 0, ihl, 10, 0, False)
-    ulen = (buf[ihl + 4] << 8) | buf[ihl + 5]
-    if ulen < 8 or ihl + ulen > total:
-        return FIX_MALFORMED
     zero = buf[ihl + 6] == 0 and buf[ihl + 7] == 0
     if outer_udp_mode == OUTER_ZERO or (outer_udp_mode == OUTER_KEEP and zero):
         buf[ihl + 6] = 0

@@ -24,11 +24,16 @@ __all__ = [
 ]
 
 OuterUdpPolicy = Literal["keep", "zero", "compute"]
+_L4_PROTOCOLS = frozenset((1, 6, 17, 58))  # ICMP, TCP, UDP, ICMPv6: the checksums fix_frame knows
 _OUTER_MODES = {"keep": 0, "zero": 1, "compute": 2}
 
 IMPLEMENTATION: Literal["c", "python"]
 ffi: Any = None
 lib: Any = None
+# For the codec's hot path (geneve.Packet.fix_checksums), which calls them directly to save a
+# Python-level call per packet: the C fix-up and cffi's buffer wrapper, or None without C.
+_c_fix: Any = None
+_c_from_buffer: Any = None
 
 if os.environ.get("GENEVE_PURE_PYTHON", "") not in ("", "0"):
     IMPLEMENTATION = "python"
@@ -48,16 +53,32 @@ else:
 
 if IMPLEMENTATION == "c":
     _from_buffer = ffi.from_buffer
+    _U8_ARRAY = ffi.typeof("uint8_t[]")
     _sum = lib.geneve_sum
     _fix = lib.geneve_fix
+    _c_fix = _fix
+    _c_from_buffer = _from_buffer
 
+    # len() of the cdata, not of ``data``: a memoryview's len() counts items, not bytes.
+    # An ``initial`` outside uint32_t makes cffi raise OverflowError: reported as ValueError,
+    # as the pure-Python version does.
     def ones_complement_sum(data: Buffer, initial: int = 0) -> int:
         """The folded 16-bit one's-complement sum of ``data`` plus ``initial`` (not inverted)."""
-        return int(_sum(_from_buffer(data), len(data), initial))
+        raw = _from_buffer(data)
+        try:
+            return int(_sum(raw, len(raw), initial))
+        except OverflowError:
+            _check_initial(initial)
+            raise
 
     def internet_checksum(data: Buffer, initial: int = 0) -> int:
         """RFC 1071 checksum of ``data``; ``initial`` is a partial sum such as a pseudo-header's."""
-        return ~int(_sum(_from_buffer(data), len(data), initial)) & 0xFFFF
+        raw = _from_buffer(data)
+        try:
+            return ~int(_sum(raw, len(raw), initial)) & 0xFFFF
+        except OverflowError:
+            _check_initial(initial)
+            raise
 
     def _fix_frame(
         buf: bytearray | memoryview,
@@ -67,16 +88,23 @@ if IMPLEMENTATION == "c":
         l4_proto: int,
         outer_udp_mode: int,
     ) -> int:
-        return int(_fix(_from_buffer(buf, True), length, ip_off, l4_off, l4_proto, outer_udp_mode))
+        # require_writable (positional: the keyword form is twice as slow) refuses a read-only
+        # memoryview rather than writing into an immutable object.
+        rc: int = _fix(
+            _from_buffer(_U8_ARRAY, buf, True), length, ip_off, l4_off, l4_proto, outer_udp_mode
+        )
+        return rc
 
 else:
 
     def ones_complement_sum(data: Buffer, initial: int = 0) -> int:
         """The folded 16-bit one's-complement sum of ``data`` plus ``initial`` (not inverted)."""
+        _check_initial(initial)
         return _pychecksum.ones_sum(data, initial)
 
     def internet_checksum(data: Buffer, initial: int = 0) -> int:
         """RFC 1071 checksum of ``data``; ``initial`` is a partial sum such as a pseudo-header's."""
+        _check_initial(initial)
         return ~_pychecksum.ones_sum(data, initial) & 0xFFFF
 
     _fix_frame = _pychecksum.fix
@@ -122,11 +150,26 @@ def fix_frame(
     length fields disagree, before writing anything at the inner level.
     """
     n = len(buf) if length is None else length
-    if n > len(buf) or ip_offset < 0:
+    if not 0 <= n <= len(buf):
         raise TruncatedError("length beyond the buffer")
+    if not 0 <= ip_offset < n:
+        raise TruncatedError("inner IP offset outside the frame")
+    # Clamp what the routines treat alike anyway (any negative L4 offset: none; any past the
+    # frame: malformed; an unknown protocol: left alone), so that no Python int, however large,
+    # reaches C's fixed-width arguments.
+    if l4_offset < 0:
+        l4_offset = -1
+    elif l4_offset > n:
+        l4_offset = n + 1
+    if l4_protocol not in _L4_PROTOCOLS:
+        l4_protocol = 0
     rc = _fix_frame(buf, n, ip_offset, l4_offset, l4_protocol, _OUTER_MODES[outer_udp])
     if rc < 0:
-        if rc == _pychecksum.FIX_TRUNCATED:
-            raise TruncatedError("frame shorter than its length fields")
-        raise MalformedError("frame fields disagree; checksums not fixed")
+        _raise_fix_error(rc)
     return rc == 0
+
+
+def _raise_fix_error(rc: int) -> None:
+    if rc == _pychecksum.FIX_TRUNCATED:
+        raise TruncatedError("frame shorter than its length fields")
+    raise MalformedError("frame fields disagree; checksums not fixed")

@@ -1,0 +1,255 @@
+"""geneve._pcap: classic pcap in both byte orders and resolutions, pcapng, and the writer."""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+
+import pytest
+from scapy.utils import RawPcapReader
+
+from geneve._pcap import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_NULL,
+    LINKTYPE_RAW,
+    CaptureError,
+    PcapWriter,
+    Record,
+    ip_offset,
+    read_capture,
+)
+
+PACKETS = [
+    (1_700_000_000_123_456_789, b"\x45" + bytes(range(1, 60))),
+    (1_700_000_001_000_000_001, b""),
+    (5, b"\xff" * 1500),
+]
+
+
+def pcap_bytes(
+    order: str, nano: bool, packets: list[tuple[int, bytes]], linktype: int = 1, orig_extra: int = 0
+) -> bytes:
+    """A classic pcap file written by hand (not by the module under test)."""
+    magic = 0xA1B23C4D if nano else 0xA1B2C3D4
+    out = struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, 65535, linktype)
+    for ts, data in packets:
+        sec, ns = divmod(ts, 1_000_000_000)
+        frac = ns if nano else ns // 1000
+        out += struct.pack(order + "IIII", sec, frac, len(data), len(data) + orig_extra) + data
+    return out
+
+
+def expected_ts(ts: int, nano: bool) -> int:
+    return ts if nano else ts - ts % 1000
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("nano", [False, True])
+def test_read_pcap(tmp_path: Path, order: str, nano: bool) -> None:
+    path = tmp_path / "in.pcap"
+    path.write_bytes(pcap_bytes(order, nano, PACKETS, linktype=LINKTYPE_RAW, orig_extra=7))
+    with path.open("rb") as f:
+        info, records = read_capture(f)
+        got = list(records)
+    assert (info.linktype, info.nanosecond, info.format) == (LINKTYPE_RAW, nano, "pcap")
+    assert got == [
+        Record(expected_ts(ts, nano), LINKTYPE_RAW, data, len(data) + 7) for ts, data in PACKETS
+    ]
+
+
+def test_linktype_fcs_bits_are_ignored() -> None:
+    raw = bytearray(pcap_bytes("<", False, PACKETS[:1]))
+    struct.pack_into("<I", raw, 20, 0x10000000 | LINKTYPE_ETHERNET)
+    info, records = read_capture(io.BytesIO(bytes(raw)))
+    assert info.linktype == LINKTYPE_ETHERNET and next(records).linktype == LINKTYPE_ETHERNET
+
+
+def test_empty_pcap_has_no_records() -> None:
+    info, records = read_capture(io.BytesIO(pcap_bytes(">", True, [])))
+    assert info.format == "pcap" and list(records) == []
+
+
+@pytest.mark.parametrize("nano", [False, True])
+def test_writer_round_trip(tmp_path: Path, nano: bool) -> None:
+    path = tmp_path / "out.pcap"
+    with path.open("wb") as f:
+        writer = PcapWriter(f, LINKTYPE_ETHERNET, nanosecond=nano)
+        for ts, data in PACKETS:
+            writer.write(data, ts)
+        writer.write(memoryview(b"view"), 0)
+    with path.open("rb") as fin:
+        info, records = read_capture(fin)
+        got = [(r.ts_ns, r.data, r.orig_len) for r in records]
+    assert info.linktype == LINKTYPE_ETHERNET and info.nanosecond == nano
+    want = [(expected_ts(ts, nano), data, len(data)) for ts, data in PACKETS]
+    assert got == [*want, (0, b"view", 4)]
+    # An independent reader agrees on bytes and timestamps.
+    reader = RawPcapReader(str(path))
+    theirs = [(data, meta.sec, meta.usec) for data, meta in reader]
+    reader.close()
+    assert [d for d, _, _ in theirs] == [d for _, d, _ in got]
+    assert [s * 1_000_000_000 + f * (1 if nano else 1000) for _, s, f in theirs] == [
+        t for t, _, _ in got
+    ]
+
+
+# -- pcapng -----------------------------------------------------------------------------------
+
+
+def block(order: str, btype: int, body: bytes) -> bytes:
+    body += b"\0" * (-len(body) % 4)
+    total = 12 + len(body)
+    return struct.pack(order + "II", btype, total) + body + struct.pack(order + "I", total)
+
+
+def shb(order: str) -> bytes:
+    return block(order, 0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+
+
+def idb(order: str, linktype: int, tsresol: int | None = None) -> bytes:
+    body = struct.pack(order + "HHI", linktype, 0, 0)
+    if tsresol is not None:
+        body += struct.pack(order + "HH", 9, 1) + bytes([tsresol, 0, 0, 0])
+        body += struct.pack(order + "HH", 0, 0)
+    return block(order, 1, body)
+
+
+def epb(order: str, iface: int, ticks: int, data: bytes, orig: int | None = None) -> bytes:
+    head = struct.pack(
+        order + "IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(data),
+        len(data) if orig is None else orig,
+    )  # fmt: skip
+    return block(order, 6, head + data)
+
+
+def spb(order: str, data: bytes) -> bytes:
+    return block(order, 3, struct.pack(order + "I", len(data)) + data)
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_read_pcapng(order: str) -> None:
+    data = (
+        shb(order)
+        + idb(order, LINKTYPE_ETHERNET)  # default resolution: microseconds
+        + idb(order, LINKTYPE_RAW, 9)  # nanoseconds
+        + idb(order, LINKTYPE_LINUX_SLL, 0x80 | 10)  # 2^-10 seconds
+        + block(order, 0x0BAD, b"an unknown block is skipped")
+        + epb(order, 0, 1_700_000_000_123_456, b"abc", orig=100)
+        + epb(order, 1, 1_700_000_000_123_456_789, b"defgh")
+        + epb(order, 2, 3 * 1024 + 512, b"x" * 7)
+        + spb(order, b"simple")
+    )
+    info, records = read_capture(io.BytesIO(data))
+    assert info.format == "pcapng" and info.linktype == LINKTYPE_ETHERNET
+    assert list(records) == [
+        Record(1_700_000_000_123_456_000, LINKTYPE_ETHERNET, b"abc", 100),
+        Record(1_700_000_000_123_456_789, LINKTYPE_RAW, b"defgh", 5),
+        Record(3_500_000_000, LINKTYPE_LINUX_SLL, b"x" * 7, 7),
+        Record(0, LINKTYPE_ETHERNET, b"simple", 6),
+    ]
+
+
+def test_pcapng_second_section_starts_new_interfaces() -> None:
+    data = (
+        shb("<") + idb("<", LINKTYPE_ETHERNET) + epb("<", 0, 0, b"one")
+        + shb("<") + idb("<", LINKTYPE_RAW) + epb("<", 0, 0, b"two")
+    )  # fmt: skip
+    _, records = read_capture(io.BytesIO(data))
+    assert [(r.linktype, r.data) for r in records] == [
+        (LINKTYPE_ETHERNET, b"one"), (LINKTYPE_RAW, b"two")
+    ]  # fmt: skip
+
+
+def test_pcapng_without_packets() -> None:
+    info, records = read_capture(io.BytesIO(shb("<") + idb("<", LINKTYPE_RAW)))
+    assert info.linktype == LINKTYPE_RAW and list(records) == []
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+GOOD = pcap_bytes("<", False, PACKETS[:1])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xd4\xc3\xb2",
+        b"not a capture file at all, really",
+        GOOD[:20],
+        GOOD[:30],  # record header cut short
+        GOOD[:-1],  # record data cut short
+        GOOD[:24] + struct.pack("<IIII", 0, 0, 0x40001, 0x40001),  # implausible length
+    ],
+)
+def test_pcap_errors(data: bytes) -> None:
+    with pytest.raises(CaptureError):
+        _, records = read_capture(io.BytesIO(data))
+        list(records)
+
+
+def bad_bom() -> bytes:
+    raw = bytearray(shb("<"))
+    raw[8:12] = b"\0\0\0\0"
+    return bytes(raw)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        shb("<")[:10],
+        bad_bom(),
+        struct.pack("<II", 0x0A0D0D0A, 26) + struct.pack("<I", 0x1A2B3C4D) + b"\0" * 14,
+        shb("<")[:-2],  # section header cut short
+        shb("<") + struct.pack("<II", 6, 13) + b"\0" * 5,  # block length not a multiple of 4
+        shb("<") + struct.pack("<II", 6, 8),  # block length below 12
+        shb("<") + idb("<", 1)[:-4],  # block cut short
+        shb("<") + idb("<", 1) + b"\x06\0\0",  # block header cut short
+        shb("<") + idb("<", 1) + epb("<", 1, 0, b"x"),  # unknown interface
+        shb("<") + spb("<", b"x"),  # simple packet before any interface
+        shb("<") + block("<", 1, b"\x01\0"),  # interface block cut short
+        shb("<") + idb("<", 1) + block("<", 6, b"\0" * 12),  # packet block cut short
+        shb("<") + idb("<", 1) + block("<", 6, struct.pack("<IIIII", 0, 0, 0, 99, 99) + b"ab"),
+    ],
+)
+def test_pcapng_errors(data: bytes) -> None:
+    with pytest.raises(CaptureError):
+        _, records = read_capture(io.BytesIO(data))
+        list(records)
+
+
+# -- where the IPv4 header starts -------------------------------------------------------------
+
+ETH = b"\x02" * 6 + b"\x04" * 6
+
+
+@pytest.mark.parametrize(
+    ("linktype", "data", "offset"),
+    [
+        (LINKTYPE_RAW, b"\x45\0", 0),
+        (LINKTYPE_RAW, b"\x60\0", -1),
+        (LINKTYPE_RAW, b"", -1),
+        (LINKTYPE_IPV4, b"\x45", 0),
+        (LINKTYPE_ETHERNET, ETH + b"\x08\x00\x45", 14),
+        (LINKTYPE_ETHERNET, ETH + b"\x81\x00\x00\x07\x08\x00\x45", 18),
+        (LINKTYPE_ETHERNET, ETH + b"\x88\xa8\x00\x01\x81\x00\x00\x07\x08\x00\x45", 22),
+        (LINKTYPE_ETHERNET, ETH + b"\x08\x06", -1),
+        (LINKTYPE_ETHERNET, ETH + b"\x86\xdd", -1),
+        (LINKTYPE_ETHERNET, ETH[:13], -1),
+        (LINKTYPE_ETHERNET, ETH + b"\x81\x00\x00", -1),
+        (LINKTYPE_LINUX_SLL, b"\0" * 14 + b"\x08\x00\x45", 16),
+        (LINKTYPE_LINUX_SLL, b"\0" * 14 + b"\x86\xdd", -1),
+        (LINKTYPE_LINUX_SLL2, b"\x08\x00" + b"\0" * 18 + b"\x45", 20),
+        (LINKTYPE_LINUX_SLL2, b"\x08\x00" + b"\0" * 10, -1),
+        (LINKTYPE_NULL, b"\x02\0\0\0\x45", 4),
+        (LINKTYPE_NULL, b"\0\0\0\x02\x45", 4),
+        (LINKTYPE_NULL, b"\x18\0\0\0\x60", -1),
+        (147, b"\x45" * 40, -1),
+    ],
+)
+def test_ip_offset(linktype: int, data: bytes, offset: int) -> None:
+    assert ip_offset(linktype, data) == offset

@@ -1,0 +1,240 @@
+"""python -m geneve.replay: the pipeline over a capture, its summary line and its errors."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, check_frame, make_inner
+
+from geneve import Packet, Verdict, build_frame
+from geneve._pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapWriter, read_capture
+from geneve.replay import replay
+from geneve.rules import reference
+
+SUMMARY = re.compile(
+    r"^read (\d+), forwarded (\d+), modified (\d+), dropped (\d+), skipped (\d+), "
+    r"malformed (\d+)( \(.*\))?$"
+)
+MAC_A, MAC_B = b"\x02\0\0\0\0\x0a", b"\x02\0\0\0\0\x0b"
+
+
+def ethernet(frame: bytes | bytearray, ethertype: bytes = b"\x08\x00") -> bytes:
+    return MAC_A + MAC_B + ethertype + bytes(frame)
+
+
+def sample_frames() -> list[bytes]:
+    """One of each outcome under the reference rules, in Ethernet framing."""
+    weak = build_frame(make_inner(4, "udp", b"weakly typed", dport=3000), udp_checksum=True)
+    bad = build_frame(make_inner(4, "udp", b"x"))
+    bad[28] |= 0xC0  # Geneve version 3
+    return [
+        ethernet(build_frame(make_inner(4, "udp", b"plain", dport=80))),  # forwarded
+        ethernet(weak),  # modified
+        ethernet(build_frame(make_inner(4, "icmp", b"ping", icmp_seq=5))),  # dropped
+        ethernet(build_frame(make_inner(6, "udp", b"drop me", dport=3000))),  # dropped
+        ethernet(bad),  # malformed
+        ethernet(b"\0" * 28, b"\x08\x06"),  # ARP: not IPv4, skipped
+        ethernet(make_inner(4, "udp", b"not geneve", dport=53)),  # skipped
+    ]
+
+
+def write_pcap(path: Path, frames: list[bytes], linktype: int = LINKTYPE_ETHERNET) -> None:
+    with path.open("wb") as f:
+        writer = PcapWriter(f, linktype)
+        for i, frame in enumerate(frames):
+            writer.write(frame, 1_000_000_000 * (i + 1) + 1000 * i)
+
+
+def run_replay(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "geneve.replay", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=full_env,
+        timeout=120,
+    )
+
+
+def test_replay_cli_summary_and_output(tmp_path: Path) -> None:
+    src, dst = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    write_pcap(src, sample_frames())
+    proc = run_replay(str(src), str(dst))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1
+    match = SUMMARY.match(lines[0])
+    assert match is not None, lines[0]
+    assert lines[0] == (
+        "read 7, forwarded 2, modified 1, dropped 2, skipped 2, malformed 1 (geneve-version 1)"
+    )
+    with dst.open("rb") as f:
+        info, records = read_capture(f)
+        out = list(records)
+    assert info.linktype == LINKTYPE_ETHERNET and len(out) == 2
+    originals = sample_frames()
+    stamps = (1_000_000_000, 2_000_001_000)
+    for record, original, ts in zip(out, originals[:2], stamps, strict=True):
+        assert record.ts_ns == ts
+        assert record.data[:6] == MAC_B and record.data[6:12] == MAC_A  # MACs swapped
+        assert record.data[12:14] == b"\x08\x00"
+        facts = check_frame(record.data[14:])
+        assert facts.outer_src == original[14 + 16 : 14 + 20]
+        assert facts.outer_dst == original[14 + 12 : 14 + 16]
+        assert facts.geneve == original[14 + 28 : 14 + 68]
+    assert check_frame(out[1].data[14:]).payload == b"strongly typed"
+
+
+def test_replay_cli_custom_rules(tmp_path: Path) -> None:
+    (tmp_path / "myrules.py").write_text(
+        "from geneve import Verdict\n"
+        "def drop_all(packet):\n"
+        "    return Verdict.DROP\n"
+        "def shout(packet):\n"
+        "    if packet.payload is not None and packet.l4_protocol == 17:\n"
+        "        packet.replace_payload(bytes(packet.payload).upper() + b'!')\n"
+        "modifier = shout\n"
+    )
+    src, dst = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    write_pcap(src, sample_frames()[:2])
+    env = {"PYTHONPATH": str(tmp_path)}
+    proc = run_replay(str(src), str(dst), "--rules", "myrules:drop_all", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("read 2, forwarded 0, modified 0, dropped 2,")
+    proc = run_replay(str(src), str(dst), "--rules", "myrules", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("read 2, forwarded 2, modified 2,")
+    with dst.open("rb") as f:
+        payloads = [check_frame(r.data[14:]).payload for r in read_capture(f)[1]]
+    assert payloads == [b"PLAIN!", b"WEAKLY TYPED!"]
+
+
+def test_replay_cli_on_error_forward(tmp_path: Path) -> None:
+    (tmp_path / "buggy.py").write_text("def modifier(packet):\n    raise RuntimeError('bug')\n")
+    src, dst = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    write_pcap(src, sample_frames()[:2])
+    env = {"PYTHONPATH": str(tmp_path)}
+    proc = run_replay(str(src), str(dst), "--rules", "buggy", env=env)
+    assert proc.returncode == 0 and "forwarded 0," in proc.stdout and "dropped 2," in proc.stdout
+    proc = run_replay(str(src), str(dst), "--rules", "buggy", "--on-error", "forward", env=env)
+    assert proc.returncode == 0 and "forwarded 2," in proc.stdout
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("geneve.replay: ")
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_replay_cli_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pcap"
+    proc = run_replay(str(missing), str(tmp_path / "out.pcap"))
+    assert_one_line_error(proc, "No such file", "nope.pcap")
+    assert not (tmp_path / "out.pcap").exists()
+
+
+def test_replay_cli_output_not_writable(tmp_path: Path) -> None:
+    src = tmp_path / "in.pcap"
+    write_pcap(src, sample_frames()[:1])
+    proc = run_replay(str(src), str(tmp_path / "no-such-dir" / "out.pcap"))
+    assert_one_line_error(proc, "no-such-dir")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"this is not a capture file",
+        b"\xd4\xc3\xb2\xa1" + b"\0" * 8,  # pcap header cut short
+        bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000") + b"\0" * 10,
+    ],
+)
+def test_replay_cli_corrupt_file(tmp_path: Path, content: bytes) -> None:
+    src = tmp_path / "corrupt.pcap"
+    src.write_bytes(content)
+    proc = run_replay(str(src), str(tmp_path / "out.pcap"))
+    assert_one_line_error(proc)
+
+
+@pytest.mark.parametrize(
+    ("rules", "needle"),
+    [
+        ("no_such_module_anywhere:modifier", "no_such_module_anywhere"),
+        ("geneve.rules.reference:no_such_attr", "no_such_attr"),
+        ("geneve.rules.reference:DEMO_PORT", "not callable"),
+        (":modifier", "MODULE:CALLABLE"),
+        ("geneve.rules.reference:modifier.nope", "modifier.nope"),
+    ],
+)
+def test_replay_cli_bad_rules(tmp_path: Path, rules: str, needle: str) -> None:
+    src = tmp_path / "in.pcap"
+    write_pcap(src, sample_frames()[:1])
+    proc = run_replay(str(src), str(tmp_path / "out.pcap"), "--rules", rules)
+    assert_one_line_error(proc, needle)
+
+
+def test_replay_cli_rules_module_that_fails_to_import(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("raise ImportError('half-written module')\n")
+    src = tmp_path / "in.pcap"
+    write_pcap(src, sample_frames()[:1])
+    proc = run_replay(
+        str(src), str(tmp_path / "out.pcap"), "--rules", "broken",
+        env={"PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    assert_one_line_error(proc, "broken", "half-written module")
+
+
+def test_replay_in_process_raw_linktype() -> None:
+    frames = [bytes(build_frame(make_inner(4, "udp", b"weakly typed", dport=3000)))]
+    src, dst = io.BytesIO(), io.BytesIO()
+    write_pcap_stream(src, frames, LINKTYPE_RAW)
+    src.seek(0)
+    result = replay(src, dst, reference.modifier)
+    assert result.read == 1 and result.stats.modified == 1
+    assert result.summary().startswith("read 1, forwarded 1, modified 1,")
+    dst.seek(0)
+    info, records = read_capture(dst)
+    (record,) = list(records)
+    assert info.linktype == LINKTYPE_RAW
+    assert check_frame(record.data).payload == b"strongly typed"
+
+
+def write_pcap_stream(stream: io.BytesIO, frames: list[bytes], linktype: int) -> None:
+    writer = PcapWriter(stream, linktype)
+    for frame in frames:
+        writer.write(frame)
+
+
+def test_replay_keeps_input_order_and_skips_dropped() -> None:
+    frames = [
+        ethernet(build_frame(make_inner(4, "udp", i.to_bytes(2, "big"), dport=80)))
+        for i in range(10)
+    ]
+    src, dst = io.BytesIO(), io.BytesIO()
+    write_pcap_stream(src, frames, LINKTYPE_ETHERNET)
+    src.seek(0)
+
+    def odd_only(p: Packet) -> Verdict | None:
+        payload = p.payload
+        assert payload is not None
+        return None if payload[1] % 2 else Verdict.DROP
+
+    result = replay(src, dst, odd_only)
+    assert (result.read, result.stats.forwarded, result.stats.dropped) == (10, 5, 5)
+    dst.seek(0)
+    _, records = read_capture(dst)
+    assert [check_frame(r.data[14:]).payload[1] for r in records] == [1, 3, 5, 7, 9]
