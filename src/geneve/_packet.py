@@ -65,20 +65,20 @@ GWLB_ENCAP_LENGTH = 68
 MAX_FRAME_LENGTH = MAX_INNER_LENGTH + GWLB_ENCAP_LENGTH
 
 _IP4 = struct.Struct("!BxHxxHxB")  # version/IHL, total length, flags/fragment offset, protocol
-_IP4_UDP = "BxHxxHxB10x4xH2x"  # _IP4's fields, then the UDP length after them
-_new = object.__new__
+_UDP = struct.Struct("!HHHH")
+_GENEVE = struct.Struct("!BBH")
 _U16 = struct.Struct("!H")
 _IP6_LEN_NH = struct.Struct("!HB")
 # The option headers of the GWLB layout: class 0x0108 type 1 and 2 with 2 words, type 3 with 1.
 _GWLB_OPTS = struct.Struct("!I8xI8xI4x")
 _GWLB_OPT_WORDS = (0x01080102, 0x01080202, 0x01080301)
 _GWLB_OPT1, _GWLB_OPT2, _GWLB_OPT3 = _GWLB_OPT_WORDS
-_UDP = struct.Struct("!HHHH")
-_GENEVE = struct.Struct("!BBH")
-# The 68-byte GWLB encapsulation with a 20-byte outer IPv4 header: _IP4's fields, then the tail.
-# The usual GWLB frame: 20-byte outer IPv4 (_IP4's fields), the tail, inner IPv4 and UDP.
-_USUAL = struct.Struct("!BxHxxHxB10x" + "2xHH2xBxH4xI8xI8xI4x" + _IP4_UDP)
 _GWLB_VALUES = struct.Struct("!4xQ4xQ4xI")
+# The usual GWLB frame, 96 bytes read in one unpack: outer IPv4 without options (_IP4's fields);
+# UDP destination port and length; Geneve byte 0 and protocol type; the three option headers;
+# inner IPv4 without options (_IP4's fields again) and its UDP length.
+_USUAL = struct.Struct("!BxHxxHxB10x" + "2xHH2xBxH4xI8xI8xI4x" + "BxHxxHxB10x4xH2x")
+_new = object.__new__
 _SWAP = struct.Struct("!II")
 
 # IPv6 extension headers that may stand between the fixed header and the L4 header, and
@@ -119,6 +119,7 @@ class Packet:
     modified: bool  # set by every edit; the pipeline fixes checksums when it is true
     # Filled by the lazy inner parse; -1 / 0 where there is no such layer. Read them through the
     # properties of the same name without the underscore, which parse first when needed.
+    _inner_done: bool
     _ip_offset: int
     _ip_version: int
     _ip_end: int
@@ -154,7 +155,7 @@ class Packet:
         # so every field it uses is inside the frame. Anything else, valid or not, goes through
         # _parse_outer, which checks one field at a time and says what is wrong.
         usual = False
-        if size >= _USUAL.size:
+        if size >= 96:  # _USUAL.size
             (vihl, total, frag, proto, dport, ulen, b0, ptype, o1, o2, o3,
              ivihl, itotal, ifrag, iproto, iulen) = _USUAL.unpack_from(buf)  # fmt: skip
             usual = (
@@ -216,6 +217,8 @@ class Packet:
             self._parse_inner()
 
     def _parse_inner(self) -> None:
+        if self._inner_done:  # parse() already did it (the usual frame), or an earlier call
+            return
         buf = self.buf
         off = self.inner_offset
         end = self.length

@@ -66,19 +66,21 @@ if IMPLEMENTATION == "c":
         """The folded 16-bit one's-complement sum of ``data`` plus ``initial`` (not inverted)."""
         raw = _from_buffer(data)
         try:
-            return int(_sum(raw, len(raw), initial))
+            total: int = _sum(raw, len(raw), initial)  # cffi returns an int: no int() needed
         except OverflowError:
             _check_initial(initial)
             raise
+        return total
 
     def internet_checksum(data: Buffer, initial: int = 0) -> int:
         """RFC 1071 checksum of ``data``; ``initial`` is a partial sum such as a pseudo-header's."""
         raw = _from_buffer(data)
         try:
-            return ~int(_sum(raw, len(raw), initial)) & 0xFFFF
+            total: int = _sum(raw, len(raw), initial)
         except OverflowError:
             _check_initial(initial)
             raise
+        return ~total & 0xFFFF
 
     def _fix_frame(
         buf: bytearray | memoryview,

@@ -1,0 +1,48 @@
+"""The examples in docs/*.md run: every ```python block, in order, one namespace per file.
+
+A block fenced as ```python is a promise that it runs as written; one that only illustrates
+(it needs root, a network or a running appliance) is fenced ```py instead and is not run.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+# An opening fence of exactly "```python", its body, and the closing fence at the same indent.
+BLOCK = re.compile(r"^([ \t]*)```python[ \t]*\n(.*?)^\1```[ \t]*$", re.MULTILINE | re.DOTALL)
+
+
+def python_blocks(text: str) -> list[tuple[int, str]]:
+    """(line number of the fence, dedented code) for each ```python block of ``text``."""
+    blocks = []
+    for match in BLOCK.finditer(text):
+        indent = match.group(1)
+        lines = match.group(2).splitlines()
+        code = "\n".join(line[len(indent) :] if line.startswith(indent) else line for line in lines)
+        blocks.append((text.count("\n", 0, match.start()) + 1, code + "\n"))
+    return blocks
+
+
+def test_block_extraction() -> None:
+    text = "a\n```python\nx = 1\n```\n```py\nnot run\n```\n  ```python\n  y = x\n  ```\n"
+    assert python_blocks(text) == [(2, "x = 1\n"), (8, "y = x\n")]
+
+
+@pytest.mark.parametrize("doc", sorted(DOCS.glob("*.md")), ids=lambda path: path.name)
+def test_doc_examples_run(
+    doc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocks = python_blocks(doc.read_text(encoding="utf-8"))
+    if not blocks:
+        pytest.skip(f"{doc.name} has no python blocks")
+    monkeypatch.chdir(tmp_path)  # whatever an example writes lands in a scratch directory
+    namespace: dict[str, object] = {"__name__": f"docs.{doc.stem}"}
+    for line, code in blocks:
+        try:
+            exec(compile(code, f"{doc.name}:{line}", "exec"), namespace)
+        except Exception as err:
+            pytest.fail(f"{doc.name}, block at line {line}: {type(err).__name__}: {err}")
