@@ -15,6 +15,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run(*args: str, env: dict[str, str] | None = None, cwd: pathlib.Path | None = None) -> str:
+    env = dict(os.environ if env is None else env)
+    env.pop("GENEVE_PURE_PYTHON", None)  # the fresh installs must pick their own implementation
     r = subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
     assert r.returncode == 0, f"{' '.join(args)}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout + r.stderr
