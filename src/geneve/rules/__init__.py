@@ -14,6 +14,7 @@ Helpers never copy a packet that they do not change.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 
 from .._headers import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
@@ -45,14 +46,44 @@ def drop(packet: Packet) -> Verdict:
     return _DROP
 
 
+_PORTS = struct.Struct("!HH")
+_U16 = struct.Struct("!H")
+
+
+# The helpers below run once per packet. They read the packet's parsed offsets directly (the
+# pipeline has parsed the inner packet before any modifier runs; outside it they parse on
+# first use) and build no header views, so a packet a rule does not match costs a few
+# attribute reads.
+
+
 def _port_predicate(protocol: int, ports: tuple[int, ...]) -> Predicate:
+    for port in ports:
+        if not 0 <= port <= 0xFFFF:
+            raise ValueError(f"port {port} is out of range")
+    unpack = _PORTS.unpack_from
+    if len(ports) == 1:
+        (only,) = ports
+
+        def match_one(packet: Packet) -> bool:
+            if not packet._inner_done:
+                packet._parse_inner()
+            l4 = packet._l4_offset
+            if packet._l4_protocol != protocol or l4 < 0:
+                return False
+            src, dst = unpack(packet.buf, l4)
+            return bool(src == only or dst == only)
+
+        return match_one
     wanted = frozenset(ports)
 
     def match(packet: Packet) -> bool:
-        if packet.l4_protocol != protocol:
+        if not packet._inner_done:
+            packet._parse_inner()
+        l4 = packet._l4_offset
+        if packet._l4_protocol != protocol or l4 < 0:
             return False
-        pair = packet.ports
-        return pair is not None and (pair[0] in wanted or pair[1] in wanted)
+        src, dst = unpack(packet.buf, l4)
+        return bool(src in wanted or dst in wanted)
 
     return match
 
@@ -68,11 +99,16 @@ def tcp_port(*ports: int) -> Predicate:
 
 
 def icmp_echo_sequence(packet: Packet) -> int | None:
-    """The sequence number of an inner ICMP echo request or reply, else None."""
-    icmp = packet.icmp
-    if icmp is None or packet.l4_protocol != IPPROTO_ICMP or icmp.type not in _ICMP_ECHO_TYPES:
+    """The sequence number of an inner ICMP (IPv4) echo request or reply, else None."""
+    if not packet._inner_done:
+        packet._parse_inner()
+    l4 = packet._l4_offset
+    if packet._l4_protocol != IPPROTO_ICMP or packet._ip_version != 4 or l4 < 0:
         return None
-    return icmp.sequence
+    if packet._ip_end - l4 < 8 or packet.buf[l4] not in _ICMP_ECHO_TYPES:
+        return None
+    seq: int = _U16.unpack_from(packet.buf, l4 + 6)[0]
+    return seq
 
 
 def icmp_echo_every(n: int, action: Modifier = drop) -> Modifier:
@@ -81,6 +117,9 @@ def icmp_echo_every(n: int, action: Modifier = drop) -> Modifier:
         raise ValueError("n must be at least 1")
 
     def modifier(packet: Packet) -> Verdict | None:
+        # Most packets are not ICMP: one attribute read settles it (inner parsed already).
+        if packet._inner_done and packet._l4_protocol != IPPROTO_ICMP:
+            return None
         seq = icmp_echo_sequence(packet)
         if seq is not None and seq % n == 0:
             return action(packet)
@@ -91,9 +130,16 @@ def icmp_echo_every(n: int, action: Modifier = drop) -> Modifier:
 
 def drop_if_contains(needle: bytes) -> Modifier:
     """Drop a packet whose inner L4 payload contains ``needle``."""
+    if not needle:
+        raise ValueError("needle must not be empty")
 
     def modifier(packet: Packet) -> Verdict | None:
-        return _DROP if packet.payload_find(needle) >= 0 else None
+        if not packet._inner_done:
+            packet._parse_inner()
+        start = packet._payload_offset
+        if start >= 0 and packet.buf.find(needle, start, packet._ip_end) >= 0:
+            return _DROP
+        return None
 
     return modifier
 
@@ -103,9 +149,14 @@ def replace(old: bytes, new: bytes) -> Modifier:
 
     Fragments are left alone: they are never rewritten.
     """
+    if not old:
+        raise ValueError("old must not be empty")
 
     def modifier(packet: Packet) -> None:
-        if not packet.is_fragment:
+        if not packet._inner_done:
+            packet._parse_inner()
+        start = packet._payload_offset  # -1 for fragments: they have no payload to rewrite
+        if start >= 0 and packet.buf.find(old, start, packet._ip_end) >= 0:
             packet.replace_in_payload(old, new)
 
     return modifier
@@ -113,6 +164,15 @@ def replace(old: bytes, new: bytes) -> Modifier:
 
 def chain(*modifiers: Modifier) -> Modifier:
     """Run modifiers in order; the first DROP stops the chain."""
+    if len(modifiers) == 1:
+        return modifiers[0]
+    if len(modifiers) == 2:
+        first, second = modifiers
+
+        def pair(packet: Packet) -> Verdict | None:
+            return _DROP if first(packet) is _DROP or second(packet) is _DROP else None
+
+        return pair
 
     def modifier(packet: Packet) -> Verdict | None:
         for step in modifiers:
