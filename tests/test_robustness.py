@@ -20,7 +20,7 @@ from malformed import corpus, valid_frame
 from netns import Pair, netns_unavailable, pair
 from test_appliance import daemon, stop
 
-from geneve import Packet, Stats, Verdict, process
+from geneve import Packet, Stats, Verdict, build_frame, process
 from geneve.rules.reference import modifier as reference
 
 _why = netns_unavailable()
@@ -229,3 +229,29 @@ def test_sigterm_under_load_loses_nothing_accepted(ns: Pair) -> None:
     assert m, err
     assert int(m.group(2)) == len(got), "every frame the appliance accepted was sent back"
     assert int(m.group(2)) > 0
+
+
+def test_reference_rewrite_past_8500_is_refused_before_any_change() -> None:
+    # An inner packet of 8499 bytes: growing by 2 would pass GWLB's 8500-byte limit.
+    payload = b"weakly typed " + b"x" * (8499 - 28 - 13)
+    for policy, forwarded in (("drop", False), ("forward", True)):
+        stats = Stats()
+        frame = build_frame(inner_udp(payload))  # to port 3000: the reference rules apply
+        original = bytes(frame)
+        assert len(frame) - 68 == 8499
+        sent = process(frame, len(frame), reference, stats, on_too_large=policy)  # type: ignore[arg-type]
+        if forwarded:
+            assert sent is not None and stats.too_large_forwarded == 1
+            out = bytes(sent.data)
+            assert out[20:] == original[20:], "forwarded unchanged"
+            assert out[12:16] == original[16:20]
+        else:
+            assert sent is None and stats.drops == {"too-large": 1}
+
+
+def test_configured_inner_limit_applies_to_rewrites() -> None:
+    stats = Stats()
+    frame = build_frame(inner_udp(b"weakly typed"))
+    limit = len(frame) - 68  # no room to grow at all
+    assert process(frame, len(frame), reference, stats, max_inner_length=limit) is None
+    assert stats.drops == {"too-large": 1}

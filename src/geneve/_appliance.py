@@ -165,6 +165,7 @@ class _Worker:
         *,
         port: int,
         on_error: ErrorPolicy,
+        on_too_large: ErrorPolicy = "drop",
         max_inner_length: int,
         publish: Any,
         allow_from: tuple[ipaddress.IPv4Network, ...] = (),
@@ -177,6 +178,7 @@ class _Worker:
         self.modifier = modifier
         self.port = port
         self.on_error = on_error
+        self.on_too_large = on_too_large
         self.max_inner_length = max_inner_length
         self.publish = publish
         self.stats = Stats()
@@ -254,6 +256,7 @@ class _Worker:
         recvmsg_into = socks.udp.recvmsg_into
         sendto = socks.raw_send.sendto
         stats = self.stats
+        too_large = self.on_too_large
         modifier, on_error, max_inner, port = (
             self.modifier,
             self.on_error,
@@ -296,9 +299,15 @@ class _Worker:
                     pack_header(buf, 0, 0x45, 0, n + 28, 0, 0, 64, 17, 0, gwlb_raw, local,
                                 src[1], port, n + 8, 0)  # fmt: skip
                     packet = process(
-                        buf, n + 28, modifier, stats,
-                        on_error=on_error, max_inner_length=max_inner, port=port,
-                    )  # fmt: skip
+                        buf,
+                        n + 28,
+                        modifier,
+                        stats,
+                        on_error=on_error,
+                        max_inner_length=max_inner,
+                        port=port,
+                        on_too_large=too_large,
+                    )
                     if packet is not None:
                         try:
                             sendto(packet.data, (gwlb, 0))
@@ -337,6 +346,7 @@ class _Worker:
         socks.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
         stats = self.stats
         reasons = stats.malformed_reasons
+        too_large = self.on_too_large
         modifier, on_error, max_inner, port = (
             self.modifier,
             self.on_error,
@@ -373,9 +383,15 @@ class _Worker:
                     reasons["oversized"] = reasons.get("oversized", 0) + 1
                     continue
                 packet = process(
-                    bufs[i], length, modifier, stats,
-                    on_error=on_error, max_inner_length=max_inner, port=port,
-                )  # fmt: skip
+                    bufs[i],
+                    length,
+                    modifier,
+                    stats,
+                    on_error=on_error,
+                    max_inner_length=max_inner,
+                    port=port,
+                    on_too_large=too_large,
+                )
                 if packet is not None and packet.buf is bufs[i]:
                     out[i] = packet.length
             if got:
@@ -398,6 +414,7 @@ class _Worker:
         recv_into = socks.raw_recv.recv_into
         sendto = socks.raw_send.sendto
         stats = self.stats
+        too_large = self.on_too_large
         modifier, on_error, max_inner, port = (
             self.modifier,
             self.on_error,
@@ -432,9 +449,15 @@ class _Worker:
                         self._refused(verdict)
                     else:
                         packet = process(
-                            buf, n, modifier, stats,
-                            on_error=on_error, max_inner_length=max_inner, port=port,
-                        )  # fmt: skip
+                            buf,
+                            n,
+                            modifier,
+                            stats,
+                            on_error=on_error,
+                            max_inner_length=max_inner,
+                            port=port,
+                            on_too_large=too_large,
+                        )
                         if packet is not None:
                             try:
                                 sendto(packet.data, (ntoa(packet.buf[16:20]), 0))
@@ -506,6 +529,7 @@ class Appliance:
         on_error: ErrorPolicy = "drop",
         receive: ReceiveMode = "udp",
         max_inner_length: int = MAX_INNER_LENGTH,
+        on_too_large: ErrorPolicy = "drop",
         allow_from: Sequence[str] = (),
         user: str | None = None,
     ) -> None:
@@ -519,8 +543,9 @@ class Appliance:
             raise ApplianceError(
                 "receive='raw' takes one worker: each raw socket sees every packet"
             )
-        if on_error not in ("drop", "forward"):
-            raise ApplianceError(f"on_error must be 'drop' or 'forward', not {on_error!r}")
+        for name, policy in (("on_error", on_error), ("on_too_large", on_too_large)):
+            if policy not in ("drop", "forward"):
+                raise ApplianceError(f"{name} must be 'drop' or 'forward', not {policy!r}")
         if not 0 < port < 65536:
             raise ApplianceError(f"port {port} is out of range")
         self.modifier = modifier
@@ -530,6 +555,7 @@ class Appliance:
         self.health_port = health_port
         self.workers = workers
         self.on_error = on_error
+        self.on_too_large = on_too_large
         self.receive = receive
         self.max_inner_length = max_inner_length
         try:
@@ -631,6 +657,7 @@ class Appliance:
             self.modifier,
             port=self.port,
             on_error=self.on_error,
+            on_too_large=self.on_too_large,
             max_inner_length=self.max_inner_length,
             publish=publish,
             allow_from=self.allow_from,
@@ -770,20 +797,7 @@ class Appliance:
         total = Stats()
         send_errors = own = not_allowed = 0
         for snap in self._worker_states():
-            part = Stats()
-            d = snap["stats"]
-            for name in (
-                "received",
-                "forwarded",
-                "modified",
-                "dropped",
-                "malformed",
-                "skipped",
-                "modifier_errors",
-            ):
-                setattr(part, name, d[name])
-            part.drops = dict(d["drops"])
-            part.malformed_reasons = dict(d["malformed_reasons"])
+            part = Stats.from_dict(snap["stats"])
             total.merge(part)
             send_errors += snap["send_errors"]
             own += snap["own_replies"]

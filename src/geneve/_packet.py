@@ -105,6 +105,7 @@ class Packet:
         "geneve_offset",
         "inner_offset",
         "length",
+        "max_inner_length",
         "modified",
         "protocol_type",
         "udp_offset",
@@ -116,6 +117,9 @@ class Packet:
     geneve_offset: int
     inner_offset: int  # first byte after the Geneve header and its options
     protocol_type: int  # Geneve protocol type of the inner packet
+    # Longest inner packet an edit may produce (bytes after the Geneve header). parse() sets
+    # no limit beyond IPv4's own; the pipeline sets its configured one (GWLB's 8500).
+    max_inner_length: int
     modified: bool  # set by every edit; the pipeline fixes checksums when it is true
     # Filled by the lazy inner parse; -1 / 0 where there is no such layer. Read them through the
     # properties of the same name without the underscore, which parse first when needed.
@@ -184,6 +188,7 @@ class Packet:
         self.inner_offset = inner
         self.protocol_type = ptype
         self.modified = False
+        self.max_inner_length = 0xFFFF
         # The usual inner packet, UDP in IPv4 without options, is parsed here too, setting what
         # _parse_inner would; anything else (or anything wrong) is left to _parse_inner, on
         # first use, so that parse() never fails for the inner packet. itotal >= 28 and
@@ -566,6 +571,13 @@ class Packet:
             limit = 0xFFFF if self._ip_version == 4 else 0xFFFF + 40
             if new_ip_end > 0xFFFF or new_ip_end - self._ip_offset > limit:
                 raise PacketTooLargeError("the frame would exceed 65535 bytes")
+            # Checked before a byte changes, so a refused rewrite leaves the packet as it was.
+            most = self.max_inner_length
+            if new_ip_end - self.inner_offset > most:
+                raise PacketTooLargeError(
+                    f"the inner packet would be {new_ip_end - self.inner_offset} bytes, "
+                    f"over the {most}-byte limit"
+                )
         buf = self.buf
         if new_ip_end > len(buf):
             try:
@@ -597,7 +609,7 @@ class Packet:
         if not self._inner_done:
             self._parse_inner()
         start = self._payload_offset
-        if start < 0 or not old:
+        if start < 0 or not old or not count:
             return 0
         buf = self.buf
         end = self._ip_end
@@ -613,7 +625,11 @@ class Packet:
         # _write_payload for a length change, inlined: this is the rewrite appliances do most.
         new_end = start + len(data)
         proto = self._l4_protocol
-        if proto != IPPROTO_UDP or new_end > 0xFFFF:
+        if (
+            proto != IPPROTO_UDP
+            or new_end > 0xFFFF
+            or new_end - self.inner_offset > self.max_inner_length
+        ):
             self._write_payload(data)  # raises, or handles the rarer cases
         else:
             if new_end > len(buf):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
-from ._errors import GeneveError, NotGeneveError
+from ._errors import GeneveError, NotGeneveError, PacketTooLargeError
 from ._headers import GENEVE_PORT
 from ._packet import MAX_INNER_LENGTH, Packet
 
@@ -48,6 +48,7 @@ class Stats:
         "modifier_errors",
         "received",
         "skipped",
+        "too_large_forwarded",
     )
 
     def __init__(self) -> None:
@@ -58,6 +59,7 @@ class Stats:
         self.malformed = 0
         self.skipped = 0
         self.modifier_errors = 0
+        self.too_large_forwarded = 0
         self.drops: dict[str, int] = {}
         self.malformed_reasons: dict[str, int] = {}
         self.last_error: BaseException | None = None
@@ -75,21 +77,36 @@ class Stats:
             "malformed": self.malformed,
             "skipped": self.skipped,
             "modifier_errors": self.modifier_errors,
+            "too_large_forwarded": self.too_large_forwarded,
             "drops": dict(self.drops),
             "malformed_reasons": dict(self.malformed_reasons),
         }
 
+    #: The integer counters (the two dicts of reasons come on top).
+    COUNTERS = (
+        "received",
+        "forwarded",
+        "modified",
+        "dropped",
+        "malformed",
+        "skipped",
+        "modifier_errors",
+        "too_large_forwarded",
+    )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Stats:
+        """The inverse of :meth:`as_dict` (for counters sent between processes)."""
+        stats = cls()
+        for name in cls.COUNTERS:
+            setattr(stats, name, int(data.get(name, 0)))
+        stats.drops = dict(data.get("drops", {}))
+        stats.malformed_reasons = dict(data.get("malformed_reasons", {}))
+        return stats
+
     def merge(self, other: Stats) -> None:
         """Add another worker's counters into these."""
-        for name in (
-            "received",
-            "forwarded",
-            "modified",
-            "dropped",
-            "malformed",
-            "skipped",
-            "modifier_errors",
-        ):
+        for name in self.COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for mine, theirs in (
             (self.drops, other.drops),
@@ -112,8 +129,13 @@ def process(
     on_error: ErrorPolicy = "drop",
     max_inner_length: int = MAX_INNER_LENGTH,
     port: int = GENEVE_PORT,
+    on_too_large: ErrorPolicy = "drop",
 ) -> Packet | None:
     """Run one received frame ``buf[:length]`` through ``modifier``.
+
+    A rewrite that would make the inner packet longer than ``max_inner_length`` is refused
+    (:class:`PacketTooLargeError` inside the modifier); the packet is then dropped, or with
+    ``on_too_large="forward"`` forwarded unchanged when the modifier had changed nothing yet.
 
     Returns the packet to send back (its bytes are ``packet.data``, in ``buf`` or in a grown
     copy of it) or None when nothing is to be sent. Never raises for bad input or a failing
@@ -141,10 +163,18 @@ def process(
     if buf[packet.geneve_offset + 1] & 0x80:
         stats.drop("control")
         return None
+    packet.max_inner_length = max_inner_length
     try:
         verdict = modifier(packet)
         if verdict is not None and verdict is not _FORWARD and verdict is not _DROP:
             raise TypeError(f"modifier returned {verdict!r}, not a Verdict or None")
+    except PacketTooLargeError:
+        # A rewrite past the inner MTU was refused before it changed anything.
+        if on_too_large != "forward" or packet.modified:
+            stats.drop("too-large")
+            return None
+        stats.too_large_forwarded += 1
+        verdict = _FORWARD
     except Exception as exc:  # a user's bug must not stop the appliance
         stats.modifier_errors += 1
         stats.last_error = exc

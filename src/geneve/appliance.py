@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         "[GENEVE_MAX_INNER_LENGTH] (default: %(default)s)",
     )
     p.add_argument(
+        "--on-too-large",
+        choices=("drop", "forward"),
+        default=_env("ON_TOO_LARGE", "drop"),
+        help="when a rewrite would pass --max-inner-length: drop, or forward the packet "
+        "unchanged [GENEVE_ON_TOO_LARGE] (default: %(default)s)",
+    )
+    p.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=("debug", "info", "warning", "error"),
@@ -149,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             allow_from=args.allow_from,
             user=args.user,
             max_inner_length=args.max_inner_length,
+            on_too_large=args.on_too_large,
         )
         appliance.run()
     except (ApplianceError, RulesError) as err:
