@@ -337,6 +337,12 @@ class _Worker:
         lens = ffi.new("int32_t[]", n)
         out = ffi.new("int32_t[]", n)
         sources = ffi.new("uint32_t[]", n)
+        # Python reads and writes the arrays through memoryviews: faster than cdata indexing.
+        lens_of, out_of = (
+            memoryview(ffi.buffer(lens)).cast("i"),
+            memoryview(ffi.buffer(out)).cast("i"),
+        )
+        source_of = memoryview(ffi.buffer(sources)).cast("I")
         last_errno = ffi.new("int32_t *")
         recv_batch, send_batch = lib.geneve_recv_batch, lib.geneve_send_batch
         udp_fd, raw_fd = socks.udp.fileno(), socks.raw_send.fileno()
@@ -366,9 +372,9 @@ class _Worker:
                     raise OSError(-got, os.strerror(-got))
                 got = 0
             for i in range(got):
-                out[i] = 0
-                length = lens[i]
-                src = sources[i]
+                out_of[i] = 0
+                length = lens_of[i]
+                src = source_of[i]
                 verdict = admitted.get(src)
                 if verdict is None:
                     if len(admitted) >= ADMIT_CACHE:
@@ -393,7 +399,7 @@ class _Worker:
                     on_too_large=too_large,
                 )
                 if packet is not None and packet.buf is bufs[i]:
-                    out[i] = packet.length
+                    out_of[i] = packet.length
             if got:
                 failed = send_batch(raw_fd, slots, out, got, last_errno)
                 if failed:
