@@ -65,7 +65,7 @@ BUFFER_SIZE = 65535 + 28
 HEARTBEAT = 0.5
 STALE_AFTER = 3.0
 #: Frames per recvmmsg/sendmmsg call when the C batch module is built.
-BATCH = 32
+BATCH = 64
 #: Modifier errors logged at most this often per worker (the rest are counted).
 ERROR_LOG_INTERVAL = 1.0
 
