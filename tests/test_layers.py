@@ -1,0 +1,89 @@
+"""The layers a newcomer sees stay layered: no module imports one from a layer above it."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "geneve"
+
+# Lowest first. The package __init__ is the facade over all of them and is not ranked.
+LAYERS: dict[str, int] = {
+    "_errors": 0, "_pychecksum": 0, "checksum": 0, "_checksum_cffi": 0, "_headers": 0,
+    "_packet": 0, "_pcap": 0,
+    "_pipeline": 1, "rules": 1, "rules.reference": 1, "_loader": 1,
+    "_health": 2, "_appliance": 2, "_batch_cffi": 2,
+    "appliance": 3, "replay": 3, "emulator": 3, "_emulator": 3,
+}  # fmt: skip
+IO_MODULES = {"selectors", "signal", "multiprocessing", "threading", "subprocess"}
+# The codec may use the socket module's address conversions (inet_pton...), never a socket.
+SOCKET_MAKERS = {"socket", "socketpair", "create_connection", "create_server", "fromfd"}
+
+
+def _module_name(path: pathlib.Path) -> str:
+    rel = path.relative_to(SRC).with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"]
+    return ".".join(parts)
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    package = (
+        _module_name(path).rpartition(".")[0]
+        if path.name != "__init__.py"
+        else (_module_name(path))
+    )
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".") if package else []
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                target = ".".join([*base, node.module] if node.module else base)
+                names = [target] if node.module else [a.name for a in node.names]
+                found.update(n for n in names if n)
+            elif node.module:
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", "") == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            found.add(str(node.args[0].value).removeprefix("geneve."))
+    return found
+
+
+def test_every_module_is_ranked() -> None:
+    modules = {_module_name(p) for p in SRC.rglob("*.py") if not p.name.endswith("_build.py")}
+    modules.discard("")
+    assert modules - {"__init__"} <= set(LAYERS), modules - set(LAYERS)
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    for path in SRC.rglob("*.py"):
+        name = _module_name(path)
+        if not name or path.name.endswith("_build.py"):
+            continue
+        rank = LAYERS[name]
+        for target in _imports(path):
+            target = target.removeprefix("geneve.")
+            if target in LAYERS:
+                assert LAYERS[target] <= rank, f"{name} (layer {rank}) imports {target}"
+
+
+def test_the_codec_and_pipeline_do_no_io() -> None:
+    for path in SRC.rglob("*.py"):
+        name = _module_name(path)
+        if name and LAYERS.get(name, 99) <= 1:
+            bad = _imports(path) & IO_MODULES
+            assert not bad, f"{name} imports {bad}: sockets and workers belong to the appliance"
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id == "socket"
+                ):
+                    assert node.attr not in SOCKET_MAKERS, f"{name} opens a socket"
