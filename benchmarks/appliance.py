@@ -13,8 +13,9 @@ replies; the appliance under test runs pinned to the other core. Appliances:
 - ``geneve``: ``python -m geneve.appliance`` with its default settings (reference rules);
 - ``floor_single`` / ``floor_batch``: the least a C appliance with the daemon's sockets can do,
   one packet per system call / recvmmsg+sendmmsg batches (``benchmarks/c/floor_*.c``);
-- ``geneve-raw`` / ``geneve-w2`` (full run only): ``--receive raw`` and ``--workers 2`` (both
-  workers on the appliance's one core).
+- ``geneve-raw`` / ``geneve-w2`` / ``geneve-b1`` (full run only): ``--receive raw``,
+  ``--workers 2`` (both workers on the appliance's one core) and ``--batch 1`` (one frame per
+  system call: the batching lever measured).
 
 For each appliance, frame size and traffic mix it measures the reply rate at saturation, the
 highest offered rate with less than 0.1% loss and replies keeping pace (15% steps from the
@@ -92,7 +93,7 @@ FULL = Plan(
     bisect_steps=2,
     latency_s=2.0,
     latency_pps=20_000.0,
-    appliances=("geneve", "floor_single", "floor_batch", "geneve-raw", "geneve-w2"),
+    appliances=("geneve", "floor_single", "floor_batch", "geneve-raw", "geneve-w2", "geneve-b1"),
 )
 
 
@@ -110,6 +111,8 @@ class Appliance:
             return [*daemon, "--receive", "raw"]
         if self.name == "geneve-w2":
             return [*daemon, "--workers", "2"]
+        if self.name == "geneve-b1":
+            return [*daemon, "--batch", "1"]
         return [str(build / self.name)]
 
 
@@ -119,6 +122,7 @@ APPLIANCES = {
     "floor_batch": Appliance("floor_batch", ("forward",), None),
     "geneve-raw": Appliance("geneve-raw", ("forward",), (156,)),
     "geneve-w2": Appliance("geneve-w2", ("forward",), (156,)),
+    "geneve-b1": Appliance("geneve-b1", ("forward",), (156,)),
 }
 
 

@@ -499,3 +499,20 @@ def test_send_error_is_counted_not_fatal(ns: Pair) -> None:
         client.close()
         rc, err = stop(proc)
     assert rc == 0, err
+
+
+def test_one_frame_per_system_call_path(ns: Pair) -> None:
+    proc = daemon(ns, "--batch", "1")
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        frame = client.frame(inner_udp(b"weakly typed"))
+        client.send(frame)
+        (reply,) = client.replies(want=1)
+        assert bytes(check_reply(frame, reply).payload or b"") == b"strongly typed"
+        client.send(client.frame(inner_udp(b"drop me")))
+        assert client.replies(timeout=0.3) == []
+    finally:
+        client.close()
+        rc, err = stop(proc)
+    assert rc == 0, err

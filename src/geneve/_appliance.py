@@ -169,9 +169,10 @@ class _Worker:
         max_inner_length: int,
         publish: Any,
         allow_from: tuple[ipaddress.IPv4Network, ...] = (),
+        batch: int = BATCH,
     ) -> None:
         self.index = index
-        self.batch = BATCH
+        self.batch = batch
         self.allow = tuple((int(net.network_address), int(net.netmask)) for net in allow_from)
         self.not_allowed = 0
         self.sockets = sockets
@@ -538,11 +539,14 @@ class Appliance:
         on_too_large: ErrorPolicy = "drop",
         allow_from: Sequence[str] = (),
         user: str | None = None,
+        batch: int = BATCH,
     ) -> None:
         if not callable(modifier):
             raise ApplianceError("the modifier must be callable")
         if workers < 1:
             raise ApplianceError("workers must be at least 1")
+        if not 1 <= batch <= 64:
+            raise ApplianceError("batch must be 1 (one frame per system call) to 64")
         if receive not in ("udp", "raw"):
             raise ApplianceError(f"receive must be 'udp' or 'raw', not {receive!r}")
         if receive == "raw" and workers != 1:
@@ -569,6 +573,7 @@ class Appliance:
         except ValueError as err:
             raise ApplianceError(f"--allow-from: {err}") from None
         self.user = user
+        self.batch = batch
         self._started = 0.0
         self._threads: list[threading.Thread] = []
         self._local_workers: list[_Worker] = []
@@ -667,6 +672,7 @@ class Appliance:
             max_inner_length=self.max_inner_length,
             publish=publish,
             allow_from=self.allow_from,
+            batch=self.batch,
         )
 
     def _check_port_free(self) -> None:

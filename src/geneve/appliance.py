@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="receive path [GENEVE_RECEIVE] (default: %(default)s)",
     )
     p.add_argument(
+        "--batch",
+        type=_positive,
+        default=_env("BATCH", "64"),
+        help="frames per recvmmsg/sendmmsg call, 1 to 64; 1 is one frame per system call "
+        "(udp receive only) [GENEVE_BATCH] (default: %(default)s)",
+    )
+    p.add_argument(
         "--allow-from",
         action="append",
         metavar="CIDR",
@@ -157,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             user=args.user,
             max_inner_length=args.max_inner_length,
             on_too_large=args.on_too_large,
+            batch=args.batch,
         )
         appliance.run()
     except (ApplianceError, RulesError) as err:
