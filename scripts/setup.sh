@@ -11,7 +11,13 @@ command -v nc >/dev/null || need_apt+=(netcat-openbsd)
 command -v gcc >/dev/null || need_apt+=(gcc)
 command -v tshark >/dev/null || need_apt+=(tshark)
 command -v python3 >/dev/null || need_apt+=(python3 python3-dev python3-venv)
-python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+if command -v python3 >/dev/null; then
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
+  # The C modules compile against Python.h: without it geneve falls back to pure Python.
+  python3 -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    || need_apt+=(python3-dev)
+fi
+command -v setpriv >/dev/null || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
