@@ -188,6 +188,7 @@ class _Worker:
         self.stop = threading.Event()
         self.failed: str | None = None
         self.heartbeat = time.monotonic()
+        self.own: frozenset[bytes] = frozenset()
 
     def run(self) -> None:
         try:
@@ -236,15 +237,33 @@ class _Worker:
             return now, self.stats.modifier_errors
         return last_logged, logged_count
 
-    def _admit(self, src: bytes, own: frozenset[bytes]) -> bytes:
-        """``src`` if Geneve from it may be processed, else _OWN or _DENIED (cached by callers)."""
-        if src in own:
-            return _OWN  # a reply of ours that looped back: never process it
-        if self.allow:
+    def _admit(self, cache: dict[Any, bytes], key: object, src: bytes) -> bytes:
+        """Decide (on a cache miss) whether Geneve from ``src`` may be processed.
+
+        Returns ``src`` when it may, else _OWN or _DENIED, and caches the answer under ``key``
+        (each receive path keys the cache by what it has at hand without allocating).
+        """
+        if len(cache) >= ADMIT_CACHE:  # spoofed sources must not grow memory
+            cache.clear()
+        verdict = src
+        if src in self.own:
+            verdict = _OWN  # a reply of ours that looped back: never process it
+        elif self.allow:
             value = int.from_bytes(src, "big")
             if not any(value & mask == net for net, mask in self.allow):
-                return _DENIED  # not a GWLB we serve: never bounce its packets anywhere
-        return src
+                verdict = _DENIED  # not a GWLB we serve: never bounce its packets anywhere
+        cache[key] = verdict
+        return verdict
+
+    def _beat(self, cache: dict[Any, bytes]) -> float:
+        """Twice a second: publish counters, re-read our own addresses; the next beat's time."""
+        self.own = _own_raw()
+        cache.clear()
+        self._publish()
+        return time.monotonic() + HEARTBEAT
+
+    def _settings(self) -> tuple[Modifier, ErrorPolicy, int, int, ErrorPolicy]:
+        return self.modifier, self.on_error, self.max_inner_length, self.port, self.on_too_large
 
     def _refused(self, verdict: bytes) -> None:
         if verdict is _OWN:
@@ -257,22 +276,15 @@ class _Worker:
         recvmsg_into = socks.udp.recvmsg_into
         sendto = socks.raw_send.sendto
         stats = self.stats
-        too_large = self.on_too_large
-        modifier, on_error, max_inner, port = (
-            self.modifier,
-            self.on_error,
-            self.max_inner_length,
-            self.port,
-        )
+        modifier, on_error, max_inner, port, too_large = self._settings()
         buf = bytearray(BUFFER_SIZE)
         payload = memoryview(buf)[28:]
         pack_header = _IP_UDP.pack_into
         unpack_pktinfo = _PKTINFO_ADDR.unpack_from
         anc_size = socket.CMSG_SPACE(_PKTINFO_ADDR.size)
         aton = socket.inet_aton
-        own = _own_raw()
         admitted: dict[str, bytes] = {}
-        next_beat = time.monotonic() + HEARTBEAT
+        next_beat = self._beat(admitted)
         last_logged, logged = 0.0, 0
         stop = self.stop
         while not stop.is_set():
@@ -284,11 +296,7 @@ class _Worker:
                 continue
             if n >= 0:
                 gwlb = src[0]
-                gwlb_raw = admitted.get(gwlb)
-                if gwlb_raw is None:
-                    if len(admitted) >= ADMIT_CACHE:  # spoofed sources must not grow memory
-                        admitted.clear()
-                    gwlb_raw = admitted[gwlb] = self._admit(aton(gwlb), own)
+                gwlb_raw = admitted.get(gwlb) or self._admit(admitted, gwlb, aton(gwlb))
                 if len(gwlb_raw) != 4:
                     self._refused(gwlb_raw)
                 else:
@@ -318,12 +326,8 @@ class _Worker:
                             del packet.buf[BUFFER_SIZE:]
                     if stats.modifier_errors != logged:
                         last_logged, logged = self._log_error(last_logged, logged)
-            now = time.monotonic()
-            if now >= next_beat:
-                next_beat = now + HEARTBEAT
-                own = _own_raw()
-                admitted.clear()
-                self._publish()
+            if time.monotonic() >= next_beat:
+                next_beat = self._beat(admitted)
 
     def _loop_udp_batch(self) -> None:
         """The UDP receive path, a batch per system call each way (recvmmsg/sendmmsg in C)."""
@@ -353,17 +357,10 @@ class _Worker:
         socks.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
         stats = self.stats
         reasons = stats.malformed_reasons
-        too_large = self.on_too_large
-        modifier, on_error, max_inner, port = (
-            self.modifier,
-            self.on_error,
-            self.max_inner_length,
-            self.port,
-        )
+        modifier, on_error, max_inner, port, too_large = self._settings()
         native = sys.byteorder
-        own = _own_raw()
         admitted: dict[int, bytes] = {}
-        next_beat = time.monotonic() + HEARTBEAT
+        next_beat = self._beat(admitted)
         last_logged, logged = 0.0, 0
         stop = self.stop
         while not stop.is_set():
@@ -376,11 +373,7 @@ class _Worker:
                 out_of[i] = 0
                 length = lens_of[i]
                 src = source_of[i]
-                verdict = admitted.get(src)
-                if verdict is None:
-                    if len(admitted) >= ADMIT_CACHE:
-                        admitted.clear()
-                    verdict = admitted[src] = self._admit(src.to_bytes(4, native), own)
+                verdict = admitted.get(src) or self._admit(admitted, src, src.to_bytes(4, native))
                 if len(verdict) != 4:
                     self._refused(verdict)
                     continue
@@ -408,12 +401,8 @@ class _Worker:
                     self._send_failed(OSError(err, os.strerror(err)), failed)
                 if stats.modifier_errors != logged:
                     last_logged, logged = self._log_error(last_logged, logged)
-            now = time.monotonic()
-            if now >= next_beat:
-                next_beat = now + HEARTBEAT
-                own = _own_raw()
-                admitted.clear()
-                self._publish()
+            if time.monotonic() >= next_beat:
+                next_beat = self._beat(admitted)
 
     def _loop_raw(self) -> None:
         socks = self.sockets
@@ -421,18 +410,11 @@ class _Worker:
         recv_into = socks.raw_recv.recv_into
         sendto = socks.raw_send.sendto
         stats = self.stats
-        too_large = self.on_too_large
-        modifier, on_error, max_inner, port = (
-            self.modifier,
-            self.on_error,
-            self.max_inner_length,
-            self.port,
-        )
+        modifier, on_error, max_inner, port, too_large = self._settings()
         buf = bytearray(BUFFER_SIZE)
         ntoa = socket.inet_ntoa
-        own = _own_raw()
         admitted: dict[bytes, bytes] = {}
-        next_beat = time.monotonic() + HEARTBEAT
+        next_beat = self._beat(admitted)
         last_logged, logged = 0.0, 0
         stop = self.stop
         while not stop.is_set():
@@ -447,11 +429,7 @@ class _Worker:
                 # A raw socket sees every UDP datagram of the host: keep the Geneve port only.
                 if ihl >= 20 and n >= ihl + 4 and (buf[ihl + 2] << 8 | buf[ihl + 3]) == port:
                     src = bytes(buf[12:16])
-                    verdict = admitted.get(src)
-                    if verdict is None:
-                        if len(admitted) >= ADMIT_CACHE:
-                            admitted.clear()
-                        verdict = admitted[src] = self._admit(src, own)
+                    verdict = admitted.get(src) or self._admit(admitted, src, src)
                     if len(verdict) != 4:
                         self._refused(verdict)
                     else:
@@ -474,12 +452,8 @@ class _Worker:
                                 del packet.buf[BUFFER_SIZE:]
                         if stats.modifier_errors != logged:
                             last_logged, logged = self._log_error(last_logged, logged)
-            now = time.monotonic()
-            if now >= next_beat:
-                next_beat = now + HEARTBEAT
-                own = _own_raw()
-                admitted.clear()
-                self._publish()
+            if time.monotonic() >= next_beat:
+                next_beat = self._beat(admitted)
 
     def _send_failed(self, err: OSError, count: int = 1) -> None:
         before = self.send_errors
