@@ -673,3 +673,13 @@ def test_every_error_is_a_value_error() -> None:
         assert issubclass(cls, GeneveError) and issubclass(cls, ValueError)
         assert cls("x").reason and cls("x", "custom").reason == "custom"
     assert geneve.MAX_FRAME_LENGTH == 8500 + 68
+
+
+def test_unknown_outer_udp_policy_is_a_value_error() -> None:
+    from geneve.checksum import fix_frame
+
+    p = Packet.parse(gwlb_udp(b"abc"))
+    with pytest.raises(ValueError, match="outer_udp"):
+        p.fix_checksums(outer_udp="bogus")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="outer_udp"):
+        fix_frame(p.buf, p.ip_offset, p.l4_offset, 17, outer_udp="bogus")  # type: ignore[arg-type]

@@ -662,6 +662,9 @@ class Packet:
             return True
         # What fix_frame does, minus its argument checks (self.length <= len(self.buf) always)
         # and one call level; the buffer is a bytearray, so it is writable.
+        mode = _OUTER_MODES.get(outer_udp)
+        if mode is None:
+            raise ValueError(f"outer_udp must be 'keep', 'zero' or 'compute', not {outer_udp!r}")
         if _c_fix is not None:
             rc: int = _c_fix(
                 _c_from_buffer(self.buf),
@@ -669,7 +672,7 @@ class Packet:
                 ip,
                 self._l4_offset,
                 self._l4_protocol,
-                _OUTER_MODES[outer_udp],
+                mode,
             )
         else:
             rc = _py_fix(
@@ -678,7 +681,7 @@ class Packet:
                 ip,
                 self._l4_offset,
                 self._l4_protocol,
-                _OUTER_MODES[outer_udp],
+                mode,
             )
         if rc < 0:
             _raise_fix_error(rc)

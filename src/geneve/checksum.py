@@ -165,7 +165,10 @@ def fix_frame(
         l4_offset = n + 1
     if l4_protocol not in _L4_PROTOCOLS:
         l4_protocol = 0
-    rc = _fix_frame(buf, n, ip_offset, l4_offset, l4_protocol, _OUTER_MODES[outer_udp])
+    mode = _OUTER_MODES.get(outer_udp)
+    if mode is None:
+        raise ValueError(f"outer_udp must be 'keep', 'zero' or 'compute', not {outer_udp!r}")
+    rc = _fix_frame(buf, n, ip_offset, l4_offset, l4_protocol, mode)
     if rc < 0:
         _raise_fix_error(rc)
     return rc == 0
