@@ -516,3 +516,79 @@ def test_one_frame_per_system_call_path(ns: Pair) -> None:
         client.close()
         rc, err = stop(proc)
     assert rc == 0, err
+
+
+def test_fast_path_forwards_what_no_rule_touches(ns: Pair) -> None:
+    from geneve import declare_interest
+
+    seen: list[tuple[int, int] | None] = []
+
+    def watcher(packet: Packet) -> None:
+        seen.append(packet.ports)
+
+    app = in_process(ns, declare_interest(watcher, udp_ports=[53], tcp_ports=[]))
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        # The first frame of a new source goes through Python, which admits the source.
+        assert client.exchange(inner_udp(b"first", dport=4000)) is not None
+        frames = [client.frame(inner_udp(b"bulk %03d" % i, dport=4000)) for i in range(200)]
+        frames.append(client.frame(inner_udp(b"dns", dport=53)))
+        for frame in frames:
+            client.send(frame)
+        replies = client.replies(timeout=2.0, want=len(frames))
+        assert len(replies) == len(frames)
+        by_payload = {bytes(f[-7:]): f for f in frames}
+        for reply in replies:
+            sent = by_payload[reply[-7:]] if reply[-3:] != b"dns" else frames[-1]
+            check_reply(sent, reply)
+            assert reply[24:] == sent[24:]
+        # The modifier saw the first frame (admission) and the DNS frame; nothing else.
+        assert seen == [(40000, 4000), (40000, 53)]
+        stats = app.stats()
+        assert stats["forwarded"] == len(frames) + 1 and stats["received"] == len(frames) + 1
+    finally:
+        client.close()
+        app.stop()
+
+
+def test_fast_path_off_calls_the_modifier_for_everything(ns: Pair) -> None:
+    from geneve import declare_interest
+
+    seen = []
+    modifier = declare_interest(lambda packet: seen.append(1), udp_ports=[], tcp_ports=[])
+    app = in_process(ns, modifier, fast_path=False)
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        for i in range(50):
+            client.send(client.frame(inner_udp(b"x%02d" % i, dport=4000)))
+        assert len(client.replies(timeout=2.0, want=50)) == 50
+        assert len(seen) == 50
+    finally:
+        client.close()
+        app.stop()
+
+
+def test_fast_path_never_forwards_a_malformed_frame(ns: Pair) -> None:
+    from malformed import corpus
+
+    proc = daemon(ns)
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        # A valid frame first, so the source is admitted and the C path is live for it.
+        assert client.exchange(inner_udp(b"hello", dport=4000)) is not None
+        sent = 0
+        for name, frame, expected in corpus():
+            # Damage behind the outer headers, which the kernel passes on unchanged.
+            if expected[0] in ("malformed", "drop") and name.startswith(("inner-", "geneve-")):
+                client.send(frame)
+                sent += 1
+        assert sent >= 10
+        assert client.replies(timeout=1.0) == [], "a malformed frame came back"
+        assert client.exchange(inner_udp(b"still fine", dport=4000)) is not None
+    finally:
+        client.close()
+        rc, err = stop(proc)
+    assert rc == 0, err

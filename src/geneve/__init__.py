@@ -37,11 +37,22 @@ from ._headers import (
     IPv6,
 )
 from ._packet import MAX_FRAME_LENGTH, MAX_INNER_LENGTH, Packet, build_frame
-from ._pipeline import ErrorPolicy, Modifier, Stats, Verdict, process
+from ._pipeline import (
+    ALL_PACKETS,
+    ErrorPolicy,
+    Interest,
+    Modifier,
+    Stats,
+    Verdict,
+    declare_interest,
+    interest_of,
+    process,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALL_PACKETS",
     "ETH_P_IPV4",
     "ETH_P_IPV6",
     "ETH_P_TEB",
@@ -63,6 +74,7 @@ __all__ = [
     "GwlbMetadata",
     "IPv4",
     "IPv6",
+    "Interest",
     "MalformedError",
     "Modifier",
     "NotGeneveError",
@@ -73,5 +85,7 @@ __all__ = [
     "UnsupportedError",
     "Verdict",
     "build_frame",
+    "declare_interest",
+    "interest_of",
     "process",
 ]

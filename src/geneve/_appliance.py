@@ -36,14 +36,14 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
 from ._headers import GENEVE_PORT
 from ._health import HealthReport, HealthServer
 from ._packet import MAX_INNER_LENGTH
-from ._pipeline import ErrorPolicy, Modifier, Stats, process
+from ._pipeline import ErrorPolicy, Modifier, Stats, interest_of, process
 
 __all__ = ["Appliance", "ApplianceError", "ReceiveMode", "local_addresses"]
 
@@ -99,6 +99,16 @@ def local_addresses() -> frozenset[str]:
     return frozenset(found)
 
 
+def _port_table(ffi: Any, ports: frozenset[int] | None) -> Any:
+    """65536 flags, one per port, for the C fast path; NULL means every port is of interest."""
+    if ports is None:
+        return ffi.NULL
+    table = ffi.new("uint8_t[]", 65536)
+    for port in ports:
+        table[port] = 1
+    return table
+
+
 def _own_raw() -> frozenset[bytes]:
     return frozenset(socket.inet_aton(a) for a in local_addresses())
 
@@ -107,6 +117,8 @@ _OWN = b"own"
 _DENIED = b"denied"
 #: Sources whose admission is cached at once (the cache is emptied when full).
 ADMIT_CACHE = 4096
+#: Admitted sources the C fast path knows (GWLB nodes: a handful); others go through Python.
+TRUSTED_MAX = 64
 
 
 class _Sockets:
@@ -170,9 +182,11 @@ class _Worker:
         publish: Any,
         allow_from: tuple[ipaddress.IPv4Network, ...] = (),
         batch: int = BATCH,
+        fast_path: bool = True,
     ) -> None:
         self.index = index
         self.batch = batch
+        self.fast_path = fast_path
         self.allow = tuple((int(net.network_address), int(net.netmask)) for net in allow_from)
         self.not_allowed = 0
         self.sockets = sockets
@@ -360,6 +374,21 @@ class _Worker:
         modifier, on_error, max_inner, port, too_large = self._settings()
         native = sys.byteorder
         admitted: dict[int, bytes] = {}
+        # The C fast path: frames the modifier declared no interest in (geneve.Interest) are
+        # checked, swapped and queued for sending in C; Python sees only the rest (todo).
+        interest = interest_of(modifier)
+        fast_path = self.fast_path and not interest.everything
+        fast_forward = lib.geneve_fast_forward
+        udp_table, tcp_table = (
+            _port_table(ffi, interest.udp_ports),
+            _port_table(ffi, interest.tcp_ports),
+        )
+        todo = ffi.new("int32_t[]", n)
+        todo_of = memoryview(ffi.buffer(todo)).cast("i")
+        fast = ffi.new("int32_t *")
+        # Sources Python has admitted (allowed, not our own): only their frames take the C path.
+        trusted = ffi.new("uint32_t[]", TRUSTED_MAX)
+        n_trusted = 0
         next_beat = self._beat(admitted)
         last_logged, logged = 0.0, 0
         stop = self.stop
@@ -369,11 +398,24 @@ class _Worker:
                 if -got not in (errno.EAGAIN, errno.EINTR):
                     raise OSError(-got, os.strerror(-got))
                 got = 0
-            for i in range(got):
+            indices: Iterable[int] = range(got)
+            if fast_path and got:
+                left = fast_forward(slots, lens, sources, got, trusted, n_trusted, udp_table,
+                                    tcp_table, max_inner, port, out, todo, fast)  # fmt: skip
+                done = fast[0]
+                stats.received += done
+                stats.forwarded += done
+                indices = todo_of[:left]
+            for i in indices:
                 out_of[i] = 0
                 length = lens_of[i]
                 src = source_of[i]
-                verdict = admitted.get(src) or self._admit(admitted, src, src.to_bytes(4, native))
+                verdict = admitted.get(src)
+                if verdict is None:
+                    verdict = self._admit(admitted, src, src.to_bytes(4, native))
+                    if len(verdict) == 4 and n_trusted < TRUSTED_MAX:
+                        trusted[n_trusted] = src
+                        n_trusted += 1
                 if len(verdict) != 4:
                     self._refused(verdict)
                     continue
@@ -403,6 +445,14 @@ class _Worker:
                     last_logged, logged = self._log_error(last_logged, logged)
             if time.monotonic() >= next_beat:
                 next_beat = self._beat(admitted)
+                # Keep only the sources still admitted against the fresh own addresses.
+                keep = [trusted[k] for k in range(n_trusted)]
+                keep = [
+                    t for t in keep if len(self._admit(admitted, t, t.to_bytes(4, native))) == 4
+                ]
+                for k, t in enumerate(keep):
+                    trusted[k] = t
+                n_trusted = len(keep)
 
     def _loop_raw(self) -> None:
         socks = self.sockets
@@ -514,6 +564,7 @@ class Appliance:
         allow_from: Sequence[str] = (),
         user: str | None = None,
         batch: int = BATCH,
+        fast_path: bool = True,
     ) -> None:
         if not callable(modifier):
             raise ApplianceError("the modifier must be callable")
@@ -548,6 +599,7 @@ class Appliance:
             raise ApplianceError(f"--allow-from: {err}") from None
         self.user = user
         self.batch = batch
+        self.fast_path = fast_path
         self._started = 0.0
         self._threads: list[threading.Thread] = []
         self._local_workers: list[_Worker] = []
@@ -647,6 +699,7 @@ class Appliance:
             publish=publish,
             allow_from=self.allow_from,
             batch=self.batch,
+            fast_path=self.fast_path,
         )
 
     def _check_port_free(self) -> None:

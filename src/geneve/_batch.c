@@ -137,3 +137,85 @@ int geneve_send_batch(int fd, uint8_t **frames, const int32_t *lens, int n, int3
     }
     return failed;
 }
+
+static uint32_t be16p(const uint8_t *p) { return ((uint32_t)p[0] << 8) | p[1]; }
+
+/* The three GWLB option headers: class 0x0108, types 1 and 2 with 8 data bytes, 3 with 4. */
+static const uint8_t GWLB_OPTS[3][4] = {{1, 8, 1, 2}, {1, 8, 2, 2}, {1, 8, 3, 1}};
+
+static int interesting(const uint8_t *table, const uint8_t *l4)
+{
+    /* No table: the modifier wants every packet of this protocol. */
+    return table == NULL || table[be16p(l4)] || table[be16p(l4 + 2)];
+}
+
+/*
+ * Forward, without Python, every received frame the modifier has declared no interest in.
+ *
+ * A frame qualifies only if Python would accept it unchanged on its fast path: outer IPv4
+ * without options and not a fragment, UDP to the Geneve port with a consistent length, Geneve
+ * version 0 with neither the O nor the C bit, protocol IPv4, exactly GWLB's three options, an
+ * inner IPv4 header without options and not a fragment, inside the frame and within
+ * max_inner, carrying UDP (length consistent with IPv4) or TCP (data offset inside the packet)
+ * on ports absent from the interest tables; and its source must be one Python has admitted.
+ * Such a frame gets its outer addresses swapped and out[i] set to its length; the index of
+ * every other frame goes to todo[] for the Python pipeline. Returns how many went to todo.
+ */
+int geneve_fast_forward(uint8_t **slots, const int32_t *lens, const uint32_t *sources, int n,
+                        const uint32_t *admitted, int n_admitted, const uint8_t *udp_interest,
+                        const uint8_t *tcp_interest, int max_inner, int port, int32_t *out,
+                        int32_t *todo, int32_t *fast)
+{
+    int i, k, left = 0, done = 0;
+    for (i = 0; i < n; i++) {
+        const int32_t len = lens[i];
+        uint8_t *f = slots[i];
+        uint32_t total, itotal, ip_end;
+        const uint8_t *l4;
+        int ok = 0;
+        out[i] = 0;
+        for (k = 0; k < n_admitted && !ok; k++)
+            ok = admitted[k] == sources[i];
+        if (!ok || len < 68 + 28)
+            goto slow;
+        total = be16p(f + 2);
+        if (f[0] != 0x45 || f[9] != 17 || (be16p(f + 6) & 0x3fff) || total != (uint32_t)len)
+            goto slow;
+        if (be16p(f + 22) != (uint32_t)port || be16p(f + 24) != total - 20)
+            goto slow;
+        if (f[28] != 0x08 || (f[29] & 0xc0) || be16p(f + 30) != 0x0800)
+            goto slow;
+        if (memcmp(f + 36, GWLB_OPTS[0], 4) || memcmp(f + 48, GWLB_OPTS[1], 4) ||
+            memcmp(f + 60, GWLB_OPTS[2], 4))
+            goto slow;
+        itotal = be16p(f + 70);
+        ip_end = 68 + itotal;
+        if (f[68] != 0x45 || (be16p(f + 74) & 0x3fff) || itotal < 28 || ip_end > total ||
+            total - 68 > (uint32_t)max_inner)
+            goto slow;
+        l4 = f + 88;
+        if (f[77] == 17) {
+            if (be16p(l4 + 4) != itotal - 20 || interesting(udp_interest, l4))
+                goto slow;
+        } else if (f[77] == 6) {
+            uint32_t doff = (uint32_t)(l4[12] >> 4) * 4;
+            if (itotal < 40 || doff < 20 || doff > itotal - 20 || interesting(tcp_interest, l4))
+                goto slow;
+        } else {
+            goto slow;
+        }
+        {
+            uint8_t tmp[4];
+            memcpy(tmp, f + 12, 4);
+            memcpy(f + 12, f + 16, 4);
+            memcpy(f + 16, tmp, 4);
+        }
+        out[i] = len;
+        done++;
+        continue;
+    slow:
+        todo[left++] = i;
+    }
+    *fast = done;
+    return left;
+}

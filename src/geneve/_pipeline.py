@@ -8,14 +8,25 @@ a caller's buffer and a :class:`Stats` object, nothing else.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 from ._errors import GeneveError, NotGeneveError, PacketTooLargeError
 from ._headers import GENEVE_PORT
 from ._packet import MAX_INNER_LENGTH, Packet
 
-__all__ = ["ErrorPolicy", "Modifier", "Stats", "Verdict", "process"]
+__all__ = [
+    "ALL_PACKETS",
+    "ErrorPolicy",
+    "Interest",
+    "Modifier",
+    "Stats",
+    "Verdict",
+    "declare_interest",
+    "interest_of",
+    "process",
+]
 
 
 class Verdict(enum.Enum):
@@ -27,6 +38,71 @@ class Verdict(enum.Enum):
 
 Modifier = Callable[[Packet], "Verdict | None"]
 ErrorPolicy = Literal["drop", "forward"]
+
+
+@dataclass(frozen=True)
+class Interest:
+    """Which inner packets a modifier wants to see (the rest it would forward untouched).
+
+    ``udp_ports`` / ``tcp_ports``: inner UDP / TCP packets with a source or destination port in
+    the set are seen; ``None`` means every packet of that protocol. Anything else (ICMP, IPv6,
+    fragments, non-IP) is always seen. The appliance forwards a packet that matches none of it
+    without calling the modifier at all (in C, in batches), which is what makes traffic that no
+    rule touches cheap. A modifier that declares nothing sees every packet.
+    """
+
+    udp_ports: frozenset[int] | None = None
+    tcp_ports: frozenset[int] | None = None
+
+    def __or__(self, other: Interest) -> Interest:
+        def union(a: frozenset[int] | None, b: frozenset[int] | None) -> frozenset[int] | None:
+            return None if a is None or b is None else a | b
+
+        return Interest(
+            union(self.udp_ports, other.udp_ports), union(self.tcp_ports, other.tcp_ports)
+        )
+
+    @property
+    def everything(self) -> bool:
+        return self.udp_ports is None and self.tcp_ports is None
+
+
+#: The interest of a modifier that declares none: every packet.
+ALL_PACKETS = Interest()
+_INTEREST_ATTR = "geneve_interest"
+
+
+def interest_of(modifier: object) -> Interest:
+    """What ``modifier`` declared with :func:`declare_interest` (or the geneve.rules helpers)."""
+    interest = getattr(modifier, _INTEREST_ATTR, ALL_PACKETS)
+    return interest if isinstance(interest, Interest) else ALL_PACKETS
+
+
+_F = TypeVar("_F", bound=Callable[..., object])
+
+
+def declare_interest(
+    modifier: _F,
+    *,
+    udp_ports: Iterable[int] | None = None,
+    tcp_ports: Iterable[int] | None = None,
+) -> _F:
+    """Say that ``modifier`` only needs inner UDP/TCP packets on these ports (and all others).
+
+    ``None`` for a protocol means every packet of it; an empty list means none. Returns the same
+    callable, so it also works as ``modifier = declare_interest(fn, udp_ports=[53])``. The
+    promise is the modifier's: a packet outside its interest is forwarded as if it returned
+    None without changing anything.
+    """
+    interest = Interest(
+        None if udp_ports is None else frozenset(udp_ports),
+        None if tcp_ports is None else frozenset(tcp_ports),
+    )
+    for ports in (interest.udp_ports, interest.tcp_ports):
+        if ports is not None and not all(isinstance(p, int) and 0 <= p <= 0xFFFF for p in ports):
+            raise ValueError("ports must be integers from 0 to 65535")
+    setattr(modifier, _INTEREST_ATTR, interest)
+    return modifier
 
 
 class Stats:

@@ -105,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(udp receive only) [GENEVE_BATCH] (default: %(default)s)",
     )
     p.add_argument(
+        "--no-fast-path",
+        dest="fast_path",
+        action="store_false",
+        default=_env("FAST_PATH", "1") not in ("0", "no", "false"),
+        help="call the modifier for every frame, even those outside its declared interest "
+        "[GENEVE_FAST_PATH=0]",
+    )
+    p.add_argument(
         "--allow-from",
         action="append",
         metavar="CIDR",
@@ -165,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_inner_length=args.max_inner_length,
             on_too_large=args.on_too_large,
             batch=args.batch,
+            fast_path=args.fast_path,
         )
         appliance.run()
     except (ApplianceError, RulesError) as err:

@@ -9,21 +9,26 @@ a rule reads like its description::
         rules.icmp_echo_every(5, rules.drop),
     )
 
-Helpers never copy a packet that they do not change.
+Helpers never copy a packet that they do not change. Each declares which inner packets it can
+act on (see :class:`geneve.Interest`): ``when(udp_port(53), ...)`` only ever needs UDP port 53,
+so the appliance forwards all other UDP and TCP without calling Python at all.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import TypeVar
 
 from .._headers import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 from .._packet import Packet
-from .._pipeline import Modifier, Verdict
+from .._pipeline import Interest, Modifier, Verdict, declare_interest, interest_of
 
 __all__ = [
+    "Interest",
     "Predicate",
     "chain",
+    "declare_interest",
     "drop",
     "drop_if_contains",
     "icmp_echo_every",
@@ -35,8 +40,17 @@ __all__ = [
 ]
 
 Predicate = Callable[[Packet], bool]
+_T = TypeVar("_T", bound=Callable[..., object])
 
 _DROP = Verdict.DROP
+_NO_UDP_NO_TCP = Interest(frozenset(), frozenset())
+
+
+def _declared(function: _T, interest: Interest) -> _T:
+    setattr(function, "geneve_interest", interest)  # noqa: B010  (a function attribute)
+    return function
+
+
 # ICMP (IPv4) echo reply and echo request (RFC 792).
 _ICMP_ECHO_TYPES = (0, 8)
 
@@ -61,6 +75,11 @@ def _port_predicate(protocol: int, ports: tuple[int, ...]) -> Predicate:
         if not 0 <= port <= 0xFFFF:
             raise ValueError(f"port {port} is out of range")
     unpack = _PORTS.unpack_from
+    # The predicate can only be true for these ports of this protocol.
+    interest = Interest(
+        frozenset(ports) if protocol == IPPROTO_UDP else frozenset(),
+        frozenset(ports) if protocol == IPPROTO_TCP else frozenset(),
+    )
     if len(ports) == 1:
         (only,) = ports
 
@@ -73,7 +92,7 @@ def _port_predicate(protocol: int, ports: tuple[int, ...]) -> Predicate:
             src, dst = unpack(packet.buf, l4)
             return bool(src == only or dst == only)
 
-        return match_one
+        return _declared(match_one, interest)
     wanted = frozenset(ports)
 
     def match(packet: Packet) -> bool:
@@ -85,7 +104,7 @@ def _port_predicate(protocol: int, ports: tuple[int, ...]) -> Predicate:
         src, dst = unpack(packet.buf, l4)
         return bool(src in wanted or dst in wanted)
 
-    return match
+    return _declared(match, interest)
 
 
 def udp_port(*ports: int) -> Predicate:
@@ -125,7 +144,7 @@ def icmp_echo_every(n: int, action: Modifier = drop) -> Modifier:
             return action(packet)
         return None
 
-    return modifier
+    return _declared(modifier, _NO_UDP_NO_TCP)  # it acts on ICMP only
 
 
 def drop_if_contains(needle: bytes) -> Modifier:
@@ -166,13 +185,16 @@ def chain(*modifiers: Modifier) -> Modifier:
     """Run modifiers in order; the first DROP stops the chain."""
     if len(modifiers) == 1:
         return modifiers[0]
+    interest = Interest(frozenset(), frozenset())
+    for step in modifiers:
+        interest = interest | interest_of(step)
     if len(modifiers) == 2:
         first, second = modifiers
 
         def pair(packet: Packet) -> Verdict | None:
             return _DROP if first(packet) is _DROP or second(packet) is _DROP else None
 
-        return pair
+        return _declared(pair, interest)
 
     def modifier(packet: Packet) -> Verdict | None:
         for step in modifiers:
@@ -180,7 +202,7 @@ def chain(*modifiers: Modifier) -> Modifier:
                 return _DROP
         return None
 
-    return modifier
+    return _declared(modifier, interest)
 
 
 def when(predicate: Predicate, *modifiers: Modifier) -> Modifier:
@@ -190,4 +212,5 @@ def when(predicate: Predicate, *modifiers: Modifier) -> Modifier:
     def modifier(packet: Packet) -> Verdict | None:
         return inner(packet) if predicate(packet) else None
 
-    return modifier
+    # Nothing happens unless the predicate holds: its interest bounds the modifier's.
+    return _declared(modifier, interest_of(predicate))
