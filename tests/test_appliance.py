@@ -592,3 +592,58 @@ def test_fast_path_never_forwards_a_malformed_frame(ns: Pair) -> None:
         client.close()
         rc, err = stop(proc)
     assert rc == 0, err
+
+
+def test_fast_path_filters_by_payload_content(ns: Pair) -> None:
+    from geneve import declare_interest
+
+    seen: list[bytes] = []
+
+    def watcher(packet: Packet) -> None:
+        seen.append(bytes(packet.payload or b""))
+
+    modifier = declare_interest(watcher, udp_ports=[3000], tcp_ports=[], payload_contains=[b"key"])
+    app = in_process(ns, modifier)
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        assert client.exchange(inner_udp(b"first", dport=3000)) is not None  # admits the source
+        payloads = [b"plain %02d" % i for i in range(40)] + [b"has key 1", b"a key again"]
+        for payload in payloads:
+            client.send(client.frame(inner_udp(payload, dport=3000)))
+        assert len(client.replies(timeout=2.0, want=len(payloads))) == len(payloads)
+        assert seen == [b"first", b"has key 1", b"a key again"]
+    finally:
+        client.close()
+        app.stop()
+
+
+def test_reference_rules_with_the_fast_path(ns: Pair) -> None:
+    proc = daemon(ns)
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        assert client.exchange(inner_udp(b"warm up", dport=4000)) is not None
+        frames = {}
+        for i in range(60):
+            text = (
+                b"%02d weakly typed" % i
+                if i % 3 == 0
+                else b"%02d drop me" % i
+                if i % 3 == 1
+                else b"%02d plain" % i
+            )
+            frame = client.frame(inner_udp(text, sport=40000 + i, dport=3000))
+            frames[40000 + i] = (text, frame)
+            client.send(frame)
+        replies = client.replies(timeout=2.0, want=40)
+        assert len(replies) == 40 and client.replies(timeout=0.3) == []
+        for reply in replies:
+            pkt = check_reply(frames[Packet.parse(bytearray(reply)).ports[0]][1], reply)  # type: ignore[index]
+            text = frames[pkt.ports[0]][0]  # type: ignore[index]
+            assert bytes(pkt.payload or b"") == text.replace(b"weakly", b"strongly")
+            assert b"drop me" not in text
+    finally:
+        client.close()
+        rc, err = stop(proc)
+    assert rc == 0, err

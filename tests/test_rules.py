@@ -204,3 +204,30 @@ def test_chain_when_drop_and_replace() -> None:
     p = packet_of(make_inner(4, "udp", b"aXbXc"))
     assert rules.replace(b"X", b"YY")(p) is None
     assert p.payload is not None and bytes(p.payload) == b"aYYbYYc"
+
+
+def test_interest_of_the_reference_rules() -> None:
+    from geneve import Interest, interest_of
+    from geneve.rules.reference import modifier as reference_modifier
+
+    assert interest_of(reference_modifier) == Interest(
+        frozenset({3000}), frozenset(), frozenset({b"drop me", b"weakly typed"})
+    )
+
+
+def test_interest_algebra_never_narrows() -> None:
+    from geneve import ALL_PACKETS, Interest, declare_interest, interest_of
+
+    a = Interest(frozenset({1}), frozenset(), frozenset({b"x"}))
+    b = Interest(frozenset({2}), None, None)
+    assert (a | b) == Interest(frozenset({1, 2}), None, None)
+    assert (a & b) == Interest(frozenset(), frozenset(), frozenset())  # no common UDP port
+    assert (a & ALL_PACKETS) == a and (a | ALL_PACKETS) == ALL_PACKETS
+    assert interest_of(lambda p: None) == ALL_PACKETS
+    assert interest_of(rules.drop_if_contains(b"q")) == Interest(needles=frozenset({b"q"}))
+    assert interest_of(rules.when(lambda p: True, rules.drop)) == ALL_PACKETS
+    assert interest_of(rules.icmp_echo_every(5)).udp_ports == frozenset()
+    with pytest.raises(ValueError):
+        declare_interest(lambda p: None, udp_ports=[70000])
+    with pytest.raises(ValueError):
+        declare_interest(lambda p: None, payload_contains=[b""])

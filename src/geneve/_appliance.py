@@ -383,6 +383,10 @@ class _Worker:
             _port_table(ffi, interest.udp_ports),
             _port_table(ffi, interest.tcp_ports),
         )
+        needle_list = sorted(interest.needles) if interest.needles is not None else []
+        needles = ffi.new("uint8_t[]", b"".join(needle_list) or b"\0")
+        needle_lens = ffi.new("int32_t[]", [len(x) for x in needle_list] or [0])
+        n_needles = -1 if interest.needles is None else len(needle_list)
         todo = ffi.new("int32_t[]", n)
         todo_of = memoryview(ffi.buffer(todo)).cast("i")
         fast = ffi.new("int32_t *")
@@ -401,7 +405,8 @@ class _Worker:
             indices: Iterable[int] = range(got)
             if fast_path and got:
                 left = fast_forward(slots, lens, sources, got, trusted, n_trusted, udp_table,
-                                    tcp_table, max_inner, port, out, todo, fast)  # fmt: skip
+                                    tcp_table, needles, needle_lens, n_needles, max_inner, port,
+                                    out, todo, fast)  # fmt: skip
                 done = fast[0]
                 stats.received += done
                 stats.forwarded += done

@@ -149,6 +149,20 @@ static int interesting(const uint8_t *table, const uint8_t *l4)
     return table == NULL || table[be16p(l4)] || table[be16p(l4 + 2)];
 }
 
+/* Whether [p, p+n) contains one of the needles (concatenated, with their lengths). */
+static int contains_any(const uint8_t *p, size_t n, const uint8_t *needles,
+                        const int32_t *needle_lens, int n_needles)
+{
+    int k;
+    for (k = 0; k < n_needles; k++) {
+        size_t m = (size_t)needle_lens[k];
+        if (m > 0 && m <= n && memmem(p, n, needles, m) != NULL)
+            return 1;
+        needles += m;
+    }
+    return 0;
+}
+
 /*
  * Forward, without Python, every received frame the modifier has declared no interest in.
  *
@@ -157,14 +171,17 @@ static int interesting(const uint8_t *table, const uint8_t *l4)
  * version 0 with neither the O nor the C bit, protocol IPv4, exactly GWLB's three options, an
  * inner IPv4 header without options and not a fragment, inside the frame and within
  * max_inner, carrying UDP (length consistent with IPv4) or TCP (data offset inside the packet)
- * on ports absent from the interest tables; and its source must be one Python has admitted.
+ * on ports absent from the interest tables, or on ports in them but with a payload containing
+ * none of the needles (n_needles < 0: no content filter, every payload counts); and its source
+ * must be one Python has admitted.
  * Such a frame gets its outer addresses swapped and out[i] set to its length; the index of
  * every other frame goes to todo[] for the Python pipeline. Returns how many went to todo.
  */
 int geneve_fast_forward(uint8_t **slots, const int32_t *lens, const uint32_t *sources, int n,
                         const uint32_t *admitted, int n_admitted, const uint8_t *udp_interest,
-                        const uint8_t *tcp_interest, int max_inner, int port, int32_t *out,
-                        int32_t *todo, int32_t *fast)
+                        const uint8_t *tcp_interest, const uint8_t *needles,
+                        const int32_t *needle_lens, int n_needles, int max_inner, int port,
+                        int32_t *out, int32_t *todo, int32_t *fast)
 {
     int i, k, left = 0, done = 0;
     for (i = 0; i < n; i++) {
@@ -195,11 +212,18 @@ int geneve_fast_forward(uint8_t **slots, const int32_t *lens, const uint32_t *so
             goto slow;
         l4 = f + 88;
         if (f[77] == 17) {
-            if (be16p(l4 + 4) != itotal - 20 || interesting(udp_interest, l4))
+            if (be16p(l4 + 4) != itotal - 20)
+                goto slow;
+            if (interesting(udp_interest, l4) &&
+                (n_needles < 0 || contains_any(l4 + 8, itotal - 28, needles, needle_lens, n_needles)))
                 goto slow;
         } else if (f[77] == 6) {
             uint32_t doff = (uint32_t)(l4[12] >> 4) * 4;
-            if (itotal < 40 || doff < 20 || doff > itotal - 20 || interesting(tcp_interest, l4))
+            if (itotal < 40 || doff < 20 || doff > itotal - 20)
+                goto slow;
+            if (interesting(tcp_interest, l4) &&
+                (n_needles < 0 ||
+                 contains_any(l4 + doff, itotal - 20 - doff, needles, needle_lens, n_needles)))
                 goto slow;
         } else {
             goto slow;

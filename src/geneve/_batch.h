@@ -10,7 +10,8 @@ int geneve_recv_batch(int fd, uint8_t **slots, int slot_size, int n, int port,
 int geneve_send_batch(int fd, uint8_t **frames, const int32_t *lens, int n, int32_t *last_errno);
 int geneve_fast_forward(uint8_t **slots, const int32_t *lens, const uint32_t *sources, int n,
                         const uint32_t *admitted, int n_admitted, const uint8_t *udp_interest,
-                        const uint8_t *tcp_interest, int max_inner, int port, int32_t *out,
-                        int32_t *todo, int32_t *fast);
+                        const uint8_t *tcp_interest, const uint8_t *needles,
+                        const int32_t *needle_lens, int n_needles, int max_inner, int port,
+                        int32_t *out, int32_t *todo, int32_t *fast);
 
 #endif

@@ -44,27 +44,52 @@ ErrorPolicy = Literal["drop", "forward"]
 class Interest:
     """Which inner packets a modifier wants to see (the rest it would forward untouched).
 
-    ``udp_ports`` / ``tcp_ports``: inner UDP / TCP packets with a source or destination port in
-    the set are seen; ``None`` means every packet of that protocol. Anything else (ICMP, IPv6,
-    fragments, non-IP) is always seen. The appliance forwards a packet that matches none of it
-    without calling the modifier at all (in C, in batches), which is what makes traffic that no
-    rule touches cheap. A modifier that declares nothing sees every packet.
+    An inner UDP or TCP packet is of interest when a source or destination port is in
+    ``udp_ports`` / ``tcp_ports`` (``None``: every port) **and**, where ``needles`` is given, its
+    payload contains at least one of them. Anything else (ICMP, IPv6, fragments, non-IP) is
+    always of interest. The appliance forwards a packet of no interest without calling the
+    modifier at all (checked, swapped and sent in C, in batches), which is what makes traffic
+    that no rule touches cheap. A modifier that declares nothing sees every packet.
+
+    ``|`` combines the interests of modifiers run one after another, ``&`` narrows one by a
+    condition; both may over-approximate (send Python a packet it did not need), never the
+    other way.
     """
 
     udp_ports: frozenset[int] | None = None
     tcp_ports: frozenset[int] | None = None
+    needles: frozenset[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        # With no UDP or TCP port of interest the needles can never apply: make that explicit,
+        # so that combining with another interest does not widen its needles.
+        if self.udp_ports == frozenset() and self.tcp_ports == frozenset():
+            object.__setattr__(self, "needles", frozenset())
 
     def __or__(self, other: Interest) -> Interest:
-        def union(a: frozenset[int] | None, b: frozenset[int] | None) -> frozenset[int] | None:
+        def union(a: frozenset[Any] | None, b: frozenset[Any] | None) -> frozenset[Any] | None:
             return None if a is None or b is None else a | b
 
         return Interest(
-            union(self.udp_ports, other.udp_ports), union(self.tcp_ports, other.tcp_ports)
+            union(self.udp_ports, other.udp_ports),
+            union(self.tcp_ports, other.tcp_ports),
+            union(self.needles, other.needles),
+        )
+
+    def __and__(self, other: Interest) -> Interest:
+        def meet(a: frozenset[int] | None, b: frozenset[int] | None) -> frozenset[int] | None:
+            return b if a is None else a if b is None else a & b
+
+        # A packet must contain a needle of each side: containing one of either is necessary.
+        a, b = self.needles, other.needles
+        needles = b if a is None else a if b is None else a | b
+        return Interest(
+            meet(self.udp_ports, other.udp_ports), meet(self.tcp_ports, other.tcp_ports), needles
         )
 
     @property
     def everything(self) -> bool:
-        return self.udp_ports is None and self.tcp_ports is None
+        return self.udp_ports is None and self.tcp_ports is None and self.needles is None
 
 
 #: The interest of a modifier that declares none: every packet.
@@ -86,17 +111,23 @@ def declare_interest(
     *,
     udp_ports: Iterable[int] | None = None,
     tcp_ports: Iterable[int] | None = None,
+    payload_contains: Iterable[bytes] | None = None,
 ) -> _F:
-    """Say that ``modifier`` only needs inner UDP/TCP packets on these ports (and all others).
+    """Say that ``modifier`` only needs some inner UDP/TCP packets (and all the others).
 
-    ``None`` for a protocol means every packet of it; an empty list means none. Returns the same
-    callable, so it also works as ``modifier = declare_interest(fn, udp_ports=[53])``. The
-    promise is the modifier's: a packet outside its interest is forwarded as if it returned
-    None without changing anything.
+    ``udp_ports`` / ``tcp_ports``: ``None`` means every port, an empty list none.
+    ``payload_contains``: the modifier acts only on payloads containing one of these. Returns
+    the same callable, so ``modifier = declare_interest(fn, udp_ports=[53])`` works. The promise
+    is the modifier's: a packet outside its interest is forwarded as if it returned None
+    without changing anything.
     """
+    needles = None if payload_contains is None else frozenset(bytes(n) for n in payload_contains)
+    if needles is not None and not all(needles):
+        raise ValueError("payload_contains needs non-empty byte strings")
     interest = Interest(
         None if udp_ports is None else frozenset(udp_ports),
         None if tcp_ports is None else frozenset(tcp_ports),
+        needles,
     )
     for ports in (interest.udp_ports, interest.tcp_ports):
         if ports is not None and not all(isinstance(p, int) and 0 <= p <= 0xFFFF for p in ports):

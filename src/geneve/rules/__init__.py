@@ -44,6 +44,7 @@ _T = TypeVar("_T", bound=Callable[..., object])
 
 _DROP = Verdict.DROP
 _NO_UDP_NO_TCP = Interest(frozenset(), frozenset())
+_NOTHING = Interest(frozenset(), frozenset(), frozenset())  # the identity of |
 
 
 def _declared(function: _T, interest: Interest) -> _T:
@@ -160,7 +161,7 @@ def drop_if_contains(needle: bytes) -> Modifier:
             return _DROP
         return None
 
-    return modifier
+    return _declared(modifier, Interest(needles=frozenset((needle,))))
 
 
 def replace(old: bytes, new: bytes) -> Modifier:
@@ -178,14 +179,14 @@ def replace(old: bytes, new: bytes) -> Modifier:
         if start >= 0 and packet.buf.find(old, start, packet._ip_end) >= 0:
             packet.replace_in_payload(old, new)
 
-    return modifier
+    return _declared(modifier, Interest(needles=frozenset((old,))))
 
 
 def chain(*modifiers: Modifier) -> Modifier:
     """Run modifiers in order; the first DROP stops the chain."""
     if len(modifiers) == 1:
         return modifiers[0]
-    interest = Interest(frozenset(), frozenset())
+    interest = _NOTHING
     for step in modifiers:
         interest = interest | interest_of(step)
     if len(modifiers) == 2:
@@ -212,5 +213,5 @@ def when(predicate: Predicate, *modifiers: Modifier) -> Modifier:
     def modifier(packet: Packet) -> Verdict | None:
         return inner(packet) if predicate(packet) else None
 
-    # Nothing happens unless the predicate holds: its interest bounds the modifier's.
-    return _declared(modifier, interest_of(predicate))
+    # Nothing happens unless the predicate holds and the modifiers would act.
+    return _declared(modifier, interest_of(predicate) & interest_of(inner))
