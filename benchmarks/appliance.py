@@ -13,9 +13,10 @@ replies; the appliance under test runs pinned to the other core. Appliances:
 - ``geneve``: ``python -m geneve.appliance`` with its default settings (reference rules);
 - ``floor_single`` / ``floor_batch``: the least a C appliance with the daemon's sockets can do,
   one packet per system call / recvmmsg+sendmmsg batches (``benchmarks/c/floor_*.c``);
+- ``geneve-py`` (full run only): ``--no-fast-path``, every frame through the Python pipeline;
 - ``geneve-raw`` / ``geneve-w2`` / ``geneve-b1`` (full run only): ``--receive raw``,
-  ``--workers 2`` (both workers on the appliance's one core) and ``--batch 1`` (one frame per
-  system call: the batching lever measured).
+  ``--workers 2`` (both workers on the appliance's one core) and ``--batch 1 --no-fast-path``
+  (one frame per system call, all in Python: the batching lever measured).
 
 For each appliance, frame size and traffic mix it measures the reply rate at saturation, the
 highest offered rate with less than 0.1% loss and replies keeping pace (15% steps from the
@@ -93,7 +94,15 @@ FULL = Plan(
     bisect_steps=2,
     latency_s=2.0,
     latency_pps=20_000.0,
-    appliances=("geneve", "floor_single", "floor_batch", "geneve-raw", "geneve-w2", "geneve-b1"),
+    appliances=(
+        "geneve",
+        "floor_single",
+        "floor_batch",
+        "geneve-py",
+        "geneve-raw",
+        "geneve-w2",
+        "geneve-b1",
+    ),
 )
 
 
@@ -112,7 +121,9 @@ class Appliance:
         if self.name == "geneve-w2":
             return [*daemon, "--workers", "2"]
         if self.name == "geneve-b1":
-            return [*daemon, "--batch", "1"]
+            return [*daemon, "--batch", "1", "--no-fast-path"]
+        if self.name == "geneve-py":
+            return [*daemon, "--no-fast-path"]
         return [str(build / self.name)]
 
 
@@ -123,6 +134,7 @@ APPLIANCES = {
     "geneve-raw": Appliance("geneve-raw", ("forward",), (156,)),
     "geneve-w2": Appliance("geneve-w2", ("forward",), (156,)),
     "geneve-b1": Appliance("geneve-b1", ("forward",), (156,)),
+    "geneve-py": Appliance("geneve-py", ("forward", "rules"), None),
 }
 
 
