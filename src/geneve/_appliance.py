@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 from ._headers import GENEVE_PORT
 from ._health import HealthReport, HealthServer
-from ._packet import MAX_INNER_LENGTH
+from ._packet import MAX_INNER_LENGTH, Packet
 from ._pipeline import ErrorPolicy, Modifier, Stats, interest_of, process
 
 __all__ = ["Appliance", "ApplianceError", "ReceiveMode", "local_addresses"]
@@ -332,12 +332,7 @@ class _Worker:
                         on_too_large=too_large,
                     )
                     if packet is not None:
-                        try:
-                            sendto(packet.data, (gwlb, 0))
-                        except OSError as err:
-                            self._send_failed(err)
-                        if len(packet.buf) > BUFFER_SIZE:  # a rewrite grew it: shrink back
-                            del packet.buf[BUFFER_SIZE:]
+                        self._send_one(sendto, packet, gwlb)
                     if stats.modifier_errors != logged:
                         last_logged, logged = self._log_error(last_logged, logged)
             if time.monotonic() >= next_beat:
@@ -499,16 +494,20 @@ class _Worker:
                             on_too_large=too_large,
                         )
                         if packet is not None:
-                            try:
-                                sendto(packet.data, (ntoa(packet.buf[16:20]), 0))
-                            except OSError as err:
-                                self._send_failed(err)
-                            if len(packet.buf) > BUFFER_SIZE:
-                                del packet.buf[BUFFER_SIZE:]
+                            self._send_one(sendto, packet, ntoa(packet.buf[16:20]))
                         if stats.modifier_errors != logged:
                             last_logged, logged = self._log_error(last_logged, logged)
             if time.monotonic() >= next_beat:
                 next_beat = self._beat(admitted)
+
+    def _send_one(self, sendto: Any, packet: Packet, destination: str) -> None:
+        """Send one reply (the one-frame-per-call paths); a refusal is counted, never fatal."""
+        try:
+            sendto(packet.data, (destination, 0))
+        except OSError as err:
+            self._send_failed(err)
+        if len(packet.buf) > BUFFER_SIZE:  # a rewrite grew the receive buffer: shrink it back
+            del packet.buf[BUFFER_SIZE:]
 
     def _send_failed(self, err: OSError, count: int = 1) -> None:
         before = self.send_errors
