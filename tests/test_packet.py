@@ -35,6 +35,7 @@ from geneve import (
     NotGeneveError,
     Packet,
     PacketTooLargeError,
+    ReceiveBuffer,
     TruncatedError,
     UnsupportedError,
     build_frame,
@@ -583,6 +584,42 @@ def test_replace_payload_while_a_view_of_the_buffer_is_alive() -> None:
     p.fix_checksums()
     assert check_frame(p.data).payload == b"abc and much more"
     del view, data
+
+
+@given(
+    gwlb_frames(l4s=("udp", "tcp", "icmp")),
+    st.sampled_from([b"a", b"weakly typed", b"\0"]),
+    st.sampled_from([b"", b"b", b"strongly typed"]),
+)
+def test_a_receive_buffer_gives_the_same_bytes_as_a_bytearray(
+    frame: bytearray, old: bytes, new: bytes
+) -> None:
+    replies = []
+    for buf in (bytearray(len(frame) + 64), ReceiveBuffer(len(frame) + 64)):
+        buf[: len(frame)] = frame
+        p = Packet.parse(buf, len(frame))
+        assert p.buf is buf  # in place, no copy
+        p.swap_outer()
+        with contextlib.suppress(GeneveError):  # TCP refuses a length change
+            p.replace_in_payload(old, new)
+        p.fix_checksums()
+        replies.append(bytes(p.data))
+    assert replies[0] == replies[1]
+    check_frame(replies[1])
+
+
+def test_a_receive_buffer_is_never_resized() -> None:
+    frame = gwlb_udp(b"grow me")
+    rb = ReceiveBuffer(len(frame))
+    assert len(rb) == len(frame) and len(ReceiveBuffer()) == geneve.MAX_FRAME_LENGTH
+    rb[:] = frame
+    p = Packet.parse(rb)
+    p.replace_in_payload(b"grow", b"grow a lot")  # past the buffer's end: on a copy
+    p.fix_checksums()
+    assert p.buf is not rb and bytes(rb) == bytes(frame)
+    assert check_frame(p.data).payload == b"grow a lot me"
+    with pytest.raises(BufferError):  # its C view (or, without C, a memoryview) pins it
+        rb.append(0)
 
 
 @given(gwlb_frames(l4s=("udp",)), st.booleans())

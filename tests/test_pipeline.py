@@ -266,9 +266,7 @@ def scripted(action: str) -> Callable[[Packet], Any]:
     ),
     st.sampled_from(["drop", "forward"]),
 )
-def test_counters_are_exact(
-    script: list[tuple[bytearray, str, int]], on_error: Any
-) -> None:
+def test_counters_are_exact(script: list[tuple[bytearray, str, int]], on_error: Any) -> None:
     stats = Stats()
     expected = {"forwarded": 0, "dropped": 0, "malformed": 0, "modified": 0, "errors": 0}
     for frame, action, damage in script:

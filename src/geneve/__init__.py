@@ -36,7 +36,7 @@ from ._headers import (
     IPv4,
     IPv6,
 )
-from ._packet import MAX_FRAME_LENGTH, MAX_INNER_LENGTH, Packet, build_frame
+from ._packet import MAX_FRAME_LENGTH, MAX_INNER_LENGTH, Packet, ReceiveBuffer, build_frame
 from ._pipeline import (
     ALL_PACKETS,
     ErrorPolicy,
@@ -80,6 +80,7 @@ __all__ = [
     "NotGeneveError",
     "Packet",
     "PacketTooLargeError",
+    "ReceiveBuffer",
     "Stats",
     "TruncatedError",
     "UnsupportedError",

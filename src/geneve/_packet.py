@@ -55,7 +55,7 @@ from .checksum import (
     ones_complement_sum,
 )
 
-__all__ = ["MAX_FRAME_LENGTH", "MAX_INNER_LENGTH", "Packet", "build_frame"]
+__all__ = ["MAX_FRAME_LENGTH", "MAX_INNER_LENGTH", "Packet", "ReceiveBuffer", "build_frame"]
 
 #: GWLB sends inner packets of up to 8500 bytes (AWS GWLB docs, "MTU").
 MAX_INNER_LENGTH = 8500
@@ -66,7 +66,6 @@ MAX_FRAME_LENGTH = MAX_INNER_LENGTH + GWLB_ENCAP_LENGTH
 
 _IP4 = struct.Struct("!BxHxxHxB")  # version/IHL, total length, flags/fragment offset, protocol
 _UDP = struct.Struct("!HHHH")
-_GENEVE = struct.Struct("!BBH")
 _U16 = struct.Struct("!H")
 _IP6_LEN_NH = struct.Struct("!HB")
 # The option headers of the GWLB layout: class 0x0108 type 1 and 2 with 2 words, type 3 with 1.
@@ -78,8 +77,11 @@ _GWLB_VALUES = struct.Struct("!4xQ4xQ4xI")
 # UDP destination port and length; Geneve byte 0 and protocol type; the three option headers;
 # inner IPv4 without options (_IP4's fields again) and its UDP length.
 _USUAL = struct.Struct("!BxHxxHxB10x" + "2xHH2xBxH4xI8xI8xI4x" + "BxHxxHxB10x4xH2x")
+_usual = _USUAL.unpack_from
 _new = object.__new__
 _SWAP = struct.Struct("!II")
+_swap_unpack, _swap_pack = _SWAP.unpack_from, _SWAP.pack_into
+_u16 = _U16.pack_into
 
 # IPv6 extension headers that may stand between the fixed header and the L4 header, and
 # whose length is (byte 1 + 1) * 8 (RFC 8200 4.1).
@@ -89,45 +91,58 @@ _IP6_FRAGMENT = 44
 _ETH_VLAN = (0x8100, 0x88A8)
 
 
+class ReceiveBuffer(bytearray):
+    """A fixed-size receive buffer for a loop that parses frame after frame in one place.
+
+    A ``bytearray`` in every way but one: the C view that :meth:`Packet.fix_checksums` needs
+    is made once, here, rather than for every packet (making one costs about as much as the
+    checksums of a small packet). That view pins the buffer's size: it cannot be resized, and
+    an edit that grows a frame past its end works on a copy (``packet.buf`` is then no longer
+    this buffer). ``recv_into`` and ``Packet.parse(buf, n)`` use it in place, like a bytearray.
+    """
+
+    __slots__ = ("_cview",)
+    _cview: object
+
+    def __init__(self, size: int = MAX_FRAME_LENGTH) -> None:
+        super().__init__(size)
+        # Without C, a memoryview pins the size instead, so the buffer behaves the same.
+        self._cview = memoryview(self) if _c_from_buffer is None else _c_from_buffer(self)
+
+
 class Packet:
     """A GWLB frame, parsed in place. Build one with :meth:`parse`."""
 
     __slots__ = (
-        "_inner_done",
         "_ip_end",
         "_ip_offset",
         "_ip_version",
-        "_is_fragment",
         "_l4_offset",
         "_l4_protocol",
         "_payload_offset",
         "buf",
-        "geneve_offset",
         "inner_offset",
         "length",
         "max_inner_length",
         "modified",
-        "protocol_type",
         "udp_offset",
     )
 
     buf: bytearray
     length: int  # bytes of the frame (the outer IPv4 total length)
     udp_offset: int
-    geneve_offset: int
     inner_offset: int  # first byte after the Geneve header and its options
-    protocol_type: int  # Geneve protocol type of the inner packet
     # Longest inner packet an edit may produce (bytes after the Geneve header). parse() sets
     # no limit beyond IPv4's own; the pipeline sets its configured one (GWLB's 8500).
     max_inner_length: int
     modified: bool  # set by every edit; the pipeline fixes checksums when it is true
-    # Filled by the lazy inner parse; -1 / 0 where there is no such layer. Read them through the
-    # properties of the same name without the underscore, which parse first when needed.
-    _inner_done: bool
-    _ip_offset: int
+    # Filled by the lazy inner parse. _ip_version is -1 until then, 0 when the inner packet is
+    # not IP; the offsets are -1 where there is no such layer (a fragment has no L4 offset).
+    # Read them through the properties of the same name without the underscore, which parse
+    # first when needed. Fewer slots make parse() cheaper: what can be derived is not stored.
     _ip_version: int
+    _ip_offset: int
     _ip_end: int
-    _is_fragment: bool
     _l4_offset: int
     _l4_protocol: int
     _payload_offset: int
@@ -137,92 +152,91 @@ class Packet:
         cls,
         buf: bytearray | bytes | memoryview,
         length: int | None = None,
-        *,
         port: int = GENEVE_PORT,
     ) -> Packet:
         """Check the outer IPv4, UDP and Geneve headers of ``buf[:length]``.
 
-        A ``bytearray`` is used in place (edits write into it); anything else is copied once.
-        Raises :class:`NotGeneveError` for IPv4 that is not UDP to ``port`` and another
-        :class:`GeneveError` for anything malformed. The inner packet is parsed later, when
-        first used, or at once by :meth:`parse_inner`.
+        A ``bytearray`` (or a :class:`ReceiveBuffer`) is used in place: edits write into it;
+        anything else is copied once. Raises :class:`NotGeneveError` for IPv4 that is not UDP
+        to ``port`` and another :class:`GeneveError` for anything malformed. The inner packet is
+        parsed later, when first used, or at once by :meth:`parse_inner`.
         """
-        if type(buf) is not bytearray:
+        if type(buf) is not bytearray and type(buf) is not ReceiveBuffer:
             buf = bytearray(buf[:length] if length is not None else buf)
         size = len(buf)
-        n = size if length is None else length
-        if n > size or n < 0:
+        if length is None:
+            length = size
+        elif length > size or length < 0:
             raise ValueError("length is beyond the buffer")
         # The usual frame, recognised with one unpack and one test: outer IPv4 without options,
         # not a fragment, UDP to the Geneve port with a length that agrees, Geneve version 0
-        # with exactly GWLB's three options (none critical). The test proves 68 <= total <= n,
-        # so every field it uses is inside the frame. Anything else, valid or not, goes through
-        # _parse_outer, which checks one field at a time and says what is wrong.
-        usual = False
+        # with exactly GWLB's three options (none critical). The test proves 68 <= total <=
+        # length, so every field it uses is inside the frame. Anything else, valid or not, goes
+        # through _parse_outer, which checks one field at a time and says what is wrong.
+        # (Literal numbers rather than the named constants: this runs for every packet.)
         if size >= 96:  # _USUAL.size
             (vihl, total, frag, proto, dport, ulen, b0, ptype, o1, o2, o3,
-             ivihl, itotal, ifrag, iproto, iulen) = _USUAL.unpack_from(buf)  # fmt: skip
-            usual = (
+             ivihl, itotal, ifrag, iproto, iulen) = _usual(buf)  # fmt: skip
+            if (
                 vihl == 0x45
-                and proto == IPPROTO_UDP
-                and not frag & 0x3FFF
+                and proto == 17  # IPPROTO_UDP
                 and dport == port
-                and 68 <= total <= n
+                and b0 == 8  # version 0, 8 words of options
+                and o1 == 0x01080102  # _GWLB_OPT_WORDS
+                and o2 == 0x01080202
+                and o3 == 0x01080301
+                and 68 <= total <= length
                 and ulen == total - 20
-                and b0 == 8
-                and o1 == _GWLB_OPT1
-                and o2 == _GWLB_OPT2
-                and o3 == _GWLB_OPT3
-            )
-        if usual:
-            ihl = 20
-            inner = 68
-        else:
-            total, ihl, inner, ptype = _parse_outer(buf, n, port)
-
+                and not frag & 0x3FFF
+            ):
+                self = _new(cls)
+                self.buf = buf
+                self.length = total
+                self.udp_offset = 20
+                self.inner_offset = 68
+                self.modified = False
+                self.max_inner_length = 0xFFFF
+                # The usual inner packet, UDP in IPv4 without options, is parsed here too,
+                # setting what _parse_inner would; anything else (or anything wrong) is left
+                # to _parse_inner, on first use, so that parse() never fails for the inner
+                # packet. itotal >= 28 and 68 + itotal <= total put these fields in the frame.
+                if (
+                    ptype == 0x0800  # ETH_P_IPV4
+                    and ivihl == 0x45
+                    and iproto == 17
+                    and not ifrag & 0x3FFF
+                    and 28 <= itotal <= total - 68
+                    and iulen == itotal - 20
+                ):
+                    self._ip_version = 4
+                    self._ip_offset = 68
+                    self._ip_end = 68 + itotal
+                    self._l4_protocol = 17
+                    self._l4_offset = 88
+                    self._payload_offset = 96
+                else:
+                    self._ip_version = -1
+                return self
+        total, ihl, inner = _parse_outer(buf, length, port)
         self = _new(cls)
         self.buf = buf
         self.length = total
         self.udp_offset = ihl
-        self.geneve_offset = ihl + 8
         self.inner_offset = inner
-        self.protocol_type = ptype
         self.modified = False
         self.max_inner_length = 0xFFFF
-        # The usual inner packet, UDP in IPv4 without options, is parsed here too, setting what
-        # _parse_inner would; anything else (or anything wrong) is left to _parse_inner, on
-        # first use, so that parse() never fails for the inner packet. itotal >= 28 and
-        # 68 + itotal <= total prove these fields are in the frame.
-        if (
-            usual
-            and ptype == ETH_P_IPV4
-            and ivihl == 0x45
-            and iproto == IPPROTO_UDP
-            and not ifrag & 0x3FFF
-            and 28 <= itotal <= total - 68
-            and iulen == itotal - 20
-        ):
-            self._ip_version = 4
-            self._ip_offset = 68
-            self._ip_end = 68 + itotal
-            self._l4_protocol = IPPROTO_UDP
-            self._is_fragment = False
-            self._l4_offset = 88
-            self._payload_offset = 96
-            self._inner_done = True
-        else:
-            self._inner_done = False
+        self._ip_version = -1
         return self
 
     # -- the inner packet, parsed on first use ------------------------------------------------
 
     def parse_inner(self) -> None:
         """Parse the inner IP and L4 headers now (raises :class:`GeneveError` if malformed)."""
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
 
     def _parse_inner(self) -> None:
-        if self._inner_done:  # parse() already did it (the usual frame), or an earlier call
+        if self._ip_version >= 0:  # parse() already did it (the usual frame), or an earlier call
             return
         buf = self.buf
         off = self.inner_offset
@@ -252,19 +266,16 @@ class Packet:
                 raise TruncatedError("inner IPv4 runs past the frame", "inner-truncated")
             l4 = off + ihl
             if frag & 0x3FFF:
-                self._is_fragment = True
                 self._l4_offset = self._payload_offset = -1
             elif proto == IPPROTO_UDP:  # what GWLB carries most: inlined from _parse_l4
                 if ip_end - l4 < 8:
                     raise TruncatedError("inner UDP header truncated", "inner-l4-truncated")
                 if _U16.unpack_from(buf, l4 + 4)[0] != ip_end - l4:
                     raise MalformedError("inner UDP length disagrees with IP", "inner-udp-length")
-                self._is_fragment = False
                 self._l4_offset = l4
                 self._payload_offset = l4 + 8
             else:
                 self._parse_l4(l4, proto, ip_end, False)
-                self._is_fragment = False
             self._ip_version = 4
             self._ip_offset = off
             self._ip_end = ip_end
@@ -287,11 +298,9 @@ class Packet:
             if pos > ip_end:
                 raise TruncatedError("IPv6 extension header truncated", "inner-truncated")
             if nh == _IP6_FRAGMENT:
-                self._is_fragment = True
                 self._l4_offset = self._payload_offset = -1
             else:
                 self._parse_l4(pos, nh, ip_end, True)
-                self._is_fragment = False
             self._ip_version = 6
             self._ip_offset = off
             self._ip_end = ip_end
@@ -299,8 +308,6 @@ class Packet:
         else:  # no inner IP (ARP, unknown protocol type): nothing below the Geneve header
             self._ip_version = self._l4_protocol = 0
             self._ip_offset = self._ip_end = self._l4_offset = self._payload_offset = -1
-            self._is_fragment = False
-        self._inner_done = True
 
     def _parse_l4(self, l4: int, proto: int, ip_end: int, v6: bool) -> None:
         room = ip_end - l4
@@ -327,7 +334,7 @@ class Packet:
         self._payload_offset = payload
 
     def _inner(self) -> None:
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
 
     # The inner fields, read-only. Plain properties rather than __getattr__: a class with
@@ -336,49 +343,50 @@ class Packet:
     @property
     def ip_offset(self) -> int:
         """Where the inner IPv4/IPv6 header starts; -1 without one."""
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
         return self._ip_offset
 
     @property
     def ip_version(self) -> int:
         """4 or 6; 0 when the inner packet is not IP."""
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
         return self._ip_version
 
     @property
     def ip_end(self) -> int:
         """Where the inner IP packet ends (its length field); -1 without one."""
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
         return self._ip_end
 
     @property
     def is_fragment(self) -> bool:
         """The inner IP packet is a fragment (never rewritten)."""
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
-        return self._is_fragment
+        # Only a fragment has an inner IP header and no L4 offset.
+        return self._ip_version > 0 and self._l4_offset < 0
 
     @property
     def l4_offset(self) -> int:
         """Where the inner L4 header starts; -1 for a fragment or without IP."""
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
         return self._l4_offset
 
     @property
     def l4_protocol(self) -> int:
         """The inner IP protocol number (after IPv6 extension headers); 0 without IP."""
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
         return self._l4_protocol
 
     @property
     def payload_offset(self) -> int:
         """Where the inner L4 payload starts; -1 for a fragment or without IP."""
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
         return self._payload_offset
 
@@ -394,6 +402,17 @@ class Packet:
 
     def __len__(self) -> int:
         return self.length
+
+    @property
+    def geneve_offset(self) -> int:
+        """Where the Geneve header starts (right after the outer UDP header)."""
+        return self.udp_offset + 8
+
+    @property
+    def protocol_type(self) -> int:
+        """The Geneve protocol type of the inner packet (0x0800 IPv4, 0x86DD IPv6, ...)."""
+        proto: int = _U16.unpack_from(self.buf, self.udp_offset + 10)[0]
+        return proto
 
     @property
     def outer(self) -> IPv4:
@@ -434,19 +453,19 @@ class Packet:
 
     @property
     def inner_ipv4(self) -> IPv4 | None:
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
         return IPv4(self.buf, self._ip_offset, self) if self._ip_version == 4 else None
 
     @property
     def inner_ipv6(self) -> IPv6 | None:
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
         return IPv6(self.buf, self._ip_offset, self) if self._ip_version == 6 else None
 
     @property
     def inner_ip(self) -> IPv4 | IPv6 | None:
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
         if self._ip_version == 4:
             return IPv4(self.buf, self._ip_offset, self)
@@ -468,7 +487,7 @@ class Packet:
     @property
     def udp(self) -> UDP | None:
         """The inner UDP header, or None (not UDP, or a fragment)."""
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
         if self._l4_protocol == IPPROTO_UDP and self._l4_offset >= 0:
             return UDP(self.buf, self._l4_offset, self)
@@ -476,7 +495,7 @@ class Packet:
 
     @property
     def tcp(self) -> TCP | None:
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
         if self._l4_protocol == IPPROTO_TCP and self._l4_offset >= 0:
             return TCP(self.buf, self._l4_offset, self)
@@ -485,7 +504,7 @@ class Packet:
     @property
     def icmp(self) -> ICMP | None:
         """The inner ICMP (over IPv4) or ICMPv6 (over IPv6) header, or None."""
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
         if (
             self._l4_offset >= 0
@@ -498,7 +517,7 @@ class Packet:
     @property
     def ports(self) -> tuple[int, int] | None:
         """Inner (source, destination) ports of UDP or TCP, or None. Fast: one unpack."""
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
         if self._l4_offset >= 0 and self._l4_protocol in (IPPROTO_UDP, IPPROTO_TCP):
             src, dst = _PORTS.unpack_from(self.buf, self._l4_offset)
@@ -508,7 +527,7 @@ class Packet:
     @property
     def payload(self) -> memoryview | None:
         """The inner L4 payload (a view; no copy), or None when there is no L4 header."""
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
         if self._payload_offset < 0:
             return None
@@ -516,7 +535,7 @@ class Packet:
 
     def payload_find(self, sub: bytes) -> int:
         """Index of ``sub`` in the inner L4 payload, or -1 (no copy)."""
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
         if self._payload_offset < 0:
             return -1
@@ -534,8 +553,9 @@ class Packet:
         The IPv4 header checksum and the outer UDP checksum stay valid: a one's-complement sum
         does not depend on the order of its words.
         """
-        src, dst = _SWAP.unpack_from(self.buf, 12)
-        _SWAP.pack_into(self.buf, 12, dst, src)
+        buf = self.buf
+        src, dst = _swap_unpack(buf, 12)
+        _swap_pack(buf, 12, dst, src)
 
     def mark_modified(self) -> None:
         """Say that the inner packet was edited directly through :attr:`buf`."""
@@ -548,9 +568,9 @@ class Packet:
         lengths; checksums are fixed by :meth:`fix_checksums` (the pipeline calls it). Bytes after
         the inner IP packet (padding) are dropped. Fragments are never rewritten.
         """
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
-        if self._is_fragment:
+        if self._ip_version > 0 and self._l4_offset < 0:
             raise FragmentError("inner packet is a fragment; it is never rewritten")
         if self._payload_offset < 0:
             raise UnsupportedError("inner packet has no payload to replace", "no-payload")
@@ -604,56 +624,63 @@ class Packet:
     def replace_in_payload(self, old: bytes, new: bytes, count: int = -1) -> int:
         """Replace occurrences of ``old`` in the inner payload; returns how many were replaced.
 
-        Costs nothing (no copy) when ``old`` does not occur.
+        Costs one search (no copy, no write) when ``old`` does not occur.
         """
-        if not self._inner_done:
+        if self._ip_version < 0:
             self._parse_inner()
         start = self._payload_offset
-        if start < 0 or not old or not count:
-            return 0
         buf = self.buf
         end = self._ip_end
-        if buf.find(old, start, end) < 0:
+        # start is -1 for a fragment or without L4; an empty ``old`` would match everywhere.
+        if start < 0 or not old or buf.find(old, start, end) < 0:
             return 0
-        chunk = buf[start:end]
-        data = chunk.replace(old, new, count)
-        grow = len(new) - len(old)
-        if not grow:
-            self._write_payload(data)
-            return chunk.count(old) if count < 0 else min(count, chunk.count(old))
-        # Each replacement changes the length by the same amount: no second scan. The rest is
-        # _write_payload for a length change, inlined: this is the rewrite appliances do most.
+        data = buf[start:end].replace(old, new, count)
         new_end = start + len(data)
-        proto = self._l4_protocol
+        # The rewrite appliances do most, inlined: inner UDP whose length changes, within the
+        # limits. Everything else (same length, count 0, TCP, ICMP, too long) goes through
+        # _write_payload, which raises before any byte changes where it must.
         if (
-            proto != IPPROTO_UDP
+            new_end == end
+            or self._l4_protocol != 17  # IPPROTO_UDP
             or new_end > 0xFFFF
             or new_end - self.inner_offset > self.max_inner_length
         ):
-            self._write_payload(data)  # raises, or handles the rarer cases
+            return self._replace_other(start, end, data, old, count)
+        try:
+            # Grows the buffer when the frame outgrows it (the slice then ends at its end).
+            buf[start:new_end] = data
+        except BufferError:  # a view pins the buffer's size: _write_payload grows a copy
+            self._write_payload(data)
         else:
-            if new_end > len(buf):
-                self._write_payload(data)
+            ip = self._ip_offset
+            if self._ip_version == 4:
+                _u16(buf, ip + 2, new_end - ip)
             else:
-                buf[start:new_end] = data
-                u16 = _U16.pack_into
-                ip = self._ip_offset
-                if self._ip_version == 4:
-                    u16(buf, ip + 2, new_end - ip)
-                else:
-                    u16(buf, ip + 4, new_end - ip - 40)
-                l4 = self._l4_offset
-                u16(buf, l4 + 4, new_end - l4)
-                u16(buf, 2, new_end)
-                udp = self.udp_offset
-                u16(buf, udp + 4, new_end - udp)
-                self.length = self._ip_end = new_end
-                self.modified = True
-        return (len(data) - (end - start)) // grow
+                _u16(buf, ip + 4, new_end - ip - 40)
+            l4 = self._l4_offset
+            _u16(buf, l4 + 4, new_end - l4)
+            _u16(buf, 2, new_end)
+            udp = self.udp_offset
+            _u16(buf, udp + 4, new_end - udp)
+            self.length = self._ip_end = new_end
+            self.modified = True
+        # Each replacement changed the length by the same amount: no second scan.
+        return (new_end - end) // (len(new) - len(old))
 
-    def fix_checksums(self, *, outer_udp: OuterUdpPolicy = "keep") -> bool:
-        """Recompute every checksum of the frame in one call; False for an inner fragment."""
-        if not self._inner_done:
+    def _replace_other(self, start: int, end: int, data: bytearray, old: bytes, count: int) -> int:
+        if not count:
+            return 0
+        found = self.buf.count(old, start, end)  # non-overlapping, as replace() counts
+        self._write_payload(data)
+        return found if count < 0 else min(count, found)
+
+    def fix_checksums(self, outer_udp: OuterUdpPolicy = "keep") -> bool:
+        """Recompute every checksum of the frame in one call; False for an inner fragment.
+
+        ``outer_udp``: ``"keep"`` recomputes the outer UDP checksum when it is not 0 and leaves
+        a 0 alone, ``"zero"`` sets it to 0, ``"compute"`` always computes it.
+        """
+        if self._ip_version < 0:
             self._parse_inner()
         ip = self._ip_offset
         if ip < 0:  # no inner IP (ARP, an unknown protocol type): the outer checksums only
@@ -662,32 +689,26 @@ class Packet:
             return True
         # What fix_frame does, minus its argument checks (self.length <= len(self.buf) always)
         # and one call level; the buffer is a bytearray, so it is writable.
-        mode = _OUTER_MODES.get(outer_udp)
-        if mode is None:
-            raise ValueError(f"outer_udp must be 'keep', 'zero' or 'compute', not {outer_udp!r}")
-        if _c_fix is not None:
-            rc: int = _c_fix(
-                _c_from_buffer(self.buf),
-                self.length,
-                ip,
-                self._l4_offset,
-                self._l4_protocol,
-                mode,
-            )
+        if outer_udp == "keep":
+            mode = 0
         else:
-            rc = _py_fix(
-                self.buf,
-                self.length,
-                ip,
-                self._l4_offset,
-                self._l4_protocol,
-                mode,
-            )
+            mode = _OUTER_MODES.get(outer_udp, -1)
+            if mode < 0:
+                raise ValueError(
+                    f"outer_udp must be 'keep', 'zero' or 'compute', not {outer_udp!r}"
+                )
+        buf = self.buf
+        if _c_fix is not None:
+            # A ReceiveBuffer carries its cffi view; a plain bytearray needs one per call.
+            view = buf._cview if type(buf) is ReceiveBuffer else _c_from_buffer(buf)
+            rc: int = _c_fix(view, self.length, ip, self._l4_offset, self._l4_protocol, mode)
+        else:
+            rc = _py_fix(buf, self.length, ip, self._l4_offset, self._l4_protocol, mode)
         if rc < 0:
             _raise_fix_error(rc)
         self.modified = False
         # An IPv6 fragment's L4 offset is -1, so the fix-up itself cannot tell it is one.
-        return rc == 0 and not self._is_fragment
+        return rc == 0 and self._l4_offset >= 0
 
     def _fix_outer(self, outer_udp: OuterUdpPolicy) -> None:
         buf = self.buf
@@ -723,11 +744,11 @@ class Packet:
 _PORTS = struct.Struct("!HH")
 
 
-def _parse_outer(buf: bytearray, n: int, port: int) -> tuple[int, int, int, int]:
+def _parse_outer(buf: bytearray, n: int, port: int) -> tuple[int, int, int]:
     """Check the outer IPv4, UDP and Geneve headers field by field; raise for the first bad one.
 
-    Returns the outer total length, the outer IPv4 header length, where the inner packet starts
-    and the Geneve protocol type.
+    Returns the outer total length, the outer IPv4 header length and where the inner packet
+    starts.
     """
     if n < 20:
         raise TruncatedError("shorter than an IPv4 header", "outer-truncated")
@@ -759,7 +780,7 @@ def _parse_outer(buf: bytearray, n: int, port: int) -> tuple[int, int, int, int]
     geneve = ihl + 8
     if ulen < 16:
         raise TruncatedError("shorter than a Geneve header", "geneve-truncated")
-    b0, _b1, ptype = _GENEVE.unpack_from(buf, geneve)
+    b0 = buf[geneve]
     # RFC 8926 3.4: "Packets received by a tunnel endpoint with an unknown version MUST be
     # dropped."
     if b0 >> 6:
@@ -770,7 +791,7 @@ def _parse_outer(buf: bytearray, n: int, port: int) -> tuple[int, int, int, int]
         raise TruncatedError("Geneve options run past the UDP datagram", "geneve-options")
     if opt_len:
         _check_options(buf, geneve + 8, inner)
-    return total, ihl, inner, ptype
+    return total, ihl, inner
 
 
 def _check_options(buf: bytearray, pos: int, end: int) -> None:

@@ -267,7 +267,7 @@ def process(
         reasons["oversized"] = reasons.get("oversized", 0) + 1
         return None
     # RFC 8926 3.4: a control (O bit) packet's payload must not be forwarded as data.
-    if buf[packet.geneve_offset + 1] & 0x80:
+    if buf[packet.udp_offset + 9] & 0x80:  # the O bit (Geneve byte 1)
         stats.drop("control")
         return None
     packet.max_inner_length = max_inner_length

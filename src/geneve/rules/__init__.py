@@ -85,7 +85,7 @@ def _port_predicate(protocol: int, ports: tuple[int, ...]) -> Predicate:
         (only,) = ports
 
         def match_one(packet: Packet) -> bool:
-            if not packet._inner_done:
+            if packet._ip_version < 0:
                 packet._parse_inner()
             l4 = packet._l4_offset
             if packet._l4_protocol != protocol or l4 < 0:
@@ -97,7 +97,7 @@ def _port_predicate(protocol: int, ports: tuple[int, ...]) -> Predicate:
     wanted = frozenset(ports)
 
     def match(packet: Packet) -> bool:
-        if not packet._inner_done:
+        if packet._ip_version < 0:
             packet._parse_inner()
         l4 = packet._l4_offset
         if packet._l4_protocol != protocol or l4 < 0:
@@ -120,7 +120,7 @@ def tcp_port(*ports: int) -> Predicate:
 
 def icmp_echo_sequence(packet: Packet) -> int | None:
     """The sequence number of an inner ICMP (IPv4) echo request or reply, else None."""
-    if not packet._inner_done:
+    if packet._ip_version < 0:
         packet._parse_inner()
     l4 = packet._l4_offset
     if packet._l4_protocol != IPPROTO_ICMP or packet._ip_version != 4 or l4 < 0:
@@ -138,7 +138,7 @@ def icmp_echo_every(n: int, action: Modifier = drop) -> Modifier:
 
     def modifier(packet: Packet) -> Verdict | None:
         # Most packets are not ICMP: one attribute read settles it (inner parsed already).
-        if packet._inner_done and packet._l4_protocol != IPPROTO_ICMP:
+        if packet._ip_version >= 0 and packet._l4_protocol != IPPROTO_ICMP:
             return None
         seq = icmp_echo_sequence(packet)
         if seq is not None and seq % n == 0:
@@ -154,7 +154,7 @@ def drop_if_contains(needle: bytes) -> Modifier:
         raise ValueError("needle must not be empty")
 
     def modifier(packet: Packet) -> Verdict | None:
-        if not packet._inner_done:
+        if packet._ip_version < 0:
             packet._parse_inner()
         start = packet._payload_offset
         if start >= 0 and packet.buf.find(needle, start, packet._ip_end) >= 0:
@@ -173,7 +173,7 @@ def replace(old: bytes, new: bytes) -> Modifier:
         raise ValueError("old must not be empty")
 
     def modifier(packet: Packet) -> None:
-        if not packet._inner_done:
+        if packet._ip_version < 0:
             packet._parse_inner()
         start = packet._payload_offset  # -1 for fragments: they have no payload to rewrite
         if start >= 0 and packet.buf.find(old, start, packet._ip_end) >= 0:
