@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 from ._headers import GENEVE_PORT
 from ._health import HealthReport, HealthServer
-from ._packet import MAX_INNER_LENGTH, Packet
+from ._packet import MAX_INNER_LENGTH, Packet, ReceiveBuffer
 from ._pipeline import ErrorPolicy, Modifier, Stats, interest_of, process
 
 __all__ = ["Appliance", "ApplianceError", "ReceiveMode", "local_addresses"]
@@ -291,7 +291,7 @@ class _Worker:
         sendto = socks.raw_send.sendto
         stats = self.stats
         modifier, on_error, max_inner, port, too_large = self._settings()
-        buf = bytearray(BUFFER_SIZE)
+        buf = ReceiveBuffer(BUFFER_SIZE)
         payload = memoryview(buf)[28:]
         pack_header = _IP_UDP.pack_into
         unpack_pktinfo = _PKTINFO_ADDR.unpack_from
@@ -345,7 +345,7 @@ class _Worker:
         socks = self.sockets
         n = min(self.batch, lib.GENEVE_BATCH_MAX)
         # Every buffer and cffi pointer is made once; the loop allocates nothing for I/O.
-        bufs = [bytearray(BUFFER_SIZE) for _ in range(n)]
+        bufs = [ReceiveBuffer(BUFFER_SIZE) for _ in range(n)]
         views = [ffi.from_buffer("uint8_t[]", b, require_writable=True) for b in bufs]
         slots = ffi.new("uint8_t *[]", views)
         lens = ffi.new("int32_t[]", n)
@@ -461,7 +461,7 @@ class _Worker:
         sendto = socks.raw_send.sendto
         stats = self.stats
         modifier, on_error, max_inner, port, too_large = self._settings()
-        buf = bytearray(BUFFER_SIZE)
+        buf = ReceiveBuffer(BUFFER_SIZE)
         ntoa = socket.inet_ntoa
         admitted: dict[bytes, bytes] = {}
         next_beat = self._beat(admitted)
@@ -506,8 +506,6 @@ class _Worker:
             sendto(packet.data, (destination, 0))
         except OSError as err:
             self._send_failed(err)
-        if len(packet.buf) > BUFFER_SIZE:  # a rewrite grew the receive buffer: shrink it back
-            del packet.buf[BUFFER_SIZE:]
 
     def _send_failed(self, err: OSError, count: int = 1) -> None:
         before = self.send_errors
