@@ -5,15 +5,22 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, check_frame, make_inner
+from conftest import REPO_ROOT, check_frame, epb, idb, make_inner, shb
 
 from geneve import Packet, Verdict, build_frame
-from geneve._pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapWriter, read_capture
+from geneve._pcap import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_RAW,
+    PcapWriter,
+    read_capture,
+)
 from geneve.replay import replay
 from geneve.rules import reference
 
@@ -238,3 +245,49 @@ def test_replay_keeps_input_order_and_skips_dropped() -> None:
     dst.seek(0)
     _, records = read_capture(dst)
     assert [check_frame(r.data[14:]).payload[1] for r in records] == [1, 3, 5, 7, 9]
+
+
+@pytest.mark.parametrize(
+    ("first", "expected_header"),
+    [(LINKTYPE_RAW, b""), (LINKTYPE_ETHERNET, bytes(12) + b"\x08\x00")],
+)
+def test_replay_of_a_pcapng_with_mixed_link_types(
+    tmp_path: Path, tshark: str, first: int, expected_header: bytes
+) -> None:
+    # One link type per pcapng interface; the pcap written takes the first forwarded packet's
+    # and gives the others a header of that type.
+    frame = bytes(build_frame(make_inner(4, "udp", b"weakly typed", dport=3000)))
+    sll2 = struct.pack("!HHIHBB8s", 0x0800, 0, 3, 1, 0, 6, MAC_A)
+    by_type = {LINKTYPE_RAW: frame, LINKTYPE_ETHERNET: ethernet(frame)}
+    other = LINKTYPE_ETHERNET if first == LINKTYPE_RAW else LINKTYPE_RAW
+    capture = (
+        shb("<")
+        + idb("<", 127)  # radiotap: no IPv4 here, so never the output's link type
+        + idb("<", first)
+        + idb("<", LINKTYPE_LINUX_SLL2)
+        + idb("<", other)
+        + epb("<", 0, 1, b"\0" * 8)
+        + epb("<", 1, 2, by_type[first])
+        + epb("<", 2, 3, sll2 + frame)
+        + epb("<", 3, 4, by_type[other])
+    )
+    src, out = tmp_path / "mixed.pcapng", tmp_path / "out.pcap"
+    src.write_bytes(capture)
+    proc = run_replay(str(src), str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("read 4, forwarded 3, modified 3,")
+    info, records = read_capture(io.BytesIO(out.read_bytes()))
+    rows = list(records)
+    assert info.linktype == first and len(rows) == 3
+    header = 14 if first == LINKTYPE_ETHERNET else 0
+    swapped = MAC_B + MAC_A + b"\x08\x00"  # an Ethernet record keeps its header, MACs swapped
+    assert rows[0].data[:header] == swapped[:header]
+    assert [r.data[:header] for r in rows[1:]] == [expected_header] * 2
+    for r in rows:
+        assert check_frame(r.data[header:]).payload == b"strongly typed"
+    # tshark decodes every record as IPv4/UDP/Geneve on the written link type.
+    protocols = subprocess.run(
+        [tshark, "-n", "-r", str(out), "-T", "fields", "-e", "frame.protocols"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert len(protocols) == 3 and all(":ip:udp:geneve:ip:udp" in p for p in protocols)

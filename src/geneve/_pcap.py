@@ -22,6 +22,7 @@ __all__ = [
     "PcapWriter",
     "Record",
     "ip_offset",
+    "link_header",
     "read_capture",
 ]
 
@@ -209,11 +210,32 @@ def ip_offset(linktype: int, data: bytes | bytearray) -> int:
     return -1
 
 
+_ARPHRD_NONE = 0xFFFE  # a link without link-layer addresses (a tun device)
+_PACKET_OUTGOING = 4
+# What goes in front of an IPv4 packet for each link type this module can write one to.
+_LINK_HEADERS = {
+    LINKTYPE_RAW: b"",
+    LINKTYPE_IPV4: b"",
+    LINKTYPE_ETHERNET: bytes(12) + b"\x08\x00",  # no MAC addresses known: zeros
+    LINKTYPE_NULL: b"\x02\0\0\0",  # AF_INET, little-endian host order
+    LINKTYPE_LINUX_SLL: struct.pack("!HHH8sH", _PACKET_OUTGOING, _ARPHRD_NONE, 0, b"", 0x0800),
+    LINKTYPE_LINUX_SLL2: struct.pack(
+        "!HHIHBB8s", 0x0800, 0, 0, _ARPHRD_NONE, _PACKET_OUTGOING, 0, b""
+    ),
+}
+
+
+def link_header(linktype: int) -> bytes | None:
+    """A link-layer header that carries an IPv4 packet on ``linktype``; None if unknown."""
+    return _LINK_HEADERS.get(linktype)
+
+
 class PcapWriter:
     """Writes classic little-endian pcap with a given link type and timestamp resolution."""
 
     def __init__(self, stream: BinaryIO, linktype: int, *, nanosecond: bool = False) -> None:
         self.stream = stream
+        self.linktype = linktype
         self.nanosecond = nanosecond
         magic = _MAGIC_NS if nanosecond else _MAGIC_US
         stream.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, 0x40000, linktype))

@@ -1,8 +1,11 @@
 """``python -m geneve.replay IN OUT [--rules MODULE:CALLABLE]``: a capture through the pipeline.
 
 Every Geneve packet of IN goes through the same :func:`geneve.process` as in the appliance;
-the forwarded ones are written to OUT in input order with the input's link type (Ethernet
-headers get their MAC addresses swapped, as a reply would). A summary goes to stdout.
+the forwarded ones are written to OUT (classic pcap) in input order with the input's link type
+(Ethernet headers get their MAC addresses swapped, as a reply would). A pcapng may mix link
+types, one per interface, where a pcap has one: OUT then takes the link type of the first
+forwarded packet, and packets captured on another link type get a header of that type in
+front of their IPv4 packet. A summary goes to stdout.
 """
 
 from __future__ import annotations
@@ -13,7 +16,14 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 from ._loader import RulesError, load_modifier
-from ._pcap import LINKTYPE_ETHERNET, CaptureError, PcapWriter, ip_offset, read_capture
+from ._pcap import (
+    LINKTYPE_ETHERNET,
+    CaptureError,
+    PcapWriter,
+    ip_offset,
+    link_header,
+    read_capture,
+)
 from ._pipeline import ErrorPolicy, Modifier, Stats, process
 
 __all__ = ["ReplayResult", "main", "replay"]
@@ -44,7 +54,7 @@ def replay(
 ) -> ReplayResult:
     """Run every Geneve packet of the capture ``src`` through ``modifier``; write to ``dst``."""
     info, records = read_capture(src)
-    writer = PcapWriter(dst, info.linktype, nanosecond=info.nanosecond)
+    writer: PcapWriter | None = None  # made at the first forwarded packet: see the docstring
     stats = Stats()
     read = 0
     for record in records:
@@ -57,10 +67,17 @@ def replay(
         packet = process(buf, len(buf), modifier, stats, on_error=on_error)
         if packet is None:
             continue
-        link = bytearray(data[:off])
-        if record.linktype == LINKTYPE_ETHERNET and off >= 12:
-            link[0:6], link[6:12] = data[6:12], data[0:6]
+        if writer is None:
+            writer = PcapWriter(dst, record.linktype, nanosecond=info.nanosecond)
+        if record.linktype == writer.linktype:
+            link = bytearray(data[:off])
+            if record.linktype == LINKTYPE_ETHERNET and off >= 12:
+                link[0:6], link[6:12] = data[6:12], data[0:6]
+        else:  # ip_offset knows this link type, so link_header knows the writer's
+            link = bytearray(link_header(writer.linktype) or b"")
         writer.write(bytes(link) + bytes(packet.data), record.ts_ns)
+    if writer is None:  # nothing forwarded: an empty capture of the input's link type
+        PcapWriter(dst, info.linktype, nanosecond=info.nanosecond)
     return ReplayResult(stats, read)
 
 
