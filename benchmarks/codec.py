@@ -14,11 +14,13 @@ the outer UDP checksum stays 0) and get the bytes to send. It runs on a 156-byte
   with its pure-Python fallback (run in a child process with GENEVE_PURE_PYTHON=1, since the
   choice is made at import);
 - the floor: one flat function per variant, written for this benchmark, with struct and slicing
-  and no objects, as fast as this author could make Python do the cycle. Its checksums are either
-  geneve's fused C fix-up called through cffi, with the cffi view of the fixed receive buffer
-  made once (as a careful hand-written loop would, and as a ReceiveBuffer does) or made per
-  packet (as geneve must with a bytearray), or its own pure-Python checksum (the floor for the
-  fallback);
+  and no objects, as fast as this author could make Python do the cycle. It checks GWLB's frame
+  layout with one unpack and then works at constant offsets (as geneve's own fast path does).
+  Its checksums are either geneve's fused C fix-up called through cffi, with the cffi view
+  and the memoryview of the fixed receive buffer made once (as a careful receive loop would,
+  and as a ReceiveBuffer does) or made per packet (as geneve must with a bytearray), or its own
+  pure-Python checksum (the floor for the fallback). One more flat function reads every offset
+  from the headers instead, to show what knowing the layout is worth;
 - dpkt and scapy, written the way their documentation suggests.
 
 geneve and the floor copy the frame into a preallocated receive buffer first (what recv_into
@@ -157,18 +159,79 @@ _UDP_GENEVE = struct.Struct("!2xHH2xBBH")
 _SWAP = struct.Struct("!II")
 _U16 = struct.Struct("!H")
 _PSEUDO = struct.Struct("!HHHH")
+# What GWLB sends, read in one unpack: outer IPv4 (version/IHL, total length, fragment field,
+# protocol), UDP (destination port, length), Geneve (byte 0, byte 1, protocol type), the three
+# option headers, inner IPv4 (the same four fields) and inner UDP length.
+_LAYOUT = struct.Struct("!BxHxxHxB10x" + "2xHH2xBBH4xI8xI8xI4x" + "BxHxxHxB10x4xH2x")
 
 
-def floor_cycle(request: bytes, *, cdata_once: bool) -> Cycle:
-    """Flat code + geneve's fused C fix-up through cffi: the least Python can do per packet."""
+def floor_cycle(request: bytes, *, views_once: bool = True) -> Cycle:
+    """The floor: flat code for GWLB's frame layout + geneve's fused C fix-up through cffi.
+
+    GWLB always sends the same layout (outer IPv4 without options, the three GWLB options,
+    here an inner IPv4/UDP packet without options), so the fastest flat code checks that layout
+    with one unpack and then works at constant offsets, as geneve's own fast path does; a
+    frame of any other layout is refused. With ``views_once`` the cffi view and the memoryview
+    of the receive buffer are made once, as a careful receive loop would (the buffer never
+    changes size); otherwise per packet.
+    """
     from geneve.checksum import ffi, lib
 
     n = len(request)
     buf = bytearray(RECEIVE_BUFFER)
     fix = lib.geneve_fix
     from_buffer = ffi.from_buffer
-    # The receive buffer never changes size, so the cffi view of it can be made once.
-    cbuf = from_buffer(buf)
+    cbuf, view = from_buffer(buf), memoryview(buf)
+    layout = _LAYOUT.unpack_from
+    swap_unpack, swap_pack, u16 = _SWAP.unpack_from, _SWAP.pack_into, _U16.pack_into
+
+    def cycle() -> object:
+        buf[:n] = request
+        (vihl, total, frag, proto, dport, ulen, b0, b1, ptype, _o1, _o2, _o3,
+         ivihl, itotal, ifrag, iproto, iulen) = layout(buf)  # fmt: skip
+        # Version 0 with 8 words of options, none critical (the C bit) and not a control
+        # packet (the O bit): the options can be skipped unread (RFC 8926 3.4).
+        if not (
+            vihl == 0x45 and proto == 17 and dport == 6081 and 68 <= total <= n
+            and ulen == total - 20 and not frag & 0x3FFF and b0 == 8 and not b1 & 0xC0
+            and ptype == 0x0800 and ivihl == 0x45 and iproto == 17 and not ifrag & 0x3FFF
+            and 28 <= itotal <= total - 68 and iulen == itotal - 20
+        ):  # fmt: skip
+            raise ValueError("not a GWLB frame with inner IPv4/UDP")
+        end = 68 + itotal
+        src, dst = swap_unpack(buf, 12)
+        swap_pack(buf, 12, dst, src)
+        if buf.find(OLD, 96, end) >= 0:
+            data = buf[96:end].replace(OLD, NEW)
+            end = 96 + len(data)
+            buf[96:end] = data
+            u16(buf, 70, end - 68)  # inner IPv4 total length
+            u16(buf, 92, end - 88)  # inner UDP length
+            u16(buf, 2, end)  # outer IPv4 total length
+            u16(buf, 24, end - 20)  # outer UDP length
+        if views_once:
+            if fix(cbuf, end, 68, 88, 17, 0) != 0:
+                raise ValueError("checksums not fixed")
+            return view[:end]
+        if fix(from_buffer(buf), end, 68, 88, 17, 0) != 0:
+            raise ValueError("checksums not fixed")
+        return memoryview(buf)[:end]
+
+    return cycle
+
+
+def floor_header_walk_cycle(request: bytes) -> Cycle:
+    """Flat code that reads every offset from the headers (IHL, Geneve Opt Len), views once.
+
+    Slower than the floor by the extra unpacks and arithmetic: it shows what knowing GWLB's
+    layout is worth.
+    """
+    from geneve.checksum import ffi, lib
+
+    n = len(request)
+    buf = bytearray(RECEIVE_BUFFER)
+    fix = lib.geneve_fix
+    cbuf, view = ffi.from_buffer(buf), memoryview(buf)
     outer_unpack, udp_unpack, swap_unpack = (
         _OUTER.unpack_from,
         _UDP_GENEVE.unpack_from,
@@ -205,9 +268,9 @@ def floor_cycle(request: bytes, *, cdata_once: bool) -> Cycle:
             u16(buf, l4 + 4, end - l4)
             u16(buf, 2, end)
             u16(buf, ihl + 4, end - ihl)
-        if fix(cbuf if cdata_once else from_buffer(buf), end, inner, l4, 17, 0) != 0:
+        if fix(cbuf, end, inner, l4, 17, 0) != 0:
             raise ValueError("checksums not fixed")
-        return memoryview(buf)[:end]
+        return view[:end]
 
     return cycle
 
@@ -223,52 +286,46 @@ def ones_sum(data: bytes | bytearray, initial: int = 0) -> int:
 
 
 def floor_pure_python_cycle(request: bytes) -> Cycle:
-    """The same flat code with its own pure-Python checksums: the floor for the fallback."""
+    """The floor's flat code with its own pure-Python checksums: the floor for the fallback."""
     n = len(request)
     buf = bytearray(RECEIVE_BUFFER)
-    outer_unpack, udp_unpack = _OUTER.unpack_from, _UDP_GENEVE.unpack_from
+    layout = _LAYOUT.unpack_from
     swap_unpack, swap_pack = _SWAP.unpack_from, _SWAP.pack_into
     u16, pseudo_unpack = _U16.pack_into, _PSEUDO.unpack_from
 
     def cycle() -> object:
         buf[:n] = request
-        vihl, total, frag, proto = outer_unpack(buf, 0)
-        ihl = (vihl & 0x0F) << 2
-        if vihl >> 4 != 4 or ihl < 20 or total > n or proto != 17 or frag & 0x3FFF:
-            raise ValueError("not a Geneve frame")
-        dport, ulen, b0, b1, ptype = udp_unpack(buf, ihl)
-        inner = ihl + 16 + ((b0 & 0x3F) << 2)
-        if dport != 6081 or ulen != total - ihl or b0 >> 6 or b1 & 0xC0 or ptype != 0x0800:
-            raise ValueError("not a Geneve frame this appliance handles")
-        if inner + 20 > total:
-            raise ValueError("truncated")
-        ivihl, itotal, ifrag, iproto = outer_unpack(buf, inner)
-        l4 = inner + ((ivihl & 0x0F) << 2)
-        end = inner + itotal
-        if ivihl >> 4 != 4 or end > total or l4 + 8 > end or iproto != 17 or ifrag & 0x3FFF:
-            raise ValueError("not inner UDP")
+        (vihl, total, frag, proto, dport, ulen, b0, b1, ptype, _o1, _o2, _o3,
+         ivihl, itotal, ifrag, iproto, iulen) = layout(buf)  # fmt: skip
+        if not (
+            vihl == 0x45 and proto == 17 and dport == 6081 and 68 <= total <= n
+            and ulen == total - 20 and not frag & 0x3FFF and b0 == 8 and not b1 & 0xC0
+            and ptype == 0x0800 and ivihl == 0x45 and iproto == 17 and not ifrag & 0x3FFF
+            and 28 <= itotal <= total - 68 and iulen == itotal - 20
+        ):  # fmt: skip
+            raise ValueError("not a GWLB frame with inner IPv4/UDP")
+        end = 68 + itotal
         src, dst = swap_unpack(buf, 12)
         swap_pack(buf, 12, dst, src)
-        start = l4 + 8
-        if buf.find(OLD, start, end) >= 0:
-            data = buf[start:end].replace(OLD, NEW)
-            end = start + len(data)
-            buf[start:end] = data
-            u16(buf, inner + 2, end - inner)
-            u16(buf, l4 + 4, end - l4)
+        if buf.find(OLD, 96, end) >= 0:
+            data = buf[96:end].replace(OLD, NEW)
+            end = 96 + len(data)
+            buf[96:end] = data
+            u16(buf, 70, end - 68)
+            u16(buf, 92, end - 88)
             u16(buf, 2, end)
-            u16(buf, ihl + 4, end - ihl)
+            u16(buf, 24, end - 20)
         # Inner IPv4 header, inner UDP (pseudo-header: addresses, protocol, length), outer.
-        u16(buf, inner + 10, 0)
-        u16(buf, inner + 10, ~ones_sum(buf[inner:l4]) & 0xFFFF)
-        a, b, c, d = pseudo_unpack(buf, inner + 12)
-        u16(buf, l4 + 6, 0)
-        segment = buf[l4:end]
+        u16(buf, 78, 0)
+        u16(buf, 78, ~ones_sum(buf[68:88]) & 0xFFFF)
+        a, b, c, d = pseudo_unpack(buf, 80)
+        u16(buf, 94, 0)
+        segment = buf[88:end]
         if len(segment) % 2:
             segment.append(0)
-        u16(buf, l4 + 6, (~ones_sum(segment, a + b + c + d + 17 + end - l4) & 0xFFFF) or 0xFFFF)
+        u16(buf, 94, (~ones_sum(segment, a + b + c + d + 17 + end - 88) & 0xFFFF) or 0xFFFF)
         u16(buf, 10, 0)
-        u16(buf, 10, ~ones_sum(buf[:ihl]) & 0xFFFF)
+        u16(buf, 10, ~ones_sum(buf[:20]) & 0xFFFF)
         return memoryview(buf)[:end]
 
     return cycle
@@ -444,8 +501,9 @@ def machine() -> list[str]:
 
 
 ROWS = (
-    ("floor", "floor: flat code, C fix-up, cffi buffer made once"),
-    ("floor-per-packet", "floor: the same, cffi buffer made per packet"),
+    ("floor", "floor: flat code, C fix-up, views made once"),
+    ("floor-per-packet", "floor: the same, views made per packet"),
+    ("floor-header-walk", "flat code reading offsets from headers, views once"),
     ("floor-python", "floor: flat code, pure-Python checksums"),
     ("geneve-rb", "geneve, C, in a geneve.ReceiveBuffer"),
     ("geneve", "geneve, C, in a bytearray"),
@@ -454,12 +512,13 @@ ROWS = (
     ("dpkt", "dpkt"),
     ("scapy", "scapy"),
 )
-# Like with like: a ReceiveBuffer makes its cffi view once, as the first floor does; a plain
-# bytearray needs one per packet, as the second floor does. dpkt and scapy are compared with
+# Like with like: a ReceiveBuffer makes its views once, as the first floor does; a plain
+# bytearray needs them per packet, as the second floor does. dpkt and scapy are compared with
 # the slower of the two geneve rows.
 RATIOS = (
-    ("geneve C ReceiveBuffer / floor, cffi buffer once", "geneve-rb", "floor", "<= 1.3"),
-    ("geneve C bytearray / floor, cffi buffer per packet", "geneve", "floor-per-packet", "<= 1.3"),
+    ("geneve C ReceiveBuffer / floor, views once", "geneve-rb", "floor", "<= 1.3"),
+    ("geneve C bytearray / floor, views per packet", "geneve", "floor-per-packet", "<= 1.3"),
+    ("geneve C ReceiveBuffer / header-walking flat code", "geneve-rb", "floor-header-walk", ""),
     ("geneve fallback / floor, pure-Python checksums", "geneve-python", "floor-python", ""),
     ("dpkt / geneve C bytearray", "dpkt", "geneve", ">= 6"),
     ("scapy / geneve C bytearray", "scapy", "geneve", ">= 150"),
@@ -504,8 +563,9 @@ def table(
         )
     out.append("")
     out.append(f"{rounds} rounds; each value is the median over rounds, net of an empty call.")
-    out.append("floor: one flat function written for this benchmark (struct, slicing, no objects);")
-    out.append("'C fix-up' is geneve's fused C routine (every checksum in one call) through cffi.")
+    out.append("floor: one flat function written for this benchmark (struct, slicing, no objects)")
+    out.append("for GWLB's frame layout; 'C fix-up' is geneve's fused C routine through cffi;")
+    out.append("'views': the cffi view and the memoryview of the receive buffer.")
     return out
 
 
@@ -530,8 +590,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
 
     factories: dict[str, Callable[[bytes], Cycle]] = {
-        "floor": lambda r: floor_cycle(r, cdata_once=True),
-        "floor-per-packet": lambda r: floor_cycle(r, cdata_once=False),
+        "floor": floor_cycle,
+        "floor-per-packet": lambda r: floor_cycle(r, views_once=False),
+        "floor-header-walk": floor_header_walk_cycle,
         "floor-python": floor_pure_python_cycle,
         "geneve-rb": lambda r: geneve_cycle(r, ReceiveBuffer),
         "geneve": geneve_cycle,

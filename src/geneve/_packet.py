@@ -94,20 +94,22 @@ _ETH_VLAN = (0x8100, 0x88A8)
 class ReceiveBuffer(bytearray):
     """A fixed-size receive buffer for a loop that parses frame after frame in one place.
 
-    A ``bytearray`` in every way but one: the C view that :meth:`Packet.fix_checksums` needs
-    is made once, here, rather than for every packet (making one costs about as much as the
-    checksums of a small packet). That view pins the buffer's size: it cannot be resized, and
+    A ``bytearray`` in every way but one: the views of itself that a packet needs, the C view
+    for :meth:`Packet.fix_checksums` and the memoryview that :attr:`Packet.data` slices, are
+    made once, here, rather than for every packet (making a C view costs about as much as the
+    checksums of a small packet). Those views pin the buffer's size: it cannot be resized, and
     an edit that grows a frame past its end works on a copy (``packet.buf`` is then no longer
     this buffer). ``recv_into`` and ``Packet.parse(buf, n)`` use it in place, like a bytearray.
     """
 
-    __slots__ = ("_cview",)
+    __slots__ = ("_cview", "_view")
     _cview: object
+    _view: memoryview
 
     def __init__(self, size: int = MAX_FRAME_LENGTH) -> None:
         super().__init__(size)
-        # Without C, a memoryview pins the size instead, so the buffer behaves the same.
-        self._cview = memoryview(self) if _c_from_buffer is None else _c_from_buffer(self)
+        self._view = memoryview(self)
+        self._cview = None if _c_from_buffer is None else _c_from_buffer(self)
 
 
 class Packet:
@@ -395,7 +397,10 @@ class Packet:
     @property
     def data(self) -> memoryview:
         """The frame's bytes, ready to send (a view; no copy)."""
-        return memoryview(self.buf)[: self.length]
+        buf = self.buf
+        if type(buf) is ReceiveBuffer:
+            return buf._view[: self.length]
+        return memoryview(buf)[: self.length]
 
     def __bytes__(self) -> bytes:
         return bytes(self.buf[: self.length])
