@@ -286,7 +286,11 @@ def ones_sum(data: bytes | bytearray, initial: int = 0) -> int:
 
 
 def floor_pure_python_cycle(request: bytes) -> Cycle:
-    """The floor's flat code with its own pure-Python checksums: the floor for the fallback."""
+    """The floor's flat code with its own pure-Python checksums: the floor for the fallback.
+
+    Up to the checksums it repeats floor_cycle line for line rather than sharing a helper:
+    a floor is flat code, and a call would add its own cost to it.
+    """
     n = len(request)
     buf = bytearray(RECEIVE_BUFFER)
     layout = _LAYOUT.unpack_from
