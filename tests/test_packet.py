@@ -718,5 +718,9 @@ def test_unknown_outer_udp_policy_is_a_value_error() -> None:
     p = Packet.parse(gwlb_udp(b"abc"))
     with pytest.raises(ValueError, match="outer_udp"):
         p.fix_checksums(outer_udp="bogus")  # type: ignore[arg-type]
+    # Also without an inner IP packet, where only the outer checksums are fixed.
+    arp = Packet.parse(build_frame(bytes(Ether() / ARP()), protocol_type=ETH_P_TEB))
+    with pytest.raises(ValueError, match="outer_udp"):
+        arp.fix_checksums("bogus")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="outer_udp"):
         fix_frame(p.buf, p.ip_offset, p.l4_offset, 17, outer_udp="bogus")  # type: ignore[arg-type]

@@ -685,6 +685,14 @@ class Packet:
         ``outer_udp``: ``"keep"`` recomputes the outer UDP checksum when it is not 0 and leaves
         a 0 alone, ``"zero"`` sets it to 0, ``"compute"`` always computes it.
         """
+        if outer_udp == "keep":
+            mode = 0
+        else:
+            mode = _OUTER_MODES.get(outer_udp, -1)
+            if mode < 0:
+                raise ValueError(
+                    f"outer_udp must be 'keep', 'zero' or 'compute', not {outer_udp!r}"
+                )
         if self._ip_version < 0:
             self._parse_inner()
         ip = self._ip_offset
@@ -694,14 +702,6 @@ class Packet:
             return True
         # What fix_frame does, minus its argument checks (self.length <= len(self.buf) always)
         # and one call level; the buffer is a bytearray, so it is writable.
-        if outer_udp == "keep":
-            mode = 0
-        else:
-            mode = _OUTER_MODES.get(outer_udp, -1)
-            if mode < 0:
-                raise ValueError(
-                    f"outer_udp must be 'keep', 'zero' or 'compute', not {outer_udp!r}"
-                )
         buf = self.buf
         if _c_fix is not None:
             # A ReceiveBuffer carries its cffi view; a plain bytearray needs one per call.
