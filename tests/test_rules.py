@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import check_frame, make_inner
+from conftest import check_frame, make_inner, naive_checksum
 from hypothesis import given
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP
+from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6PacketTooBig, IPv6
 
 from geneve import Packet, Stats, Verdict, build_frame, process, rules
 from geneve.rules import reference
@@ -132,6 +133,43 @@ def test_other_icmp_types_with_bytes_6_7_equal_5_are_forwarded(icmp_type: int, c
     unchanged(original, packet)
 
 
+@pytest.mark.parametrize("icmp_type", [128, 129])
+@pytest.mark.parametrize("seq", [0, 5, 10, 65535])
+def test_icmpv6_echo_with_sequence_multiple_of_5_is_dropped(icmp_type: int, seq: int) -> None:
+    inner = make_inner(6, "icmp", b"ping data", icmp_type=icmp_type, icmp_seq=seq)
+    _, packet, stats = through_reference(inner)
+    assert packet is None and stats.drops == {"rule": 1}
+
+
+@pytest.mark.parametrize("icmp_type", [128, 129])
+@pytest.mark.parametrize("seq", [1, 4, 6, 65534])
+def test_other_icmpv6_echo_sequences_are_forwarded(icmp_type: int, seq: int) -> None:
+    inner = make_inner(6, "icmp", b"ping data", icmp_type=icmp_type, icmp_seq=seq)
+    original, packet, _ = through_reference(inner)
+    unchanged(original, packet)
+
+
+def test_icmpv6_that_is_not_echo_is_forwarded() -> None:
+    # A neighbour solicitation and a packet-too-big with bytes 6-7 = 5.
+    ns = bytes(IPv6(src="fe80::1", dst="ff02::1:ff00:2") / ICMPv6ND_NS(tgt="fe80::2"))
+    ptb = bytearray(bytes(IPv6(src="2001:db8::1", dst="2001:db8::10") / ICMPv6PacketTooBig()))
+    ptb[40 + 6 : 40 + 8] = (5).to_bytes(2, "big")
+    rebuilt = IPv6(bytes(ptb))
+    del rebuilt[ICMPv6PacketTooBig].cksum
+    for inner in (ns, bytes(rebuilt)):
+        original, packet, _ = through_reference(inner)
+        unchanged(original, packet)
+
+
+def test_icmp_over_the_wrong_ip_version_is_not_echo() -> None:
+    # Protocol 1 inside IPv6 or 58 inside IPv4 is not what ping sends: left alone.
+    v4 = bytearray(make_inner(4, "icmp", icmp_seq=5))
+    v4[9] = 58
+    v4[10:12] = b"\0\0"
+    v4[10:12] = naive_checksum(bytes(v4[:20])).to_bytes(2, "big")
+    assert rules.icmp_echo_sequence(packet_of(bytes(v4))) is None
+
+
 def test_a_ping_sequence_loses_every_fifth() -> None:
     forwarded = []
     for seq in range(1, 21):
@@ -173,6 +211,8 @@ def test_icmp_echo_sequence_and_every() -> None:
     assert rules.icmp_echo_sequence(packet_of(make_inner(4, "icmp", icmp_type=0, icmp_seq=3))) == 3
     assert rules.icmp_echo_sequence(packet_of(make_inner(4, "icmp", icmp_type=3))) is None
     assert rules.icmp_echo_sequence(packet_of(make_inner(4, "udp"))) is None
+    assert rules.icmp_echo_sequence(packet_of(make_inner(6, "icmp", icmp_seq=11))) == 11
+    assert rules.icmp_echo_sequence(packet_of(make_inner(6, "udp"))) is None
     every3 = rules.icmp_echo_every(3, lambda p: Verdict.FORWARD)
     assert every3(packet_of(make_inner(4, "icmp", icmp_seq=6))) is Verdict.FORWARD
     assert every3(packet_of(make_inner(4, "icmp", icmp_seq=7))) is None

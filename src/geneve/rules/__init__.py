@@ -20,7 +20,7 @@ import struct
 from collections.abc import Callable
 from typing import TypeVar
 
-from .._headers import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
+from .._headers import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
 from .._packet import Packet
 from .._pipeline import Interest, Modifier, Verdict, declare_interest, interest_of
 
@@ -53,7 +53,9 @@ def _declared(function: _T, interest: Interest) -> _T:
 
 
 # ICMP (IPv4) echo reply and echo request (RFC 792).
-_ICMP_ECHO_TYPES = (0, 8)
+_ICMP_ECHO_TYPES = (0, 8)  # echo reply, echo request (RFC 792)
+_ICMPV6_ECHO_TYPES = (128, 129)  # echo request, echo reply (RFC 4443)
+_ICMP_PROTOCOLS = (IPPROTO_ICMP, IPPROTO_ICMPV6)
 
 
 def drop(packet: Packet) -> Verdict:
@@ -119,13 +121,23 @@ def tcp_port(*ports: int) -> Predicate:
 
 
 def icmp_echo_sequence(packet: Packet) -> int | None:
-    """The sequence number of an inner ICMP (IPv4) echo request or reply, else None."""
+    """The sequence number of an inner echo request or reply, else None.
+
+    ICMP over IPv4 and ICMPv6 over IPv6 alike: ``ping`` and ``ping -6`` both count.
+    """
     if packet._ip_version < 0:
         packet._parse_inner()
     l4 = packet._l4_offset
-    if packet._l4_protocol != IPPROTO_ICMP or packet._ip_version != 4 or l4 < 0:
+    proto = packet._l4_protocol
+    if l4 < 0 or packet._ip_end - l4 < 8:
         return None
-    if packet._ip_end - l4 < 8 or packet.buf[l4] not in _ICMP_ECHO_TYPES:
+    if proto == IPPROTO_ICMP and packet._ip_version == 4:
+        echo = _ICMP_ECHO_TYPES
+    elif proto == IPPROTO_ICMPV6 and packet._ip_version == 6:
+        echo = _ICMPV6_ECHO_TYPES
+    else:
+        return None
+    if packet.buf[l4] not in echo:
         return None
     seq: int = _U16.unpack_from(packet.buf, l4 + 6)[0]
     return seq
@@ -138,7 +150,7 @@ def icmp_echo_every(n: int, action: Modifier = drop) -> Modifier:
 
     def modifier(packet: Packet) -> Verdict | None:
         # Most packets are not ICMP: one attribute read settles it (inner parsed already).
-        if packet._ip_version >= 0 and packet._l4_protocol != IPPROTO_ICMP:
+        if packet._ip_version >= 0 and packet._l4_protocol not in _ICMP_PROTOCOLS:
             return None
         seq = icmp_echo_sequence(packet)
         if seq is not None and seq % n == 0:

@@ -4,7 +4,8 @@
   every ``weakly typed`` becomes ``strongly typed`` (2 bytes longer each time).
 - ICMP echo request or reply whose sequence number is a multiple of 5 is dropped, so ``ping``
   loses 5, 10, 15... (the original read bytes 6-7 of every ICMP message; restricting it to
-  echo keeps unrelated ICMP errors flowing).
+  echo keeps unrelated ICMP errors flowing). ICMPv6 echo over inner IPv6 counts as well: a
+  ``ping -6`` loses the same sequence numbers.
 - Everything else is forwarded unchanged.
 
 ``python -m geneve.appliance`` and ``python -m geneve.replay`` use :data:`modifier` by default.
