@@ -552,6 +552,62 @@ def test_fast_path_forwards_what_no_rule_touches(ns: Pair) -> None:
         app.stop()
 
 
+def test_fast_path_takes_inner_ipv6_and_refuses_it_malformed(ns: Pair) -> None:
+    from conftest import make_inner, naive_checksum
+
+    from geneve import declare_interest
+
+    seen: list[tuple[int, tuple[int, int] | None]] = []
+
+    def watcher(packet: Packet) -> None:
+        seen.append((packet.ip_version, packet.ports))
+
+    app = in_process(ns, declare_interest(watcher, udp_ports=[53], tcp_ports=[80]))
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        assert client.exchange(inner_udp(b"first", dport=4000)) is not None  # admits the source
+        plain = [make_inner(6, "udp", b"v6 udp %03d" % i, dport=4000) for i in range(40)]
+        plain += [make_inner(6, "tcp", b"v6 tcp %03d" % i, dport=8080) for i in range(40)]
+        python = [
+            make_inner(6, "udp", b"v6 dns", dport=53),
+            make_inner(6, "tcp", b"v6 web", dport=80),
+            make_inner(6, "icmp", b"v6 ping", icmp_seq=3),
+        ]
+        frames = [client.frame(inner) for inner in plain + python]
+        for frame in frames:
+            client.send(frame)
+        replies = client.replies(timeout=2.0, want=len(frames))
+        assert len(replies) == len(frames)
+        sent_by_tail = {bytes(f[-10:]): f for f in frames}
+        for reply in replies:
+            sent = sent_by_tail[reply[-10:]]
+            assert reply[12:16] == sent[16:20] and reply[16:20] == sent[12:16]
+            assert reply[20:] == sent[20:] and naive_checksum(reply[:20]) == 0
+        # Python saw the admission frame and the three frames of interest, nothing else.
+        assert seen == [(4, (40000, 4000)), (6, (40000, 53)), (6, (40000, 80)), (6, None)]
+
+        good = bytearray(make_inner(6, "udp", b"v6 damaged", dport=4000))
+        bad_udp_length = bytearray(good)
+        bad_udp_length[44:46] = (len(good) - 40 + 2).to_bytes(2, "big")
+        long_payload_length = bytearray(good)
+        long_payload_length[4:6] = (len(good) - 40 + 8).to_bytes(2, "big")
+        short_payload_length = bytearray(good)
+        short_payload_length[4:6] = (4).to_bytes(2, "big")
+        not_v6 = bytearray(good)
+        not_v6[0] = 0x45
+        damaged = [bad_udp_length, long_payload_length, short_payload_length, not_v6]
+        for inner in damaged:
+            client.send(client.frame(bytes(inner), cookie=0x66))
+        assert client.replies(timeout=1.0) == [], "a malformed IPv6 frame came back"
+        assert len(seen) == 4
+        stats = app.stats()
+        assert stats["malformed"] == len(damaged), stats["malformed_reasons"]
+    finally:
+        client.close()
+        app.stop()
+
+
 def test_fast_path_off_calls_the_modifier_for_everything(ns: Pair) -> None:
     from geneve import declare_interest
 

@@ -168,12 +168,13 @@ static int contains_any(const uint8_t *p, size_t n, const uint8_t *needles,
  *
  * A frame qualifies only if Python would accept it unchanged on its fast path: outer IPv4
  * without options and not a fragment, UDP to the Geneve port with a consistent length, Geneve
- * version 0 with neither the O nor the C bit, protocol IPv4, exactly GWLB's three options, an
- * inner IPv4 header without options and not a fragment, inside the frame and within
- * max_inner, carrying UDP (length consistent with IPv4) or TCP (data offset inside the packet)
- * on ports absent from the interest tables, or on ports in them but with a payload containing
- * none of the needles (n_needles < 0: no content filter, every payload counts); and its source
- * must be one Python has admitted.
+ * version 0 with neither the O nor the C bit, exactly GWLB's three options, and an inner packet
+ * within max_inner that is either IPv4 without options and not a fragment, or IPv6 with no
+ * extension header (so not a fragment), inside the frame, carrying UDP (length consistent with
+ * the IP header's) or TCP (data offset inside the packet) on ports absent from the interest
+ * tables, or on ports in them but with a payload containing none of the needles
+ * (n_needles < 0: no content filter, every payload counts); and its source must be one Python
+ * has admitted.
  * Such a frame gets its outer addresses swapped and out[i] set to its length; the index of
  * every other frame goes to todo[] for the Python pipeline. Returns how many went to todo.
  */
@@ -187,7 +188,7 @@ int geneve_fast_forward(uint8_t **slots, const int32_t *lens, const uint32_t *so
     for (i = 0; i < n; i++) {
         const int32_t len = lens[i];
         uint8_t *f = slots[i];
-        uint32_t total, itotal, ip_end;
+        uint32_t total, ptype, ip_end, room, proto;
         const uint8_t *l4;
         int ok = 0;
         out[i] = 0;
@@ -200,30 +201,50 @@ int geneve_fast_forward(uint8_t **slots, const int32_t *lens, const uint32_t *so
             goto slow;
         if (be16p(f + 22) != (uint32_t)port || be16p(f + 24) != total - 20)
             goto slow;
-        if (f[28] != 0x08 || (f[29] & 0xc0) || be16p(f + 30) != 0x0800)
+        if (f[28] != 0x08 || (f[29] & 0xc0) || total - 68 > (uint32_t)max_inner)
             goto slow;
         if (memcmp(f + 36, GWLB_OPTS[0], 4) || memcmp(f + 48, GWLB_OPTS[1], 4) ||
             memcmp(f + 60, GWLB_OPTS[2], 4))
             goto slow;
-        itotal = be16p(f + 70);
-        ip_end = 68 + itotal;
-        if (f[68] != 0x45 || (be16p(f + 74) & 0x3fff) || itotal < 28 || ip_end > total ||
-            total - 68 > (uint32_t)max_inner)
+        ptype = be16p(f + 30);
+        if (ptype == 0x0800) {
+            uint32_t itotal = be16p(f + 70);
+            if (f[68] != 0x45 || (be16p(f + 74) & 0x3fff) || itotal < 20)
+                goto slow;
+            ip_end = 68 + itotal;
+            room = itotal - 20;
+            proto = f[77];
+            l4 = f + 88;
+        } else if (ptype == 0x86dd) {
+            /* len >= 96 covers the payload length and next header fields (72-74). */
+            if ((f[68] >> 4) != 6)
+                goto slow;
+            room = be16p(f + 72);
+            ip_end = 68 + 40 + room;
+            proto = f[74];
+            l4 = f + 108;
+        } else {
             goto slow;
-        l4 = f + 88;
-        if (f[77] == 17) {
-            if (be16p(l4 + 4) != itotal - 20)
+        }
+        if (ip_end > total)
+            goto slow;
+        /* From here every L4 byte read lies before ip_end, inside the frame. */
+        if (proto == 17) {
+            if (room < 8 || be16p(l4 + 4) != room)
                 goto slow;
             if (interesting(udp_interest, l4) &&
-                (n_needles < 0 || contains_any(l4 + 8, itotal - 28, needles, needle_lens, n_needles)))
+                (n_needles < 0 || contains_any(l4 + 8, room - 8, needles, needle_lens, n_needles)))
                 goto slow;
-        } else if (f[77] == 6) {
-            uint32_t doff = (uint32_t)(l4[12] >> 4) * 4;
-            if (itotal < 40 || doff < 20 || doff > itotal - 20)
+        } else if (proto == 6) {
+            uint32_t doff;
+            if (room < 20)
+                goto slow;
+            doff = (uint32_t)(l4[12] >> 4) * 4;
+            if (doff < 20 || doff > room)
                 goto slow;
             if (interesting(tcp_interest, l4) &&
                 (n_needles < 0 ||
-                 contains_any(l4 + doff, itotal - 20 - doff, needles, needle_lens, n_needles)))
+                 contains_any(l4 + doff, room - doff, needles, needle_lens, n_needles)))
                 goto slow;
         } else {
             goto slow;
