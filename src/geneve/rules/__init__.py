@@ -52,7 +52,6 @@ def _declared(function: _T, interest: Interest) -> _T:
     return function
 
 
-# ICMP (IPv4) echo reply and echo request (RFC 792).
 _ICMP_ECHO_TYPES = (0, 8)  # echo reply, echo request (RFC 792)
 _ICMPV6_ECHO_TYPES = (128, 129)  # echo request, echo reply (RFC 4443)
 _ICMP_PROTOCOLS = (IPPROTO_ICMP, IPPROTO_ICMPV6)
