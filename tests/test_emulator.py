@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -462,8 +463,35 @@ def test_tcp_and_ipv6_through_the_real_appliance(tmp_path: Path, no_leftovers: N
         a = emu.addressing
         emu.start_appliance()
         emu.wait_healthy()
-        ping6 = emu.run("client", ["ping", "-6", "-n", "-c", "3", "-i", "0.2", a.server6])
-        assert " 3 received" in ping6.stdout, ping6.stdout + ping6.stderr
+        # ping -6: the reference rule drops ICMPv6 echo with a sequence multiple of 5 too.
+        ping6 = emu.run(
+            "client", ["ping", "-6", "-n", "-c", "6", "-i", "0.2", "-W", "1", a.server6], timeout=15
+        )
+        replies = re.findall(r"bytes from .*icmp_seq=(\d+)", ping6.stdout)
+        answered = sorted({int(seq) for seq in replies})
+        assert answered == [1, 2, 3, 4, 6], ping6.stdout + ping6.stderr
+        # UDP over IPv6 to port 3000: rewritten (2 bytes longer, IPv6 pseudo-header checksum).
+        listener = emu.spawn(
+            "server", ["nc", "-6", "-u", "-l", "3000"], stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not emu.udp_port_bound("server", 3000):
+            time.sleep(0.05)
+        emu.run(
+            "client", ["nc", "-6", "-u", "-q", "0", a.server6, "3000"],
+            input=b"weakly typed over IPv6\n", timeout=5,
+        )  # fmt: skip
+        assert listener.stdout is not None
+        os.set_blocking(listener.stdout.fileno(), False)
+        got = b""
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and b"IPv6" not in got:
+            got += listener.stdout.read() or b""
+            time.sleep(0.05)
+        listener.terminate()
+        listener.wait(5)
+        assert got == b"strongly typed over IPv6\n"
         with received.open("wb") as sink:
             listener = emu.spawn("server", ["nc", "-l", "5000"], stdout=sink)
             deadline = time.monotonic() + 3
@@ -478,7 +506,10 @@ def test_tcp_and_ipv6_through_the_real_appliance(tmp_path: Path, no_leftovers: N
     flows = {f["protocol"]: f for f in s["flows"]}
     assert flows["tcp"]["returned"] == flows["tcp"]["sent"] > 30
     assert flows["tcp"]["modified"] == 0
-    assert flows["icmpv6"]["returned"] == flows["icmpv6"]["sent"] == 6  # ICMPv6: no drop rule
+    # 6 echo requests (seq 5 dropped) and 5 replies; every reply checked by the emulator.
+    assert (flows["icmpv6"]["sent"], flows["icmpv6"]["returned"]) == (11, 10)
+    udp6 = [f for f in s["flows"] if f["protocol"] == "udp" and f["ip_version"] == 6]
+    assert [(f["sent"], f["returned"], f["modified"]) for f in udp6] == [(1, 1, 1)], s["flows"]
 
 
 def _tcp_listening(emu: Emulator, port: int) -> bool:
