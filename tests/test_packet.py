@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from conftest import (
     check_frame,
+    frame_of,
     gwlb_frames,
     inner_packets,
     make_inner,
@@ -620,6 +621,71 @@ def test_a_receive_buffer_is_never_resized() -> None:
     assert check_frame(p.data).payload == b"grow a lot me"
     with pytest.raises(BufferError):  # its C view (or, without C, a memoryview) pins it
         rb.append(0)
+
+
+def describe(p: Packet) -> tuple[object, ...]:
+    """What a packet says of its frame, through the public API (None where it refuses)."""
+    try:
+        p.parse_inner()
+        inner: tuple[object, ...] = (
+            p.ip_version, p.ip_offset, p.ip_end, p.is_fragment, p.l4_offset, p.l4_protocol,
+            p.payload_offset, p.ports, None if p.payload is None else bytes(p.payload),
+        )  # fmt: skip
+    except GeneveError as err:
+        inner = (type(err).__name__,)
+    return (
+        p.length, p.udp_offset, p.geneve_offset, p.inner_offset, p.protocol_type, p.vni,
+        p.gwlb, p.modified, p.max_inner_length, bytes(p.data), inner,
+    )  # fmt: skip
+
+
+@given(
+    st.lists(
+        st.one_of(
+            gwlb_frames(),
+            gwlb_frames(l4s=("udp",), versions=(4,)),
+            # Not the usual layout: an extra option, a VNI, a damaged inner header.
+            gwlb_frames().map(lambda f: frame_of(bytes(f[68:]), options=b"\x01\x09\x02\x00")),
+            gwlb_frames().map(lambda f: frame_of(bytes(f[68:]), vni=7)),
+            gwlb_frames().map(lambda f: f[:68] + b"\x46" + f[69:]),
+        ),
+        min_size=2,
+        max_size=6,
+    )
+)
+def test_a_receive_buffer_refills_one_packet(frames: list[bytearray]) -> None:
+    # Frame after frame in one ReceiveBuffer: the same Packet comes back, and it says of each
+    # frame exactly what a packet parsed from a copy of that frame says.
+    rb = ReceiveBuffer(9000)
+    first = None
+    for frame in frames:
+        rb[: len(frame)] = frame
+        p = Packet.parse(rb, len(frame))
+        first = first or p
+        assert p is first and p.buf is rb
+        assert describe(p) == describe(Packet.parse(bytes(frame)))
+        # An edit, even one that outgrows the buffer onto a copy, lasts until the next frame.
+        with contextlib.suppress(GeneveError):
+            p.replace_in_payload(b"\0", b"\0" * 9000)
+        p.max_inner_length = 100
+
+
+def test_a_receive_buffer_parse_that_fails_leaves_the_next_one_whole() -> None:
+    good = gwlb_udp(b"weakly typed")
+    rb = ReceiveBuffer()
+    rb[: len(good)] = good
+    p = Packet.parse(rb, len(good))
+    rb[:20] = bytes(20)  # not IPv4
+    with pytest.raises(GeneveError):
+        Packet.parse(rb, len(good))
+    rb[: len(good)] = good
+    assert Packet.parse(rb, len(good)) is p and bytes(p.data) == bytes(good)
+
+    class Mine(Packet):
+        __slots__ = ()
+
+    mine = Mine.parse(rb, len(good))  # a subclass gets a packet of its own class
+    assert type(mine) is Mine and mine is not p and bytes(mine.data) == bytes(good)
 
 
 @given(gwlb_frames(l4s=("udp",)), st.booleans())

@@ -100,16 +100,23 @@ class ReceiveBuffer(bytearray):
     checksums of a small packet). Those views pin the buffer's size: it cannot be resized, and
     an edit that grows a frame past its end works on a copy (``packet.buf`` is then no longer
     this buffer). ``recv_into`` and ``Packet.parse(buf, n)`` use it in place, like a bytearray.
+
+    Parsing a ReceiveBuffer again re-fills the same :class:`Packet` rather than making a new
+    one (a packet of another class, a subclass, gets one of its own): a packet parsed from this
+    buffer describes its current frame, until the next parse, just as the buffer's bytes do
+    until the next receive. Keep a frame beyond that with ``Packet.parse(bytes(packet.data))``.
     """
 
-    __slots__ = ("_cview", "_view")
+    __slots__ = ("_cview", "_packet", "_view")
     _cview: object
+    _packet: Packet | None
     _view: memoryview
 
     def __init__(self, size: int = MAX_FRAME_LENGTH) -> None:
         super().__init__(size)
         self._view = memoryview(self)
         self._cview = None if _c_from_buffer is None else _c_from_buffer(self)
+        self._packet = None
 
 
 class Packet:
@@ -158,25 +165,34 @@ class Packet:
     ) -> Packet:
         """Check the outer IPv4, UDP and Geneve headers of ``buf[:length]``.
 
-        A ``bytearray`` (or a :class:`ReceiveBuffer`) is used in place: edits write into it;
-        anything else is copied once. Raises :class:`NotGeneveError` for IPv4 that is not UDP
-        to ``port`` and another :class:`GeneveError` for anything malformed. The inner packet is
-        parsed later, when first used, or at once by :meth:`parse_inner`.
+        A ``bytearray`` (or a :class:`ReceiveBuffer`, which hands back the same packet, re-filled,
+        at each parse) is used in place: edits write into it; anything else is copied once.
+        Raises :class:`NotGeneveError` for IPv4 that is not UDP to ``port`` and another
+        :class:`GeneveError` for anything malformed. The inner packet is parsed later, when
+        first used, or at once by :meth:`parse_inner`.
         """
-        if type(buf) is not bytearray and type(buf) is not ReceiveBuffer:
+        self: Packet | None
+        if type(buf) is ReceiveBuffer:
+            self = buf._packet
+            if type(self) is not cls:
+                self = buf._packet = _new(cls)
+        elif type(buf) is bytearray:
+            self = _new(cls)
+        else:
             buf = bytearray(buf[:length] if length is not None else buf)
-        size = len(buf)
+            self = _new(cls)
         if length is None:
-            length = size
-        elif length > size or length < 0:
+            length = len(buf)
+        elif not 0 <= length <= len(buf):
             raise ValueError("length is beyond the buffer")
         # The usual frame, recognised with one unpack and one test: outer IPv4 without options,
         # not a fragment, UDP to the Geneve port with a length that agrees, Geneve version 0
         # with exactly GWLB's three options (none critical). The test proves 68 <= total <=
         # length, so every field it uses is inside the frame. Anything else, valid or not, goes
         # through _parse_outer, which checks one field at a time and says what is wrong.
-        # (Literal numbers rather than the named constants: this runs for every packet.)
-        if size >= 96:  # _USUAL.size
+        # (Literal numbers rather than the named constants: this runs for every packet.) A
+        # frame shorter than _USUAL (96 bytes) cannot hold the usual inner packet either.
+        if length >= 96:
             (vihl, total, frag, proto, dport, ulen, b0, ptype, o1, o2, o3,
              ivihl, itotal, ifrag, iproto, iulen) = _usual(buf)  # fmt: skip
             if (
@@ -191,7 +207,6 @@ class Packet:
                 and ulen == total - 20
                 and not frag & 0x3FFF
             ):
-                self = _new(cls)
                 self.buf = buf
                 self.length = total
                 self.udp_offset = 20
@@ -220,7 +235,6 @@ class Packet:
                     self._ip_version = -1
                 return self
         total, ihl, inner = _parse_outer(buf, length, port)
-        self = _new(cls)
         self.buf = buf
         self.length = total
         self.udp_offset = ihl
