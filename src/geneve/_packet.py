@@ -145,8 +145,9 @@ class Packet:
     # no limit beyond IPv4's own; the pipeline sets its configured one (GWLB's 8500).
     max_inner_length: int
     modified: bool  # set by every edit; the pipeline fixes checksums when it is true
-    # Filled by the lazy inner parse. _ip_version is -1 until then, 0 when the inner packet is
-    # not IP; the offsets are -1 where there is no such layer (a fragment has no L4 offset).
+    # Filled by the lazy inner parse. _ip_version is -1 until then (and so are _ip_offset and
+    # _payload_offset, so that the hot edits test one number), 0 when the inner packet is not
+    # IP; the offsets are -1 where there is no such layer (a fragment has no L4 offset).
     # Read them through the properties of the same name without the underscore, which parse
     # first when needed. Fewer slots make parse() cheaper: what can be derived is not stored.
     _ip_version: int
@@ -232,7 +233,7 @@ class Packet:
                     self._l4_offset = 88
                     self._payload_offset = 96
                 else:
-                    self._ip_version = -1
+                    self._ip_version = self._ip_offset = self._payload_offset = -1
                 return self
         total, ihl, inner = _parse_outer(buf, length, port)
         self.buf = buf
@@ -241,7 +242,7 @@ class Packet:
         self.inner_offset = inner
         self.modified = False
         self.max_inner_length = 0xFFFF
-        self._ip_version = -1
+        self._ip_version = self._ip_offset = self._payload_offset = -1
         return self
 
     # -- the inner packet, parsed on first use ------------------------------------------------
@@ -645,13 +646,17 @@ class Packet:
 
         Costs one search (no copy, no write) when ``old`` does not occur.
         """
-        if self._ip_version < 0:
-            self._parse_inner()
         start = self._payload_offset
+        if start < 0:  # not parsed yet, or no payload (a fragment, no L4)
+            if self._ip_version >= 0:
+                return 0
+            self._parse_inner()
+            start = self._payload_offset
+            if start < 0:
+                return 0
         buf = self.buf
         end = self._ip_end
-        # start is -1 for a fragment or without L4; an empty ``old`` would match everywhere.
-        if start < 0 or not old or buf.find(old, start, end) < 0:
+        if not old or buf.find(old, start, end) < 0:  # an empty ``old`` matches everywhere
             return 0
         data = buf[start:end].replace(old, new, count)
         new_end = start + len(data)
@@ -707,13 +712,15 @@ class Packet:
                 raise ValueError(
                     f"outer_udp must be 'keep', 'zero' or 'compute', not {outer_udp!r}"
                 )
-        if self._ip_version < 0:
-            self._parse_inner()
         ip = self._ip_offset
-        if ip < 0:  # no inner IP (ARP, an unknown protocol type): the outer checksums only
-            self._fix_outer(outer_udp)
-            self.modified = False
-            return True
+        if ip < 0:  # not parsed yet, or no inner IP
+            if self._ip_version < 0:
+                self._parse_inner()
+                ip = self._ip_offset
+            if ip < 0:  # no inner IP (ARP, an unknown protocol type): the outer checksums only
+                self._fix_outer(outer_udp)
+                self.modified = False
+                return True
         # What fix_frame does, minus its argument checks (self.length <= len(self.buf) always)
         # and one call level; the buffer is a bytearray, so it is writable.
         buf = self.buf
