@@ -33,7 +33,8 @@ def sdist(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 def test_sdist_carries_the_c_sources(sdist: pathlib.Path) -> None:
     with tarfile.open(sdist) as tar:
         names = {pathlib.PurePosixPath(n).name for n in tar.getnames()}
-    for needed in ("_checksum.c", "_checksum.h", "_batch.c", "_batch.h", "py.typed", "setup.py"):
+    needed_files = ("_checksum.c", "_checksum.h", "_checksum_cffi.pyi", "_batch.c", "_batch.h")
+    for needed in (*needed_files, "_batch_cffi.pyi", "py.typed", "setup.py"):
         assert needed in names
 
 
@@ -47,6 +48,7 @@ def test_wheel_from_sdist_has_the_c_implementation(
     assert any(n.startswith("geneve/_checksum_cffi") and n.endswith(".so") for n in names)
     assert any(n.startswith("geneve/_batch_cffi") and n.endswith(".so") for n in names)
     assert "geneve/py.typed" in names
+    assert {"geneve/_checksum_cffi.pyi", "geneve/_batch_cffi.pyi"} <= set(names)
     venv = tmp_path / "venv"
     _run(sys.executable, "-m", "venv", str(venv))
     _run(str(venv / "bin" / "pip"), "install", "-q", str(wheel))
@@ -72,3 +74,47 @@ def test_install_without_a_compiler_falls_back(sdist: pathlib.Path, tmp_path: pa
     out = _run(str(venv / "bin" / "python"), "-c", probe, cwd=tmp_path).split()
     assert out[:2] == ["python", "True"]
     assert int(out[2]) == 0xBAE3
+
+
+def _stub_signatures(stub: pathlib.Path) -> dict[str, list[str] | None]:
+    """The names class _Lib declares in a .pyi: a function's argument annotations, else None."""
+    import ast
+
+    (lib_class,) = (
+        node
+        for node in ast.parse(stub.read_text()).body
+        if isinstance(node, ast.ClassDef) and node.name == "_Lib"
+    )
+    found: dict[str, list[str] | None] = {}
+    for node in lib_class.body:
+        if isinstance(node, ast.FunctionDef):
+            args = node.args.posonlyargs + node.args.args
+            found[node.name] = [ast.unparse(a.annotation) for a in args if a.annotation]
+            assert node.returns is not None and ast.unparse(node.returns) == "int", node.name
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            assert ast.unparse(node.annotation) == "Final[int]", node.target.id
+            found[node.target.id] = None
+    return found
+
+
+@pytest.mark.parametrize("module", ["_checksum_cffi", "_batch_cffi"])
+def test_type_stubs_describe_the_compiled_modules(module: str) -> None:
+    """mypy checks calls into C against the .pyi: it must say what cffi actually compiled."""
+    import importlib
+
+    try:
+        compiled = importlib.import_module(f"geneve.{module}")
+    except ImportError:
+        pytest.skip(f"geneve.{module} is not built (no C compiler at install time)")
+    ffi, lib = compiled.ffi, compiled.lib
+    actual: dict[str, list[str] | None] = {}
+    for name in dir(lib):
+        value = getattr(lib, name)
+        if isinstance(value, int):
+            actual[name] = None
+            continue
+        ctype = ffi.typeof(value)
+        assert ctype.result.cname == "int" or ctype.result.cname.startswith("uint"), name
+        # C integers are Python ints; every pointer takes cffi data.
+        actual[name] = ["FFI.CData" if a.kind == "pointer" else "int" for a in ctype.args]
+    assert _stub_signatures(ROOT / "src" / "geneve" / f"{module}.pyi") == actual

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib
 import ipaddress
 import logging
 import multiprocessing
@@ -38,12 +37,15 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._headers import GENEVE_PORT
 from ._health import HealthReport, HealthServer
 from ._packet import MAX_INNER_LENGTH, Packet, ReceiveBuffer
 from ._pipeline import ErrorPolicy, Modifier, Stats, interest_of, process
+
+if TYPE_CHECKING:
+    from _cffi_backend import FFI
 
 __all__ = ["Appliance", "ApplianceError", "ReceiveMode", "local_addresses"]
 
@@ -51,11 +53,10 @@ log = logging.getLogger("geneve.appliance")
 
 ReceiveMode = Literal["udp", "raw"]
 
-_batch: Any
 try:
-    _batch = importlib.import_module("geneve._batch_cffi")
+    from . import _batch_cffi as _batch
 except ImportError:  # built without a compiler: one packet per system call
-    _batch = None
+    _batch = None  # type: ignore[assignment]
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 does not export it
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
@@ -99,7 +100,7 @@ def local_addresses() -> frozenset[str]:
     return frozenset(found)
 
 
-def _port_table(ffi: Any, ports: frozenset[int] | None) -> Any:
+def _port_table(ffi: FFI, ports: frozenset[int] | None) -> FFI.CData:
     """65536 flags, one per port, for the C fast path; NULL means every port is of interest."""
     if ports is None:
         return ffi.NULL

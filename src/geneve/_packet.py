@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from typing import Any
 
 from ._errors import (
     FragmentError,
@@ -108,7 +109,7 @@ class ReceiveBuffer(bytearray):
     """
 
     __slots__ = ("_cview", "_packet", "_view")
-    _cview: object
+    _cview: Any  # cffi's view of the buffer with the C checksum in use, else None
     _packet: Packet | None
     _view: memoryview
 
@@ -726,7 +727,8 @@ class Packet:
         buf = self.buf
         if _c_fix is not None:
             # A ReceiveBuffer carries its cffi view; a plain bytearray needs one per call.
-            view = buf._cview if type(buf) is ReceiveBuffer else _c_from_buffer(buf)
+            # (checksum.py sets _c_from_buffer with _c_fix: mypy cannot see that.)
+            view = buf._cview if type(buf) is ReceiveBuffer else _c_from_buffer(buf)  # type: ignore[misc]
             rc: int = _c_fix(view, self.length, ip, self._l4_offset, self._l4_protocol, mode)
         else:
             rc = _py_fix(buf, self.length, ip, self._l4_offset, self._l4_protocol, mode)

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import _pychecksum
 from ._errors import MalformedError, TruncatedError
 from ._pychecksum import Buffer
+
+if TYPE_CHECKING:
+    from _cffi_backend import FFI
 
 __all__ = [
     "IMPLEMENTATION",
@@ -28,18 +32,19 @@ _L4_PROTOCOLS = frozenset((1, 6, 17, 58))  # ICMP, TCP, UDP, ICMPv6: the checksu
 _OUTER_MODES = {"keep": 0, "zero": 1, "compute": 2}
 
 IMPLEMENTATION: Literal["c", "python"]
+# The compiled module's cffi objects (for tests and benchmarks), or None without C.
 ffi: Any = None
 lib: Any = None
 # For the codec's hot path (geneve.Packet.fix_checksums), which calls them directly to save a
 # Python-level call per packet: the C fix-up and cffi's buffer wrapper, or None without C.
-_c_fix: Any = None
-_c_from_buffer: Any = None
+_c_fix: Callable[[FFI.CData, int, int, int, int, int], int] | None = None
+_c_from_buffer: Callable[[bytearray], FFI.CData] | None = None
 
 if os.environ.get("GENEVE_PURE_PYTHON", "") not in ("", "0"):
     IMPLEMENTATION = "python"
 else:
     try:
-        from ._checksum_cffi import ffi, lib  # type: ignore[no-redef]
+        from . import _checksum_cffi as _c
 
         IMPLEMENTATION = "c"
     except ImportError:  # built without a compiler
@@ -52,10 +57,12 @@ else:
 
 
 if IMPLEMENTATION == "c":
-    _from_buffer = ffi.from_buffer
-    _U8_ARRAY = ffi.typeof("uint8_t[]")
-    _sum = lib.geneve_sum
-    _fix = lib.geneve_fix
+    # Through _c, not ffi and lib, so that mypy checks the calls against _checksum_cffi.pyi.
+    ffi, lib = _c.ffi, _c.lib
+    _from_buffer = _c.ffi.from_buffer
+    _U8_ARRAY = _c.ffi.typeof("uint8_t[]")
+    _sum = _c.lib.geneve_sum
+    _fix = _c.lib.geneve_fix
     _c_fix = _fix
     _c_from_buffer = _from_buffer
 
