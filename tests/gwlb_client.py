@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from netns import Pair, in_netns
-from scapy.layers.inet import ICMP, IP, TCP, UDP  # type: ignore[import-untyped]
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 
 from geneve import build_frame
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import struct
 
-from scapy.layers.inet import IP, UDP  # type: ignore[import-untyped]
-from scapy.layers.inet6 import IPv6  # type: ignore[import-untyped]
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
 
 from geneve import build_frame
 

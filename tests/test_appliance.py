@@ -78,7 +78,8 @@ def geneve_bytes(frame: bytes) -> bytes:
     return frame[g : g + 8 + (frame[g] & 0x3F) * 4]
 
 
-def check_reply(sent: bytes, reply: bytes) -> Packet:
+def check_reply(sent: bytes | bytearray, reply: bytes | bytearray) -> Packet:
+    sent, reply = bytes(sent), bytes(reply)
     assert reply[12:16] == sent[16:20] and reply[16:20] == sent[12:16], "addresses not swapped"
     assert reply[20:22] == sent[20:22], "GWLB's source port must be kept"
     assert reply[22:24] == (6081).to_bytes(2, "big")

@@ -119,11 +119,11 @@ def test_flood_of_malformed_frames(ns: Pair, receive: str) -> None:
         for i in range(120_000):
             client.send(bad[i % len(bad)])
             if i % 100 == 0:
-                frame = client.frame(
+                good = client.frame(
                     inner_udp(b"valid %07d weakly typed" % i), src_port=20000 + i % 500
                 )
-                valid[bytes(frame[-20:-13])] = frame  # the 7 digits
-                client.send(frame)
+                valid[bytes(good[-20:-13])] = good  # the 7 digits
+                client.send(good)
             if i % 400 == 399:
                 time.sleep(0.002)  # bounded rate: the socket buffers must not be what drops
         # Some damage is repaired by the kernel on the way out (it rewrites the total length
