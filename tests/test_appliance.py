@@ -377,6 +377,13 @@ def test_startup_bad_rules(ns: Pair) -> None:
     assert "--rules" in one_line_failure(daemon(ns, "--rules", "geneve.rules:nothing_here"))
 
 
+def test_startup_unknown_user_or_unusable_health_address(ns: Pair) -> None:
+    # Each is one line and nothing else (no summary of a run that never began).
+    assert "no such user" in one_line_failure(daemon(ns, "--user", "no-such-geneve-user"))
+    line = one_line_failure(daemon(ns, "--health-host", "192.0.2.1"))  # not an address here
+    assert "health endpoint 192.0.2.1:8080" in line
+
+
 def test_startup_without_raw_socket_permission(ns: Pair) -> None:
     proc = subprocess.Popen(
         ["ip", "netns", "exec", ns.ap, "setpriv", "--reuid=65534", "--regid=65534",
@@ -397,6 +404,8 @@ def test_constructor_rejects_bad_options() -> None:
         Appliance(lambda p: None, on_error="explode")  # type: ignore[arg-type]
     with pytest.raises(ApplianceError):
         Appliance("not callable")  # type: ignore[arg-type]
+    with pytest.raises(ApplianceError, match="no such user"):
+        Appliance(lambda p: None, user="no-such-geneve-user")
 
 
 def test_allow_from_refuses_other_sources(ns: Pair) -> None:

@@ -29,6 +29,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import pwd
 import signal
 import socket
 import struct
@@ -515,14 +516,16 @@ class _Worker:
             log.warning("send failed (%d so far): %s", self.send_errors, err)
 
 
-def _drop_privileges(user: str) -> None:
-    """Become ``user`` (and its primary group) for good; the open sockets keep working."""
-    import pwd
-
+def _user_entry(user: str) -> pwd.struct_passwd:
     try:
-        entry = pwd.getpwnam(user)
+        return pwd.getpwnam(user)
     except KeyError:
         raise ApplianceError(f"--user: no such user {user!r}") from None
+
+
+def _drop_privileges(user: str) -> None:
+    """Become ``user`` (and its primary group) for good; the open sockets keep working."""
+    entry = _user_entry(user)
     try:
         os.setgroups([])
         os.setgid(entry.pw_gid)
@@ -600,6 +603,8 @@ class Appliance:
             self.allow_from = tuple(ipaddress.IPv4Network(c, strict=False) for c in allow_from)
         except ValueError as err:
             raise ApplianceError(f"--allow-from: {err}") from None
+        if user is not None:
+            _user_entry(user)  # a user that does not exist stops us before any socket opens
         self.user = user
         self.batch = batch
         self.fast_path = fast_path
@@ -677,7 +682,7 @@ class Appliance:
                 self._health.start()
         except BaseException:
             self._running = True
-            self.stop()
+            self._stop(summary=False)  # nothing ran: the error says it all
             raise
         self._running = True
         log.info(
@@ -737,6 +742,9 @@ class Appliance:
 
     def stop(self, timeout: float = 1.5) -> None:
         """Stop the workers (each finishes the packet in hand) and the health endpoint."""
+        self._stop(timeout)
+
+    def _stop(self, timeout: float = 1.5, summary: bool = True) -> None:
         if not self._running:
             return
         self._running = False
@@ -765,7 +773,8 @@ class Appliance:
             worker.sockets.close()
         if self._health is not None:
             self._health.stop()
-        log.info("stopped: %s", self._summary_line())
+        if summary:
+            log.info("stopped: %s", self._summary_line())
 
     def run(self) -> None:
         """Start, then block until SIGTERM or SIGINT (call from the main thread)."""
