@@ -698,6 +698,53 @@ def test_a_receive_buffer_parse_that_fails_leaves_the_next_one_whole() -> None:
     assert type(mine) is Mine and mine is not p and bytes(mine.data) == bytes(good)
 
 
+@given(
+    gwlb_frames(),
+    st.sampled_from([bytearray, ReceiveBuffer]),
+    st.sampled_from([None, (b"a", b"bc"), (b"\0", b""), (b"a", b"b")]),
+)
+def test_reply_is_fix_checksums_swap_outer_and_data(
+    frame: bytearray, buffer: type[bytearray], edit: tuple[bytes, bytes] | None
+) -> None:
+    # reply() against the three calls it stands for, on a copy of the same frame.
+    replies = []
+    for one_call in (True, False):
+        buf = buffer(len(frame) + 16)
+        buf[: len(frame)] = frame
+        p = Packet.parse(buf, len(frame))
+        if edit is not None:
+            with contextlib.suppress(GeneveError):  # TCP refuses a length change
+                p.replace_in_payload(*edit)
+        if one_call:
+            replies.append(bytes(p.reply()))
+        else:
+            if p.modified:
+                p.fix_checksums()
+            p.swap_outer()
+            replies.append(bytes(p.data))
+        assert not p.modified
+    assert replies[0] == replies[1]
+    facts = check_frame(replies[0])
+    assert replies[0][12:16] == frame[16:20] and replies[0][16:20] == frame[12:16]
+    if edit is None:  # nothing edited: the frame as received, but for the swap
+        assert replies[0][20:] == frame[20:] and replies[0][:12] == frame[:12]
+    # An outer UDP checksum of 0 stays 0; any other is valid (check_frame checked it).
+    assert (facts.outer_udp_checksum == 0) == (frame[26:28] == b"\0\0")
+
+
+def test_reply_refuses_a_broken_length_and_swaps_nothing() -> None:
+    frame = gwlb_udp(b"weakly typed")
+    for buf in (bytearray(frame), ReceiveBuffer(len(frame))):
+        buf[:] = frame
+        p = Packet.parse(buf)
+        p.replace_in_payload(b"weakly", b"strongly")
+        set_u16(p.buf, 70, 0xFFF0)  # a direct edit breaks the inner IPv4 total length
+        before = bytes(p.data)
+        with pytest.raises(TruncatedError):
+            p.reply()
+        assert bytes(p.data) == before and p.modified
+
+
 @given(gwlb_frames(l4s=("udp",)), st.booleans())
 def test_outer_udp_checksum_policies(frame: bytearray, zero: bool) -> None:
     p = Packet.parse(frame)

@@ -130,6 +130,7 @@ class Packet:
         "_l4_offset",
         "_l4_protocol",
         "_payload_offset",
+        "_usual_layout",
         "buf",
         "inner_offset",
         "length",
@@ -157,6 +158,10 @@ class Packet:
     _l4_offset: int
     _l4_protocol: int
     _payload_offset: int
+    # True while the offsets above, udp_offset and inner_offset are the usual frame's (UDP in
+    # IPv4 without options, after GWLB's three options): parse() re-filling a packet need not
+    # store them again, and the hot edits work at constant offsets.
+    _usual_layout: bool
 
     @classmethod
     def parse(
@@ -178,15 +183,16 @@ class Packet:
             self = buf._packet
             if type(self) is not cls:
                 self = buf._packet = _new(cls)
+                self._usual_layout = False
         elif type(buf) is bytearray:
             self = _new(cls)
+            self._usual_layout = False
         else:
             buf = bytearray(buf[:length] if length is not None else buf)
             self = _new(cls)
+            self._usual_layout = False
         if length is None:
             length = len(buf)
-        elif not 0 <= length <= len(buf):
-            raise ValueError("length is beyond the buffer")
         # The usual frame, recognised with one unpack and one test: outer IPv4 without options,
         # not a fragment, UDP to the Geneve port with a length that agrees, Geneve version 0
         # with exactly GWLB's three options (none critical). The test proves 68 <= total <=
@@ -194,7 +200,7 @@ class Packet:
         # through _parse_outer, which checks one field at a time and says what is wrong.
         # (Literal numbers rather than the named constants: this runs for every packet.) A
         # frame shorter than _USUAL (96 bytes) cannot hold the usual inner packet either.
-        if length >= 96:
+        if 96 <= length <= len(buf):
             (vihl, total, frag, proto, dport, ulen, b0, ptype, o1, o2, o3,
              ivihl, itotal, ifrag, iproto, iulen) = _usual(buf)  # fmt: skip
             if (
@@ -211,8 +217,6 @@ class Packet:
             ):
                 self.buf = buf
                 self.length = total
-                self.udp_offset = 20
-                self.inner_offset = 68
                 self.modified = False
                 self.max_inner_length = 0xFFFF
                 # The usual inner packet, UDP in IPv4 without options, is parsed here too,
@@ -227,16 +231,28 @@ class Packet:
                     and 28 <= itotal <= total - 68
                     and iulen == itotal - 20
                 ):
-                    self._ip_version = 4
-                    self._ip_offset = 68
                     self._ip_end = 68 + itotal
-                    self._l4_protocol = 17
-                    self._l4_offset = 88
-                    self._payload_offset = 96
+                    # A packet re-filled from a ReceiveBuffer keeps these from the last usual
+                    # frame: only this block sets _usual_layout, every other path clears it.
+                    if not self._usual_layout:
+                        self.udp_offset = 20
+                        self.inner_offset = 68
+                        self._ip_version = 4
+                        self._ip_offset = 68
+                        self._l4_protocol = 17
+                        self._l4_offset = 88
+                        self._payload_offset = 96
+                        self._usual_layout = True
                 else:
+                    self.udp_offset = 20
+                    self.inner_offset = 68
                     self._ip_version = self._ip_offset = self._payload_offset = -1
+                    self._usual_layout = False
                 return self
+        elif not 0 <= length <= len(buf):
+            raise ValueError("length is beyond the buffer")
         total, ihl, inner = _parse_outer(buf, length, port)
+        self._usual_layout = False
         self.buf = buf
         self.length = total
         self.udp_offset = ihl
@@ -647,6 +663,29 @@ class Packet:
 
         Costs one search (no copy, no write) when ``old`` does not occur.
         """
+        buf = self.buf
+        if self._usual_layout:
+            # The usual frame, at constant offsets: inner IPv4 at 68, its UDP at 88, payload at
+            # 96. The same steps as below, for the rewrite appliances do most.
+            end = self._ip_end
+            if not old or buf.find(old, 96, end) < 0:
+                return 0
+            data = buf[96:end].replace(old, new, count)
+            new_end = 96 + len(data)
+            if new_end == end or new_end > 0xFFFF or new_end - 68 > self.max_inner_length:
+                return self._replace_other(96, end, data, old, count)
+            try:
+                buf[96:new_end] = data
+            except BufferError:
+                self._write_payload(data)
+            else:
+                _u16(buf, 70, new_end - 68)  # inner IPv4 total length
+                _u16(buf, 92, new_end - 88)  # inner UDP length
+                _u16(buf, 2, new_end)  # outer IPv4 total length
+                _u16(buf, 24, new_end - 20)  # outer UDP length
+                self.length = self._ip_end = new_end
+                self.modified = True
+            return (new_end - end) // (len(new) - len(old))
         start = self._payload_offset
         if start < 0:  # not parsed yet, or no payload (a fragment, no L4)
             if self._ip_version >= 0:
@@ -655,7 +694,6 @@ class Packet:
             start = self._payload_offset
             if start < 0:
                 return 0
-        buf = self.buf
         end = self._ip_end
         if not old or buf.find(old, start, end) < 0:  # an empty ``old`` matches everywhere
             return 0
@@ -751,6 +789,31 @@ class Packet:
             # RFC 768: a computed zero is sent as all ones.
             csum = internet_checksum(buf[udp : self.length], pseudo)
             _U16.pack_into(buf, udp + 6, csum or 0xFFFF)
+
+    def reply(self) -> memoryview:
+        """Turn the frame into GWLB's reply and return its bytes to send (a view; no copy).
+
+        What every appliance does last, in one call: fix the checksums when an edit was made
+        (as ``fix_checksums()`` does, keeping an outer UDP checksum of 0), then swap the outer
+        addresses. An unedited frame keeps its bytes but for the swap, which leaves every
+        checksum valid. Raises :class:`GeneveError`, and swaps nothing, when a direct edit
+        broke a length field.
+        """
+        buf = self.buf
+        if self.modified:
+            if self._usual_layout and _c_fix is not None:  # fix_checksums(), the usual frame
+                view = buf._cview if type(buf) is ReceiveBuffer else _c_from_buffer(buf)  # type: ignore[misc]
+                rc: int = _c_fix(view, self.length, 68, 88, 17, 0)
+                if rc < 0:
+                    _raise_fix_error(rc)
+                self.modified = False
+            else:
+                self.fix_checksums()
+        src, dst = _swap_unpack(buf, 12)
+        _swap_pack(buf, 12, dst, src)
+        if type(buf) is ReceiveBuffer:
+            return buf._view[: self.length]
+        return memoryview(buf)[: self.length]
 
     @property
     def inner_length(self) -> int:
