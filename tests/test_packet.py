@@ -691,6 +691,12 @@ def test_a_receive_buffer_parse_that_fails_leaves_the_next_one_whole() -> None:
     rb[: len(good)] = good
     assert Packet.parse(rb, len(good)) is p and bytes(p.data) == bytes(good)
 
+    fresh = ReceiveBuffer()  # its first parse fails, then a good frame comes
+    with pytest.raises(GeneveError):
+        Packet.parse(fresh, len(good))
+    fresh[: len(good)] = good
+    assert bytes(Packet.parse(fresh, len(good)).reply())[16:20] == bytes(good[12:16])
+
     class Mine(Packet):
         __slots__ = ()
 

@@ -179,18 +179,21 @@ class Packet:
         first used, or at once by :meth:`parse_inner`.
         """
         self: Packet | None
+        # True when self is a re-filled packet that holds the usual frame's offsets already.
+        usual_layout = False
         if type(buf) is ReceiveBuffer:
             self = buf._packet
-            if type(self) is not cls:
+            if type(self) is cls:
+                usual_layout = self._usual_layout
+            else:  # (until a parse succeeds, it must say False: a parse may fail)
                 self = buf._packet = _new(cls)
                 self._usual_layout = False
         elif type(buf) is bytearray:
-            self = _new(cls)
-            self._usual_layout = False
+            # Packet() is quicker than object.__new__; a subclass may have an __init__ of its own.
+            self = Packet() if cls is Packet else _new(cls)
         else:
             buf = bytearray(buf[:length] if length is not None else buf)
             self = _new(cls)
-            self._usual_layout = False
         if length is None:
             length = len(buf)
         # The usual frame, recognised with one unpack and one test: outer IPv4 without options,
@@ -234,7 +237,7 @@ class Packet:
                     self._ip_end = 68 + itotal
                     # A packet re-filled from a ReceiveBuffer keeps these from the last usual
                     # frame: only this block sets _usual_layout, every other path clears it.
-                    if not self._usual_layout:
+                    if not usual_layout:
                         self.udp_offset = 20
                         self.inner_offset = 68
                         self._ip_version = 4
@@ -800,9 +803,10 @@ class Packet:
         broke a length field.
         """
         buf = self.buf
+        held = type(buf) is ReceiveBuffer  # then buf holds its C view and memoryview
         if self.modified:
             if self._usual_layout and _c_fix is not None:  # fix_checksums(), the usual frame
-                view = buf._cview if type(buf) is ReceiveBuffer else _c_from_buffer(buf)  # type: ignore[misc]
+                view = buf._cview if held else _c_from_buffer(buf)  # type: ignore[attr-defined, misc]
                 rc: int = _c_fix(view, self.length, 68, 88, 17, 0)
                 if rc < 0:
                     _raise_fix_error(rc)
@@ -811,8 +815,8 @@ class Packet:
                 self.fix_checksums()
         src, dst = _swap_unpack(buf, 12)
         _swap_pack(buf, 12, dst, src)
-        if type(buf) is ReceiveBuffer:
-            return buf._view[: self.length]
+        if held:
+            return buf._view[: self.length]  # type: ignore[attr-defined, no-any-return]
         return memoryview(buf)[: self.length]
 
     @property
