@@ -209,6 +209,13 @@ def test_inner_ethernet_and_vlan() -> None:
     out = Ether(bytes(q.data)[68:])
     assert bytes(out[UDP].payload) == b"longer payload"
     assert out[IP].len == 20 + 8 + 14 and out[UDP].len == 8 + 14
+    # 802.1ad: a service tag, then a customer tag (QinQ); and two 802.1Q tags.
+    for outer_tag in (0x88A8, 0x8100):
+        qinq = Ether(type=outer_tag) / Dot1Q(vlan=100) / Dot1Q(vlan=7) / IP(dst="4.4.4.4")
+        r = Packet.parse(
+            build_frame(bytes(qinq / UDP(sport=1, dport=3000) / b"y"), protocol_type=ETH_P_TEB)
+        )
+        assert r.inner_dst == "4.4.4.4" and r.ip_offset == 68 + 22 and r.ports == (1, 3000)
 
 
 def test_inner_arp_has_no_ip() -> None:
@@ -371,6 +378,21 @@ def test_outer_header_errors() -> None:
     moved = set_u16(bytearray(frame), 22, 6082)
     assert Packet.parse(moved, port=6082).length == len(frame)
     raises(frame, NotGeneveError, "not-geneve", port=6082)
+
+
+def test_other_traffic_cut_short_is_not_geneve() -> None:
+    # A capture's snaplen cuts packets short: their IPv4 total length says more than there is.
+    # Other traffic is still "not Geneve" (replay skips it); Geneve cut short is truncated.
+    dns = build_frame(make_inner(4, "udp", b"x" * 200), dst_port=53)
+    tcp = bytearray(dns)
+    tcp[9] = 6
+    for cut in (24, 40, 96):
+        raises(dns[:cut], NotGeneveError, "not-geneve")
+        raises(tcp[:cut], NotGeneveError, "not-udp")
+        raises(gwlb_udp(b"x" * 200)[:cut], TruncatedError, "outer-truncated")
+    # A later fragment carries no UDP header: its bytes are not read as a port.
+    later = set_u16(bytearray(dns), 6, 0x0010)
+    raises(later, UnsupportedError, "outer-fragment")
 
 
 def test_outer_ipv4_options_are_skipped() -> None:

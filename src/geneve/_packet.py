@@ -284,7 +284,7 @@ class Packet:
                 raise TruncatedError("inner Ethernet header truncated", "inner-truncated")
             ptype = _U16.unpack_from(buf, off + 12)[0]
             off += 14
-            if ptype in _ETH_VLAN:
+            while ptype in _ETH_VLAN:  # 802.1Q, and 802.1ad (QinQ) stacks of them
                 if off + 4 > end:
                     raise TruncatedError("inner VLAN tag truncated", "inner-truncated")
                 ptype = _U16.unpack_from(buf, off + 2)[0]
@@ -853,14 +853,20 @@ def _parse_outer(buf: bytearray, n: int, port: int) -> tuple[int, int, int]:
     ihl = (vihl & 0x0F) << 2
     if ihl < 20:
         raise MalformedError(f"outer IPv4 IHL {ihl // 4} is below 5", "outer-ihl")
+    # Other traffic is "not Geneve" before it is anything else, even when a capture's snaplen
+    # cut it short: the protocol, and the UDP port of a datagram that starts here, come first.
+    if proto != IPPROTO_UDP:
+        raise NotGeneveError(f"IP protocol {proto} is not UDP", "not-udp")
+    if not frag & 0x1FFF and ihl + 4 <= min(n, total):
+        dport = (buf[ihl + 2] << 8) | buf[ihl + 3]
+        if dport != port:
+            raise NotGeneveError(f"UDP port {dport} is not the Geneve port {port}", "not-geneve")
     if total < ihl:
         raise MalformedError("outer IPv4 total length is below its IHL", "outer-length")
     if total > n:
         raise TruncatedError(
             f"outer IPv4 total length {total} exceeds the {n} bytes received", "outer-truncated"
         )
-    if proto != IPPROTO_UDP:
-        raise NotGeneveError(f"IP protocol {proto} is not UDP", "not-udp")
     if frag & 0x3FFF:
         raise UnsupportedError("outer IPv4 fragment", "outer-fragment")
     if total < ihl + 8:
