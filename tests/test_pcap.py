@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,20 @@ def test_writer_round_trip(tmp_path: Path, nano: bool) -> None:
     ]
 
 
+@pytest.mark.parametrize("ts", [2**32 * 1_000_000_000, -1])
+@pytest.mark.parametrize("nano", [False, True])
+def test_writer_refuses_a_timestamp_pcap_cannot_hold(nano: bool, ts: int) -> None:
+    # A pcap record's seconds are an unsigned 32-bit field; pcapng's go past 2106 (and an
+    # if_tsoffset can take them before 1970).
+    out = io.BytesIO()
+    writer = PcapWriter(out, LINKTYPE_RAW, nanosecond=nano)
+    writer.write(b"ok", 2**32 * 1_000_000_000 - 1)
+    size = len(out.getvalue())
+    with pytest.raises(CaptureError, match="classic pcap"):
+        writer.write(b"too late", ts)
+    assert len(out.getvalue()) == size  # nothing of the refused record was written
+
+
 # -- pcapng -----------------------------------------------------------------------------------
 
 
@@ -133,6 +148,87 @@ def test_pcapng_second_section_starts_new_interfaces() -> None:
     assert [(r.linktype, r.data) for r in records] == [
         (LINKTYPE_ETHERNET, b"one"), (LINKTYPE_RAW, b"two")
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("first", "second"), [("<", ">"), (">", "<")])
+def test_pcapng_each_section_has_its_own_byte_order(first: str, second: str) -> None:
+    data = (
+        shb(first) + idb(first, LINKTYPE_ETHERNET, 9) + epb(first, 0, 5, b"one")
+        + shb(second) + idb(second, LINKTYPE_RAW) + epb(second, 0, 7, b"two")
+        + spb(second, b"three")
+        + shb(first) + idb(first, LINKTYPE_NULL) + epb(first, 0, 9, b"four")
+    )  # fmt: skip
+    info, records = read_capture(io.BytesIO(data))
+    assert info.linktype == LINKTYPE_ETHERNET
+    assert list(records) == [
+        Record(5, LINKTYPE_ETHERNET, b"one", 3),
+        Record(7000, LINKTYPE_RAW, b"two", 3),
+        Record(0, LINKTYPE_RAW, b"three", 5),
+        Record(9000, LINKTYPE_NULL, b"four", 4),
+    ]
+
+
+def option(order: str, code: int, value: bytes) -> bytes:
+    return struct.pack(order + "HH", code, len(value)) + value + b"\0" * (-len(value) % 4)
+
+
+def idb_with(order: str, linktype: int, *options: bytes) -> bytes:
+    """An Interface Description Block with these options and the end-of-options marker."""
+    body = struct.pack(order + "HHI", linktype, 0, 0) + b"".join(options)
+    return block(order, 1, body + option(order, 0, b""))
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_pcapng_if_tsoffset_is_added_to_the_interface_timestamps(order: str) -> None:
+    def tsoffset(seconds: int) -> bytes:
+        return option(order, 14, struct.pack(order + "q", seconds))
+
+    data = (
+        shb(order)
+        + idb_with(order, LINKTYPE_RAW, option(order, 2, b"eth0"), tsoffset(1_700_000_000))
+        + idb_with(order, LINKTYPE_RAW, tsoffset(-10), option(order, 9, b"\x09"))
+        + idb(order, LINKTYPE_ETHERNET)  # no offset
+        + idb_with(order, LINKTYPE_RAW, option(order, 14, b"\x01\0\0\0"))  # not 8 bytes: ignored
+        + epb(order, 0, 1_500_000, b"a")
+        + epb(order, 1, 25_000_000_123, b"b")
+        + epb(order, 2, 1_500_000, b"c")
+        + epb(order, 3, 1_500_000, b"d")
+        + shb(order)  # a new section, new interfaces: the offset is gone with them
+        + idb(order, LINKTYPE_RAW)
+        + epb(order, 0, 1_500_000, b"e")
+    )
+    _, records = read_capture(io.BytesIO(data))
+    assert [(r.ts_ns, r.data) for r in records] == [
+        (1_700_000_001_500_000_000, b"a"),
+        (15_000_000_123, b"b"),
+        (1_500_000_000, b"c"),
+        (1_500_000_000, b"d"),
+        (1_500_000_000, b"e"),
+    ]
+
+
+def test_pcapng_timestamps_agree_with_tshark(tmp_path: Path, tshark: str) -> None:
+    # Sections of both byte orders, if_tsresol and if_tsoffset: tshark's epoch times are ours.
+    def tsoffset(order: str, seconds: int) -> bytes:
+        return option(order, 14, struct.pack(order + "q", seconds))
+
+    path = tmp_path / "sections.pcapng"
+    path.write_bytes(
+        shb("<") + idb_with("<", LINKTYPE_RAW, tsoffset("<", 1_600_000_000))
+        + epb("<", 0, 1_500_000, b"\x45" + bytes(19))
+        + shb(">") + idb_with(">", LINKTYPE_RAW, option(">", 9, b"\x09"), tsoffset(">", -5))
+        + epb(">", 0, 1_700_000_005_123_456_789, b"\x45" + bytes(19))
+        + shb("<") + idb("<", LINKTYPE_RAW, 0x80 | 10)
+        + epb("<", 0, 1_700_000_000 * 1024 + 512, b"\x45" + bytes(19))
+    )  # fmt: skip
+    with path.open("rb") as f:
+        ours = [r.ts_ns for r in read_capture(f)[1]]
+    theirs = subprocess.run(
+        [tshark, "-r", str(path), "-T", "fields", "-e", "frame.time_epoch"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert ours == [1_600_000_001_500_000_000, 1_700_000_000_123_456_789, 1_700_000_000_500_000_000]
+    assert [int(t.replace(".", "")) for t in theirs] == ours
 
 
 def test_pcapng_without_packets() -> None:
@@ -185,6 +281,14 @@ def bad_bom() -> bytes:
         shb("<") + block("<", 1, b"\x01\0"),  # interface block cut short
         shb("<") + idb("<", 1) + block("<", 6, b"\0" * 12),  # packet block cut short
         shb("<") + idb("<", 1) + block("<", 6, struct.pack("<IIIII", 0, 0, 0, 99, 99) + b"ab"),
+        # an option that runs past the end of its block (tshark refuses the file too)
+        shb("<") + block("<", 1, struct.pack("<HHIHH", 1, 0, 0, 9, 1)),
+        shb("<") + block("<", 1, struct.pack("<HHIHH", 1, 0, 0, 2, 200) + b"eth0"),
+        shb("<") + block("<", 1, struct.pack("<HHIHH", 1, 0, 0, 14, 8) + b"\0" * 4),
+        shb("<") + idb("<", 1) + shb(">")[:10],  # a later section header cut short
+        shb("<") + idb("<", 1) + shb(">")[:-2],
+        shb("<") + idb("<", 1) + bad_bom(),
+        shb("<") + idb("<", 1) + shb(">") + epb(">", 0, 0, b"x"),  # interfaces of the last section
     ],
 )
 def test_pcapng_errors(data: bytes) -> None:

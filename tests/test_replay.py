@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import struct
 import subprocess
 import sys
@@ -175,6 +176,84 @@ def test_replay_cli_corrupt_file(tmp_path: Path, content: bytes) -> None:
     src.write_bytes(content)
     proc = run_replay(str(src), str(tmp_path / "out.pcap"))
     assert_one_line_error(proc)
+
+
+def test_replay_cli_timestamp_past_what_pcap_holds(tmp_path: Path) -> None:
+    # pcapng timestamps are 64-bit; a classic pcap record's seconds are 32-bit.
+    frame = bytes(build_frame(make_inner(4, "udp", b"plain", dport=80)))
+    src, dst = tmp_path / "late.pcapng", tmp_path / "out.pcap"
+    src.write_bytes(
+        shb("<") + idb("<", LINKTYPE_RAW, 9)
+        + epb("<", 0, 1, frame)
+        + epb("<", 0, 2**32 * 1_000_000_000 + 5, frame)
+    )  # fmt: skip
+    proc = run_replay(str(src), str(dst))
+    assert_one_line_error(proc, "timestamp", "classic pcap")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["late.pcapng"]  # no OUT, no temporary
+
+
+@pytest.mark.parametrize("how", ["same path", "symlink", "hard link", "other spelling"])
+def test_replay_cli_refuses_to_overwrite_its_input(tmp_path: Path, how: str) -> None:
+    src = tmp_path / "in.pcap"
+    write_pcap(src, sample_frames())
+    before = src.read_bytes()
+    dst = {"same path": src, "other spelling": tmp_path / "." / "in.pcap"}.get(how)
+    if dst is None:
+        dst = tmp_path / "out.pcap"
+        if how == "symlink":
+            dst.symlink_to(src)
+        else:
+            os.link(src, dst)
+    proc = run_replay(str(src), str(dst))
+    assert_one_line_error(proc, "same file")
+    assert src.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({src.name, dst.name})
+
+
+def test_replay_cli_failure_leaves_out_as_it_was(tmp_path: Path) -> None:
+    # A capture cut short after packets that were forwarded: OUT keeps what it held before
+    # (or does not appear), never a partial capture.
+    src, dst = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    write_pcap(src, sample_frames())
+    src.write_bytes(src.read_bytes()[:-5])
+    proc = run_replay(str(src), str(dst))
+    assert_one_line_error(proc, "cut short")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.pcap"]
+    dst.write_bytes(b"an older OUT")
+    proc = run_replay(str(src), str(dst))
+    assert_one_line_error(proc, "cut short")
+    assert dst.read_bytes() == b"an older OUT"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.pcap", "out.pcap"]
+
+
+def test_replay_cli_replaces_out_whole(tmp_path: Path) -> None:
+    src, dst, fresh = tmp_path / "in.pcap", tmp_path / "out.pcap", tmp_path / "fresh"
+    write_pcap(src, sample_frames())
+    dst.write_bytes(b"x" * 100_000)  # longer than the new OUT: no stale tail may remain
+    with fresh.open("wb"):
+        pass  # the mode a file made with open() gets under this umask
+    proc = run_replay(str(src), str(dst))
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(read_capture(io.BytesIO(dst.read_bytes()))[1])) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "in.pcap", "out.pcap"]
+    dst.unlink()
+    proc = run_replay(str(src), str(dst))
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_IMODE(dst.stat().st_mode) == stat.S_IMODE(fresh.stat().st_mode)
+
+
+def test_replay_cli_out_through_a_symlink_and_to_a_device(tmp_path: Path) -> None:
+    # A symlink OUT keeps pointing where it did; a device or pipe cannot be renamed onto, so
+    # it is written directly.
+    src, real, link = tmp_path / "in.pcap", tmp_path / "real.pcap", tmp_path / "link.pcap"
+    write_pcap(src, sample_frames())
+    link.symlink_to(real)
+    proc = run_replay(str(src), str(link))
+    assert proc.returncode == 0, proc.stderr
+    assert link.is_symlink() and len(list(read_capture(io.BytesIO(real.read_bytes()))[1])) == 2
+    proc = run_replay(str(src), os.devnull)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("read 7, forwarded 2,")
 
 
 @pytest.mark.parametrize(

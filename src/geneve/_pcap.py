@@ -36,11 +36,12 @@ LINKTYPE_LINUX_SLL2 = 276
 _MAGIC_US = 0xA1B2C3D4
 _MAGIC_NS = 0xA1B23C4D
 _PCAPNG_SHB = 0x0A0D0D0A
+_PCAPNG_SHB_BYTES = b"\x0a\x0d\x0d\x0a"  # a palindrome: the same in either byte order
 _PCAPNG_BOM = 0x1A2B3C4D
 
 
 class CaptureError(Exception):
-    """The file is not a capture this module can read, or it is cut short."""
+    """Not a capture this module can read, cut short, or a timestamp pcap cannot hold."""
 
 
 @dataclass(slots=True)
@@ -101,26 +102,15 @@ def _pcap_records(stream: BinaryIO, order: str, nano: bool, linktype: int) -> It
 
 
 def _read_pcapng(stream: BinaryIO, head: bytes) -> tuple[CaptureInfo, Iterator[Record]]:
-    if len(head) < 12:
-        raise CaptureError("pcapng section header cut short")
-    bom = struct.unpack("<I", head[8:12])[0]
-    order = "<" if bom == _PCAPNG_BOM else ">"
-    if struct.unpack(order + "I", head[8:12])[0] != _PCAPNG_BOM:
-        raise CaptureError("pcapng byte-order magic is wrong")
-    total = struct.unpack(order + "I", head[4:8])[0]
-    if total < 28 or total % 4:
-        raise CaptureError("pcapng section header length is wrong")
-    rest = stream.read(total - 24)
-    if len(rest) < total - 24:
-        raise CaptureError("pcapng section header cut short")
-    interfaces: list[tuple[int, int]] = []  # (linktype, ticks per second)
+    interfaces: list[_Interface] = []
+    order = _section_header(stream, head, interfaces)
     blocks = _pcapng_blocks(stream, order, interfaces)
     # Read ahead to the first interface so the caller learns the link type.
     pending: list[Record] = []
     for item in blocks:
         pending.append(item)
         break
-    linktype = interfaces[0][0] if interfaces else LINKTYPE_ETHERNET
+    linktype = interfaces[0].linktype if interfaces else LINKTYPE_ETHERNET
     info = CaptureInfo(linktype, True, "pcapng")
 
     def records() -> Iterator[Record]:
@@ -130,18 +120,53 @@ def _read_pcapng(stream: BinaryIO, head: bytes) -> tuple[CaptureInfo, Iterator[R
     return info, records()
 
 
-def _pcapng_blocks(
-    stream: BinaryIO, order: str, interfaces: list[tuple[int, int]]
-) -> Iterator[Record]:
-    u32 = struct.Struct(order + "I")
+@dataclass(slots=True)
+class _Interface:
+    linktype: int
+    per_sec: int  # if_tsresol: timestamp ticks per second
+    offset_ns: int  # if_tsoffset, in nanoseconds
+
+
+_MAX_BLOCK = 0x100000
+
+
+def _section_header(stream: BinaryIO, head: bytes, interfaces: list[_Interface]) -> str:
+    """Read the rest of a Section Header Block whose first bytes are ``head``; its byte order.
+
+    Each section has its own byte order and its own interfaces (ids start again at 0), so a
+    file may hold sections written on machines of either endianness.
+    """
+    if len(head) < 12:
+        head += stream.read(12 - len(head))
+    if len(head) < 12:
+        raise CaptureError("pcapng section header cut short")
+    for order in ("<", ">"):
+        if struct.unpack(order + "I", head[8:12])[0] == _PCAPNG_BOM:
+            break
+    else:
+        raise CaptureError("pcapng byte-order magic is wrong")
+    total = struct.unpack(order + "I", head[4:8])[0]
+    if total < 28 or total % 4 or total > _MAX_BLOCK:
+        raise CaptureError("pcapng section header length is wrong")
+    rest = total - len(head)
+    if len(stream.read(rest)) < rest:
+        raise CaptureError("pcapng section header cut short")
+    interfaces.clear()
+    return order
+
+
+def _pcapng_blocks(stream: BinaryIO, order: str, interfaces: list[_Interface]) -> Iterator[Record]:
     while True:
         head = stream.read(8)
         if not head:
             return
         if len(head) < 8:
             raise CaptureError("pcapng block header cut short")
+        if head[:4] == _PCAPNG_SHB_BYTES:  # a new section, which may change the byte order
+            order = _section_header(stream, head, interfaces)
+            continue
         btype, blen = struct.unpack(order + "II", head)
-        if blen < 12 or blen % 4 or blen > 0x100000:
+        if blen < 12 or blen % 4 or blen > _MAX_BLOCK:
             raise CaptureError(f"pcapng block length {blen} is wrong")
         body = stream.read(blen - 8)
         if len(body) < blen - 8:
@@ -151,40 +176,45 @@ def _pcapng_blocks(
             if len(body) < 8:
                 raise CaptureError("pcapng interface block cut short")
             linktype = struct.unpack(order + "H", body[:2])[0]
-            interfaces.append((linktype, _if_tsresol(body[8:], order)))
+            interfaces.append(_interface(linktype, body[8:], order))
         elif btype == 6:  # Enhanced Packet Block
             if len(body) < 20:
                 raise CaptureError("pcapng packet block cut short")
             ifid, ts_hi, ts_lo, incl, orig = struct.unpack(order + "IIIII", body[:20])
             if ifid >= len(interfaces):
                 raise CaptureError(f"pcapng packet names unknown interface {ifid}")
-            linktype, per_sec = interfaces[ifid]
+            iface = interfaces[ifid]
             ticks = (ts_hi << 32) | ts_lo
             data = body[20 : 20 + incl]
             if len(data) < incl:
                 raise CaptureError("pcapng packet data cut short")
-            yield Record(ticks * 1_000_000_000 // per_sec, linktype, data, orig)
+            ts_ns = ticks * 1_000_000_000 // iface.per_sec + iface.offset_ns
+            yield Record(ts_ns, iface.linktype, data, orig)
         elif btype == 3:  # Simple Packet Block
             if not interfaces or len(body) < 4:
                 raise CaptureError("pcapng simple packet block without an interface")
-            orig = u32.unpack(body[:4])[0]
+            orig = struct.unpack(order + "I", body[:4])[0]
             data = body[4 : 4 + orig]
-            yield Record(0, interfaces[0][0], data, orig)
-        elif btype == _PCAPNG_SHB:
-            interfaces.clear()  # a new section starts its own interface list
+            yield Record(0, interfaces[0].linktype, data, orig)  # an SPB has no timestamp
 
 
-def _if_tsresol(options: bytes, order: str) -> int:
+def _interface(linktype: int, options: bytes, order: str) -> _Interface:
+    per_sec, offset_s = 1_000_000, 0  # the defaults when the options are absent
     pos = 0
     while pos + 4 <= len(options):
         code, olen = struct.unpack(order + "HH", options[pos : pos + 4])
-        if code == 0:
+        if code == 0:  # opt_endofopt
             break
-        if code == 9 and olen >= 1:  # if_tsresol
-            v = options[pos + 4]
-            return int(2 ** (v & 0x7F) if v & 0x80 else 10 ** (v & 0x7F))
+        value = options[pos + 4 : pos + 4 + olen]
+        if len(value) < olen:
+            raise CaptureError(f"pcapng interface option {code} runs past its block")
+        if code == 9 and olen >= 1:  # if_tsresol: 10^-v, or 2^-v if the high bit is set
+            v = value[0]
+            per_sec = int(2 ** (v & 0x7F) if v & 0x80 else 10 ** (v & 0x7F))
+        elif code == 14 and olen == 8:  # if_tsoffset: seconds added to every timestamp
+            offset_s = struct.unpack(order + "q", value)[0]
         pos += 4 + ((olen + 3) & ~3)
-    return 1_000_000
+    return _Interface(linktype, per_sec, offset_s * 1_000_000_000)
 
 
 def ip_offset(linktype: int, data: bytes | bytearray) -> int:
@@ -241,7 +271,14 @@ class PcapWriter:
         stream.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, 0x40000, linktype))
 
     def write(self, data: bytes | bytearray | memoryview, ts_ns: int = 0) -> None:
+        """Append one record; CaptureError if its timestamp does not fit (nothing written)."""
         sec, frac = divmod(ts_ns, 1_000_000_000)
+        if not 0 <= sec <= 0xFFFFFFFF:
+            # A pcap record's seconds are unsigned 32-bit: 1970 to 2106. A pcapng timestamp
+            # (64-bit, plus if_tsoffset) can lie outside.
+            raise CaptureError(
+                f"timestamp {sec} s is outside what classic pcap can hold (0 to 2^32-1 s)"
+            )
         if not self.nanosecond:
             frac //= 1000
         self.stream.write(struct.pack("<IIII", sec, frac, len(data), len(data)))

@@ -6,11 +6,19 @@ the forwarded ones are written to OUT (classic pcap) in input order with the inp
 types, one per interface, where a pcap has one: OUT then takes the link type of the first
 forwarded packet, and packets captured on another link type get a header of that type in
 front of their IPv4 packet. A summary goes to stdout.
+
+OUT appears whole or not at all: it is written to a temporary file beside it and renamed into
+place on success, so a bad capture or a failing rule leaves any earlier OUT as it was. OUT may
+not be IN (nor a link to it). A device or a pipe (``/dev/null``) is written directly.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import secrets
+import stat
 import sys
 from collections.abc import Sequence
 from typing import BinaryIO
@@ -95,14 +103,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         modifier = load_modifier(args.rules)
-        with open(args.input, "rb") as src, open(args.output, "wb") as dst:
-            result = replay(src, dst, modifier, on_error=args.on_error)
+        with open(args.input, "rb") as src:
+            if _same_file(src, args.output):
+                message = f"{args.output} is the same file as {args.input}; give another OUT"
+                print(f"geneve.replay: {message}", file=sys.stderr)
+                return 2
+            result = _replay_to_path(src, args.output, modifier, args.on_error)
     except (OSError, CaptureError, RulesError) as err:
         message = f"{err.strerror}: {err.filename}" if isinstance(err, OSError) else str(err)
         print(f"geneve.replay: {message}", file=sys.stderr)
         return 2
     print(result.summary())
     return 0
+
+
+def _same_file(src: BinaryIO, output: str) -> bool:
+    # Opening OUT for writing first would empty IN before a byte of it is read.
+    try:
+        out = os.stat(output)
+    except OSError:
+        return False  # no OUT yet (or none reachable: writing it will say why)
+    return os.path.samestat(os.fstat(src.fileno()), out)
+
+
+def _replay_to_path(
+    src: BinaryIO, output: str, modifier: Modifier, on_error: ErrorPolicy
+) -> ReplayResult:
+    target = os.path.realpath(output)  # through a symlink to where it points, as open() goes
+    try:
+        old: os.stat_result | None = os.stat(target)
+    except OSError:
+        old = None
+    if old is not None and not stat.S_ISREG(old.st_mode):
+        with open(output, "wb") as dst:  # a device or a pipe: nothing to rename onto
+            return replay(src, dst, modifier, on_error=on_error)
+    folder, name = os.path.split(target)
+    temp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
+    try:
+        # Mode 0o666 less the umask, as open() would make OUT; an existing OUT keeps its mode.
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, output) from err  # name OUT, not the temporary
+    try:
+        with open(fd, "wb") as dst:
+            if old is not None:
+                os.fchmod(dst.fileno(), stat.S_IMODE(old.st_mode))
+            result = replay(src, dst, modifier, on_error=on_error)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return result
 
 
 if __name__ == "__main__":
