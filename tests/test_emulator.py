@@ -470,6 +470,16 @@ def test_tcp_and_ipv6_through_the_real_appliance(tmp_path: Path, no_leftovers: N
         replies = re.findall(r"bytes from .*icmp_seq=(\d+)", ping6.stdout)
         answered = sorted({int(seq) for seq in replies})
         assert answered == [1, 2, 3, 4, 6], ping6.stdout + ping6.stderr
+        # ping -s 2000, over IPv4 and IPv6: each echo is fragmented (inner MTU 1500), and the
+        # rule drops the first fragment of seq 5, which takes the whole echo with it.
+        for server in (a.server, a.server6):
+            big = emu.run(
+                "client", ["ping", "-n", "-s", "2000", "-c", "6", "-i", "0.2", "-W", "1", server],
+                timeout=15,
+            )  # fmt: skip
+            replies = re.findall(r"bytes from .*icmp_seq=(\d+)", big.stdout)
+            answered = sorted({int(seq) for seq in replies})
+            assert answered == [1, 2, 3, 4, 6], big.stdout + big.stderr
         # UDP over IPv6 to port 3000: rewritten (2 bytes longer, IPv6 pseudo-header checksum).
         listener = emu.spawn(
             "server", ["nc", "-6", "-u", "-l", "3000"], stdout=subprocess.PIPE,

@@ -542,6 +542,31 @@ def test_replace_payload_any_length(frame: bytearray, new: bytes) -> None:
     assert again.payload is not None and bytes(again.payload) == new
 
 
+@given(
+    inner_packets(l4s=("udp", "icmp"), max_payload=100),
+    st.integers(1, 16),
+    st.sampled_from([-3, 0, 1, 2]),
+    st.booleans(),
+)
+def test_replace_payload_after_padding(inner: bytes, pad: int, grow: int, whole: bool) -> None:
+    # Bytes after the inner IP packet (padding) are dropped by an edit, and every length
+    # follows, also when the payload grows by exactly the padding (then the frame keeps its
+    # length while the inner packet's changes).
+    p = Packet.parse(frame_of(inner + b"\xee" * pad))
+    old = bytes(p.payload or b"")
+    new = old + b"n" * (pad * grow) if grow >= 0 else old[: max(0, len(old) + grow)]
+    if whole:
+        p.replace_payload(new)
+    elif old:
+        p.replace_in_payload(old, new)
+    else:
+        return
+    p.fix_checksums()
+    facts = check_frame(p.data)  # every length right, no padding left
+    assert facts.payload == new
+    scapy_rebuilds_identically(p.data)
+
+
 @given(gwlb_frames(l4s=("tcp",)), st.data())
 def test_replace_tcp_payload_same_length_only(frame: bytearray, data: st.DataObject) -> None:
     p = Packet.parse(frame)

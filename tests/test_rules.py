@@ -8,8 +8,16 @@ import pytest
 from conftest import check_frame, make_inner, naive_checksum
 from hypothesis import given
 from hypothesis import strategies as st
-from scapy.layers.inet import ICMP, IP
-from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6PacketTooBig, IPv6
+from scapy.layers.inet import ICMP, IP, UDP, fragment
+from scapy.layers.inet6 import (
+    ICMPv6EchoRequest,
+    ICMPv6ND_NS,
+    ICMPv6PacketTooBig,
+    IPv6,
+    IPv6ExtHdrFragment,
+    fragment6,
+)
+from scapy.packet import Packet as ScapyPacket
 
 from geneve import Packet, Stats, Verdict, build_frame, process, rules
 from geneve.rules import reference
@@ -95,9 +103,64 @@ def test_drop_me_wins_over_the_replacement() -> None:
     assert packet is None and stats.drops == {"rule": 1}
 
 
-def test_fragments_on_port_3000_are_forwarded_unchanged() -> None:
-    inner = make_inner(4, "udp", b"weakly typed drop me", dport=3000, flags=1)
-    original, packet, _ = through_reference(inner)
+def fragments_of(version: int, datagram: ScapyPacket) -> list[bytes]:
+    """A datagram as the sender's kernel fragments it for a 1500-byte (IPv6: 1280) link."""
+    if version == 4:
+        return [bytes(f) for f in fragment(datagram, fragsize=1480)]  # type: ignore[no-untyped-call]
+    ip6 = datagram[IPv6]  # fragment6 cuts where a fragment header stands
+    whole = IPv6(src=ip6.src, dst=ip6.dst) / IPv6ExtHdrFragment(id=9) / ip6.payload
+    return [bytes(f) for f in fragment6(whole, 1280)]  # type: ignore[no-untyped-call]
+
+
+def datagram(version: int, layer: ScapyPacket) -> ScapyPacket:
+    if version == 4:
+        return IP(src="192.0.2.10", dst="198.51.100.20") / layer
+    return IPv6(src="2001:db8::10", dst="2001:db8:1::20") / layer
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_a_fragmented_datagram_is_dropped_by_its_first_fragment(version: int) -> None:
+    # The first fragment carries the UDP header and the start of the payload: "drop me" there
+    # drops it, and with it the datagram (the receiver cannot reassemble the rest).
+    big = datagram(version, UDP(sport=40000, dport=3000) / (b"drop me " + b"x" * 3000))
+    frags = fragments_of(version, big)
+    assert len(frags) >= 3
+    first = Packet.parse(build_frame(frags[0]))
+    assert first.is_fragment and first.l4_protocol == 17 and first.l4_offset == -1
+    assert first.first_fragment_l4_offset == first.ip_offset + (20 if version == 4 else 48)
+    _, packet, stats = through_reference(frags[0])
+    assert packet is None and stats.drops == {"rule": 1}
+    for later in frags[1:]:  # no ports, no payload start: they pass as they are
+        assert Packet.parse(build_frame(later)).first_fragment_l4_offset == -1
+        original, packet, _ = through_reference(later)
+        unchanged(original, packet)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_fragments_are_never_rewritten(version: int) -> None:
+    big = datagram(version, UDP(sport=40000, dport=3000) / (b"weakly typed " + b"x" * 3000))
+    for frag in fragments_of(version, big):
+        original, packet, stats = through_reference(frag)
+        unchanged(original, packet)
+        assert stats.modified == 0
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize(("seq", "dropped"), [(5, True), (6, False)])
+def test_a_large_ping_loses_its_fifth_echo(version: int, seq: int, dropped: bool) -> None:
+    # ping -s 3000: each echo is fragmented; its first fragment carries type and sequence.
+    echo = ICMP(type=8, id=7, seq=seq) if version == 4 else ICMPv6EchoRequest(id=7, seq=seq)
+    frags = fragments_of(version, datagram(version, echo / (b"p" * 3000)))
+    _, packet, _ = through_reference(frags[0])
+    assert (packet is None) == dropped
+    for later in frags[1:]:
+        original, packet, _ = through_reference(later)
+        unchanged(original, packet)
+
+
+def test_other_ports_in_a_first_fragment_are_left_alone() -> None:
+    big = datagram(4, UDP(sport=40000, dport=53) / (b"drop me " + b"x" * 3000))
+    original, packet, _ = through_reference(fragments_of(4, big)[0])
     unchanged(original, packet)
 
 

@@ -335,6 +335,11 @@ class Packet:
             if pos > ip_end:
                 raise TruncatedError("IPv6 extension header truncated", "inner-truncated")
             if nh == _IP6_FRAGMENT:
+                if pos + 8 > ip_end:
+                    raise TruncatedError("IPv6 fragment header truncated", "inner-truncated")
+                # As for an IPv4 fragment, the protocol is the datagram's: the Next Header of
+                # the fragment header (RFC 8200 4.5).
+                nh = buf[pos]
                 self._l4_offset = self._payload_offset = -1
             else:
                 self._parse_l4(pos, nh, ip_end, True)
@@ -407,6 +412,33 @@ class Packet:
         return self._ip_version > 0 and self._l4_offset < 0
 
     @property
+    def first_fragment_l4_offset(self) -> int:
+        """Where the L4 header starts in the first fragment of a fragmented inner datagram.
+
+        -1 for any other packet (a later fragment carries no L4 header; an unfragmented packet
+        has :attr:`l4_offset`). A fragment is never rewritten, but dropping the first one drops
+        the whole datagram, since the receiver cannot reassemble it: a rule that drops by port,
+        ICMP type or the start of the payload can look here.
+        """
+        if self._ip_version < 0:
+            self._parse_inner()
+        if self._ip_version <= 0 or self._l4_offset >= 0:
+            return -1
+        buf = self.buf
+        ip = self._ip_offset
+        if self._ip_version == 4:
+            if _U16.unpack_from(buf, ip + 6)[0] & 0x1FFF:  # fragment offset
+                return -1
+            return ip + ((buf[ip] & 0x0F) << 2)
+        # The parse has walked these extension headers up to the fragment header, checked.
+        pos, nh = ip + 40, buf[ip + 6]
+        while nh in _IP6_EXT:
+            nh, pos = buf[pos], pos + ((buf[pos + 1] + 1) << 3)
+        if _U16.unpack_from(buf, pos + 2)[0] & 0xFFF8:  # fragment offset
+            return -1
+        return pos + 8
+
+    @property
     def l4_offset(self) -> int:
         """Where the inner L4 header starts; -1 for a fragment or without IP."""
         if self._ip_version < 0:
@@ -415,7 +447,10 @@ class Packet:
 
     @property
     def l4_protocol(self) -> int:
-        """The inner IP protocol number (after IPv6 extension headers); 0 without IP."""
+        """The inner IP protocol number (after IPv6 extension headers); 0 without IP.
+
+        For a fragment, the protocol of the datagram it belongs to.
+        """
         if self._ip_version < 0:
             self._parse_inner()
         return self._l4_protocol
@@ -646,7 +681,8 @@ class Packet:
                 buf = self.buf = buf[:start] + data
         else:
             buf[start:new_ip_end] = data
-        if new_ip_end != self.length:
+        # The inner lengths follow the new payload, the outer ones drop any padding after it.
+        if new_ip_end != self._ip_end or new_ip_end != self.length:
             u16 = _U16.pack_into
             ip = self._ip_offset
             if self._ip_version == 4:

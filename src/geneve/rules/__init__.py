@@ -70,6 +70,29 @@ _U16 = struct.Struct("!H")
 # pipeline has parsed the inner packet before any modifier runs; outside it they parse on
 # first use) and build no header views, so a packet a rule does not match costs a few
 # attribute reads.
+#
+# The ones that match or drop also see the first fragment of a fragmented datagram, which
+# carries the L4 header (ports, ICMP type and sequence) and the start of the payload: dropping
+# it drops the datagram. Later fragments carry neither and pass; nothing rewrites a fragment.
+
+
+def _first_fragment_l4(packet: Packet, room: int) -> int:
+    """The L4 header of a first fragment with ``room`` bytes of it present, else -1."""
+    l4 = packet.first_fragment_l4_offset
+    return l4 if l4 >= 0 and packet._ip_end - l4 >= room else -1
+
+
+_L4_HEADER_ROOM = {IPPROTO_UDP: 8, IPPROTO_TCP: 20, IPPROTO_ICMP: 8, IPPROTO_ICMPV6: 8}
+
+
+def _first_fragment_payload(packet: Packet) -> int:
+    """Where the payload starts in a first fragment, else -1."""
+    proto = packet._l4_protocol
+    room = _L4_HEADER_ROOM.get(proto, 0)
+    l4 = _first_fragment_l4(packet, room)
+    if l4 >= 0 and proto == IPPROTO_TCP:
+        return min(l4 + ((packet.buf[l4 + 12] >> 4) << 2), packet._ip_end)
+    return l4 + room if l4 >= 0 else -1
 
 
 def _port_predicate(protocol: int, ports: tuple[int, ...]) -> Predicate:
@@ -88,8 +111,10 @@ def _port_predicate(protocol: int, ports: tuple[int, ...]) -> Predicate:
         def match_one(packet: Packet) -> bool:
             if packet._ip_version < 0:
                 packet._parse_inner()
+            if packet._l4_protocol != protocol:
+                return False
             l4 = packet._l4_offset
-            if packet._l4_protocol != protocol or l4 < 0:
+            if l4 < 0 and (l4 := _first_fragment_l4(packet, 4)) < 0:
                 return False
             src, dst = unpack(packet.buf, l4)
             return bool(src == only or dst == only)
@@ -100,8 +125,10 @@ def _port_predicate(protocol: int, ports: tuple[int, ...]) -> Predicate:
     def match(packet: Packet) -> bool:
         if packet._ip_version < 0:
             packet._parse_inner()
+        if packet._l4_protocol != protocol:
+            return False
         l4 = packet._l4_offset
-        if packet._l4_protocol != protocol or l4 < 0:
+        if l4 < 0 and (l4 := _first_fragment_l4(packet, 4)) < 0:
             return False
         src, dst = unpack(packet.buf, l4)
         return bool(src in wanted or dst in wanted)
@@ -122,12 +149,15 @@ def tcp_port(*ports: int) -> Predicate:
 def icmp_echo_sequence(packet: Packet) -> int | None:
     """The sequence number of an inner echo request or reply, else None.
 
-    ICMP over IPv4 and ICMPv6 over IPv6 alike: ``ping`` and ``ping -6`` both count.
+    ICMP over IPv4 and ICMPv6 over IPv6 alike: ``ping`` and ``ping -6`` both count, and so
+    does the first fragment of a large one (``ping -s 3000``).
     """
     if packet._ip_version < 0:
         packet._parse_inner()
     l4 = packet._l4_offset
     proto = packet._l4_protocol
+    if l4 < 0:
+        l4 = _first_fragment_l4(packet, 8)
     if l4 < 0 or packet._ip_end - l4 < 8:
         return None
     if proto == IPPROTO_ICMP and packet._ip_version == 4:
@@ -160,7 +190,10 @@ def icmp_echo_every(n: int, action: Modifier = drop) -> Modifier:
 
 
 def drop_if_contains(needle: bytes) -> Modifier:
-    """Drop a packet whose inner L4 payload contains ``needle``."""
+    """Drop a packet whose inner L4 payload contains ``needle``.
+
+    In a fragmented datagram, only the part of the payload in its first fragment is searched.
+    """
     if not needle:
         raise ValueError("needle must not be empty")
 
@@ -168,6 +201,8 @@ def drop_if_contains(needle: bytes) -> Modifier:
         if packet._ip_version < 0:
             packet._parse_inner()
         start = packet._payload_offset
+        if start < 0 and packet._ip_version > 0:
+            start = _first_fragment_payload(packet)
         if start >= 0 and packet.buf.find(needle, start, packet._ip_end) >= 0:
             return _DROP
         return None
