@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import socket
 import struct
 from typing import Any
 
@@ -14,14 +15,29 @@ from conftest import (
     gwlb_frames,
     inner_packets,
     make_inner,
+    naive_sum,
     scapy_rebuilds_identically,
     sized_bytes,
 )
 from hypothesis import given
 from hypothesis import strategies as st
 from scapy.contrib.geneve import GENEVE
-from scapy.layers.inet import IP, UDP
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
+from scapy.layers.inet import (
+    IP,
+    TCP,
+    UDP,
+    IPOption_LSRR,
+    IPOption_NOP,
+    IPOption_SSRR,
+)
+from scapy.layers.inet6 import (
+    ICMPv6EchoRequest,
+    IPv6,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+    IPv6ExtHdrSegmentRouting,
+)
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
 import geneve
@@ -796,6 +812,80 @@ def test_reply_refuses_a_broken_length_and_swaps_nothing() -> None:
         with pytest.raises(TruncatedError):
             p.reply()
         assert bytes(p.data) == before and p.modified
+
+
+def routed_inners() -> list[tuple[str, bytes, str | None]]:
+    """Inner packets with a route still to follow, and the final destination it names."""
+    seg = ["2001:db8:9::1", "2001:db8:9::2"]
+    v6 = IPv6(src="2001:db8::10", dst="2001:db8:5::77")
+    udp, tcp = UDP(sport=1000, dport=3000), TCP(sport=1000, dport=80, flags="PA")
+    srh, rh0 = IPv6ExtHdrSegmentRouting, IPv6ExtHdrRouting
+    hbh = IPv6ExtHdrHopByHop()
+    v4 = IP(src="192.0.2.10", dst="198.51.100.20")
+    lsrr = v4.copy()
+    lsrr.options = [IPOption_LSRR(routers=["10.9.9.9", "10.8.8.7"])]
+    ssrr = v4.copy()
+    ssrr.options = [IPOption_NOP(), IPOption_SSRR(routers=["10.9.9.7"])]
+    done = v4.copy()  # the pointer past the route: every address used, dst is the final one
+    done.options = [IPOption_LSRR(routers=["10.9.9.7"], pointer=8)]
+    echo = ICMPv6EchoRequest(data=b"ab")
+    return [  # (name, inner packet, the final destination, None where it is the header's)
+        ("srh", bytes(v6 / srh(addresses=seg, segleft=1) / udp / b"ab"), seg[0]),  # reversed
+        ("srh-done", bytes(v6 / srh(addresses=seg, segleft=0) / udp / b"ab"), None),
+        ("rh0", bytes(v6 / rh0(addresses=seg, segleft=2) / tcp / b"ab"), seg[-1]),
+        ("rh0-icmpv6", bytes(v6 / rh0(addresses=seg, segleft=1) / echo), seg[-1]),
+        ("hbh-rh0", bytes(v6 / hbh / rh0(addresses=seg, segleft=1) / udp / b"ab"), seg[-1]),
+        ("lsrr", bytes(lsrr / udp / b"ab"), "10.8.8.7"),
+        ("ssrr", bytes(ssrr / tcp / b"ab"), "10.9.9.7"),
+        ("lsrr-done", bytes(done / udp / b"ab"), None),
+    ]
+
+
+def scapy_l4_checksum(inner: bytes) -> int:
+    """The L4 checksum scapy computes for ``inner`` (it follows routing headers to the end)."""
+    ip = IPv6(inner) if inner[0] >> 4 == 6 else IP(inner)
+    kind = next(k for k in (UDP, TCP, ICMPv6EchoRequest) if ip.haslayer(k))
+    layer = ip.getlayer(kind)
+    field = "cksum" if kind is ICMPv6EchoRequest else "chksum"
+    delattr(layer, field)
+    rebuilt = IPv6(bytes(ip)) if inner[0] >> 4 == 6 else IP(bytes(ip))
+    value = getattr(rebuilt.getlayer(kind), field)
+    assert isinstance(value, int)
+    return value
+
+
+@pytest.mark.parametrize(
+    ("name", "inner", "final"), routed_inners(), ids=[r[0] for r in routed_inners()]
+)
+@pytest.mark.parametrize("how", ["fix_checksums", "reply", "fix_frame"])
+def test_the_pseudo_header_takes_the_final_destination(
+    name: str, inner: bytes, final: str | None, how: str
+) -> None:
+    # RFC 8200 8.1 (Routing header) and RFC 768 / RFC 9293 3.1 (IPv4 source route): while a
+    # route is still to be followed, the L4 checksum covers its final destination.
+    p = Packet.parse(build_frame(inner, udp_checksum=True))
+    p.replace_payload(b"zz")  # the same length: TCP allows no other
+    if how == "fix_checksums":
+        p.fix_checksums()
+    elif how == "reply":
+        p.reply()
+        p.swap_outer()
+    else:
+        geneve.checksum.fix_frame(p.buf, p.ip_offset, p.l4_offset, p.l4_protocol, length=p.length)
+    out = bytes(p.data)
+    got = out[p.ip_offset :]
+    assert got[: p.l4_offset - p.ip_offset] == inner[: p.l4_offset - p.ip_offset]  # untouched
+    v6 = got[0] >> 4 == 6
+    src, dst = (got[8:24], got[24:40]) if v6 else (got[12:16], got[16:20])
+    if final is not None:
+        dst = socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, final)
+        at = p.l4_offset - p.ip_offset + {17: 6, 6: 16, 58: 2}[p.l4_protocol]
+        assert int.from_bytes(got[at : at + 2], "big") == scapy_l4_checksum(got)
+    segment = got[p.l4_offset - p.ip_offset :]
+    assert naive_sum(segment, naive_sum(src + dst) + p.l4_protocol + len(segment)) == 0xFFFF
+    # The outer UDP checksum covers the inner packet: still right after the redo.
+    udp = out[20:]
+    assert naive_sum(udp, naive_sum(out[12:20]) + 17 + len(udp)) == 0xFFFF
 
 
 @given(gwlb_frames(l4s=("udp",)), st.booleans())

@@ -51,6 +51,7 @@ from .checksum import (
     OuterUdpPolicy,
     _c_fix,
     _c_from_buffer,
+    _fix_routed,
     _raise_fix_error,
     internet_checksum,
     ones_complement_sum,
@@ -811,9 +812,12 @@ class Packet:
             rc = _py_fix(buf, self.length, ip, self._l4_offset, self._l4_protocol, mode)
         if rc < 0:
             _raise_fix_error(rc)
+        l4 = self._l4_offset
+        if rc == 0 and l4 - ip > 20:  # IPv4 options or IPv6 extension headers: a route?
+            _fix_routed(buf, ip, l4, self._l4_protocol)
         self.modified = False
         # An IPv6 fragment's L4 offset is -1, so the fix-up itself cannot tell it is one.
-        return rc == 0 and self._l4_offset >= 0
+        return rc == 0 and l4 >= 0
 
     def _fix_outer(self, outer_udp: OuterUdpPolicy) -> None:
         buf = self.buf

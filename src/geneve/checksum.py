@@ -8,6 +8,7 @@ environment forces the fallback. :data:`IMPLEMENTATION` says which one is in use
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,6 +31,7 @@ __all__ = [
 OuterUdpPolicy = Literal["keep", "zero", "compute"]
 _L4_PROTOCOLS = frozenset((1, 6, 17, 58))  # ICMP, TCP, UDP, ICMPv6: the checksums fix_frame knows
 _OUTER_MODES = {"keep": 0, "zero": 1, "compute": 2}
+_U16 = struct.Struct("!H")
 
 IMPLEMENTATION: Literal["c", "python"]
 # The compiled module's cffi objects (for tests and benchmarks), or None without C.
@@ -178,7 +180,98 @@ def fix_frame(
     rc = _fix_frame(buf, n, ip_offset, l4_offset, l4_protocol, mode)
     if rc < 0:
         _raise_fix_error(rc)
+    if rc == 0 and l4_offset >= 0:
+        _fix_routed(buf, ip_offset, l4_offset, l4_protocol)
     return rc == 0
+
+
+# Where the pseudo-header's destination is not the IP header's: the address a packet is still
+# to be routed to, last. IPv4 source route options (RFC 791 3.1): loose 131, strict 137.
+_SOURCE_ROUTES = (131, 137)
+_IP6_EXT = (0, 43, 60)  # hop-by-hop, routing, destination options: length (byte 1 + 1) * 8
+
+
+def _final_destination(buf: Buffer, ip: int, l4: int) -> int:
+    """Where the final destination's address stands when routing headers name one, else -1.
+
+    RFC 8200 8.1: "If the IPv6 packet contains a Routing header, the Destination Address used in
+    the pseudo-header is that of the final destination", the Routing header's last address
+    while Segments Left is not 0: the last of type 0's list, type 2's only one, and Segment
+    List[0] of a Segment Routing Header (type 4, RFC 8754 4.3.1.1, listed in reverse). RFC 9293
+    3.1 and RFC 768 say the same of an IPv4 source route still in progress: its last address.
+    """
+    final = -1
+    if buf[ip] >> 4 == 4:
+        pos = ip + 20
+        while pos < l4:
+            kind = buf[pos]
+            if kind == 0:  # end of options
+                break
+            if kind == 1:  # no-operation
+                pos += 1
+                continue
+            size = buf[pos + 1] if pos + 1 < l4 else 0
+            if size < 2 or pos + size > l4:
+                break
+            # The pointer (1-based) is past the route once every address was used.
+            if kind in _SOURCE_ROUTES and size >= 7 and buf[pos + 2] <= size:
+                final = pos + 3 + ((size - 3) // 4 - 1) * 4
+            pos += size
+        return final
+    pos, nh = ip + 40, buf[ip + 6]
+    while nh in _IP6_EXT and pos + 8 <= l4:
+        words = buf[pos + 1]
+        if nh == 43 and buf[pos + 3]:  # a Routing header with segments left
+            kind = buf[pos + 2]
+            if kind == 0 and words >= 2:
+                final = pos + 8 + ((words // 2) - 1) * 16
+            elif kind in (2, 4) and words >= 2:
+                final = pos + 8
+        nh, pos = buf[pos], pos + ((words + 1) << 3)
+    return final
+
+
+def _fix_routed(buf: Buffer, ip: int, l4: int, proto: int) -> None:
+    """Redo the L4 checksum (fixed over the header's destination) for a final destination.
+
+    Runs after the fused fix-up, only for inner headers with options or extension headers; the
+    outer UDP checksum covers the inner packet, so a non-zero one is redone too.
+    """
+    v6 = buf[ip] >> 4 == 6
+    if l4 - ip <= (40 if v6 else 20) or proto not in ((17, 6, 58) if v6 else (17, 6)):
+        return
+    final = _final_destination(buf, ip, l4)
+    if final < 0:
+        return
+    view = memoryview(buf).cast("B")
+    size = 16 if v6 else 4
+    source = ip + 8 if v6 else ip + 12
+    end = (
+        ip + 40 + _U16.unpack_from(buf, ip + 4)[0] if v6 else ip + _U16.unpack_from(buf, ip + 2)[0]
+    )
+    pseudo = (
+        ones_complement_sum(view[source : source + size])
+        + ones_complement_sum(view[final : final + size])
+        + proto
+        + (end - l4)
+    )
+    at = l4 + (6 if proto == 17 else 16 if proto == 6 else 2)
+    view[at : at + 2] = b"\0\0"
+    csum = internet_checksum(view[l4:end], _fold(pseudo))
+    _U16.pack_into(buf, at, (csum or 0xFFFF) if proto == 17 else csum)
+    udp = (buf[0] & 0x0F) << 2
+    if view[udp + 6] or view[udp + 7]:  # the outer UDP checksum, when there is one
+        total = _U16.unpack_from(buf, 2)[0]
+        view[udp + 6 : udp + 8] = b"\0\0"
+        outer = ones_complement_sum(view[12:20]) + 17 + (total - udp)
+        csum = internet_checksum(view[udp:total], _fold(outer))
+        _U16.pack_into(buf, udp + 6, csum or 0xFFFF)
+
+
+def _fold(total: int) -> int:
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
 
 
 def _raise_fix_error(rc: int) -> None:
