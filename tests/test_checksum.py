@@ -419,3 +419,21 @@ def test_fix_frame_on_a_valid_frame_changes_nothing() -> None:
             copy = bytearray(frame)
             assert checksum.fix_frame(copy, *offsets_of(frame)) is True
             assert copy == frame
+
+
+def test_unusable_buffers_and_initial_sums_raise_the_same_in_both_implementations() -> None:
+    # This file runs once with C and once with GENEVE_PURE_PYTHON=1: the same errors either way,
+    # and nothing written before them.
+    frame = geneve.build_frame(bytes(20) + bytes(8))
+    frame[68] = 0x45
+    spread = bytearray(x for b in frame for x in (b, 0))
+    before = bytes(spread)
+    for buf in (bytes(frame), memoryview(bytes(frame)), memoryview(spread)[::2]):
+        with pytest.raises(BufferError):
+            checksum.fix_frame(buf, 68, 88, 17)  # type: ignore[arg-type]
+    assert bytes(spread) == before
+    with pytest.raises(BufferError):
+        checksum.internet_checksum(memoryview(bytes(range(10)))[::2])
+    for call in (checksum.internet_checksum, checksum.ones_complement_sum):
+        with pytest.raises(TypeError):
+            call(b"\x01\x02", 1.0)  # type: ignore[arg-type]

@@ -245,8 +245,9 @@ def process(
     ``on_too_large="forward"`` forwarded unchanged when the modifier had changed nothing yet.
 
     Returns the packet to send back (its bytes are ``packet.data``, in ``buf`` or in a grown
-    copy of it) or None when nothing is to be sent. Never raises for bad input or a failing
-    modifier: every outcome is counted in ``stats``.
+    copy of it) or None when nothing is to be sent. Never raises for a bad frame or a failing
+    modifier: every outcome is counted in ``stats``. (A ``length`` outside ``buf`` is the
+    caller's mistake, not the frame's: ``ValueError``.)
     """
     stats.received += 1
     try:

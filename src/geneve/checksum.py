@@ -108,20 +108,43 @@ if IMPLEMENTATION == "c":
 
 else:
 
+    # The same errors as cffi raises for the C routines: BufferError for a buffer they cannot
+    # use, TypeError for an initial sum that is not an int, both before anything is written.
+
+    def _check_buffer(data: Buffer, writable: bool) -> None:
+        view = memoryview(data)
+        if not view.c_contiguous:
+            raise BufferError("memoryview: underlying buffer is not C-contiguous")
+        if writable and view.readonly:
+            raise BufferError("the buffer is not writable")
+
     def ones_complement_sum(data: Buffer, initial: int = 0) -> int:
         """The folded 16-bit one's-complement sum of ``data`` plus ``initial`` (not inverted)."""
         _check_initial(initial)
+        _check_buffer(data, False)
         return _pychecksum.ones_sum(data, initial)
 
     def internet_checksum(data: Buffer, initial: int = 0) -> int:
         """RFC 1071 checksum of ``data``; ``initial`` is a partial sum such as a pseudo-header's."""
         _check_initial(initial)
+        _check_buffer(data, False)
         return ~_pychecksum.ones_sum(data, initial) & 0xFFFF
 
-    _fix_frame = _pychecksum.fix
+    def _fix_frame(
+        buf: bytearray | memoryview,
+        length: int,
+        ip_off: int,
+        l4_off: int,
+        l4_proto: int,
+        outer_udp_mode: int,
+    ) -> int:
+        _check_buffer(buf, True)
+        return _pychecksum.fix(buf, length, ip_off, l4_off, l4_proto, outer_udp_mode)
 
 
 def _check_initial(initial: int) -> None:
+    if not isinstance(initial, int):
+        raise TypeError("an integer is required")
     if not 0 <= initial <= 0xFFFFFFFF:
         raise ValueError("initial must be a partial sum in 0..0xFFFFFFFF")
 
