@@ -26,7 +26,7 @@ from gwlb_client import (
 )
 from netns import Pair, in_netns, netns_unavailable, pair
 
-from geneve import Packet, Verdict
+from geneve import Packet, Verdict, build_frame
 from geneve._appliance import Appliance, ApplianceError
 
 _why = netns_unavailable()
@@ -304,8 +304,6 @@ def test_own_replies_are_never_processed(ns: Pair) -> None:
         def send_from_self() -> None:
             from gwlb_client import inner_udp as mk
 
-            from geneve import build_frame
-
             tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
             tx.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
             frame = build_frame(mk(b"loop"), src=ns.ap_addr, dst=ns.ap_addr, src_port=6081)
@@ -333,6 +331,18 @@ def test_raw_receive_mode(ns: Pair) -> None:
         assert bytes(pkt.payload or b"") == b"strongly typed"
         assert client.replies(timeout=0.3) == [], "exactly one reply"
         assert ns.snmp(ns.ap)["Icmp"]["OutDestUnreachs"] == before
+        # A raw socket also sees datagrams whose UDP checksum is wrong, which a UDP socket
+        # never does: those stop here; a right one (or 0, above) is answered.
+        checked = build_frame(
+            inner_udp(b"checked"), src=ns.gw_addr, dst=ns.ap_addr, udp_checksum=True
+        )
+        broken = bytearray(checked)
+        broken[26] ^= 0x5A
+        client.send(broken)
+        client.send(checked)
+        (reply,) = client.replies(want=1)
+        check_reply(checked, reply)
+        assert client.replies(timeout=0.3) == [], "the broken frame is not answered"
     finally:
         client.close()
         rc, err = stop(proc)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import check_frame, gwlb_frames, make_inner
+from conftest import check_frame, gwlb_frames, make_inner, naive_sum
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -201,6 +201,25 @@ def test_malformed_and_not_geneve_are_counted() -> None:
         "skipped": 1,
         "malformed_reasons": {"geneve-version": 1, "inner-length": 1, "outer-truncated": 1},
     }
+
+
+@given(gwlb_frames(), st.one_of(st.none(), st.integers(0, 0xFFFF)))
+def test_verify_outer_udp_refuses_a_wrong_checksum_only(
+    frame: bytearray, wrong: int | None
+) -> None:
+    # What a kernel UDP socket checks, for frames read from a raw socket: 0 or right passes.
+    if wrong is not None:
+        frame[26:28] = wrong.to_bytes(2, "big")
+    udp = bytes(frame[20:])
+    ok = (
+        frame[26:28] == b"\0\0" or naive_sum(udp, naive_sum(frame[12:20]) + 17 + len(udp)) == 0xFFFF
+    )
+    stats = Stats()
+    out = process(bytearray(frame), len(frame), lambda p: None, stats, verify_outer_udp=True)
+    assert (out is not None) == ok
+    assert stats.malformed_reasons == ({} if ok else {"outer-udp-checksum": 1})
+    # Without the flag (UDP sockets: the kernel checked), the frame is not looked at again.
+    assert process(bytearray(frame), len(frame), lambda p: None, Stats()) is not None
 
 
 def test_process_a_prefix_of_a_receive_buffer() -> None:

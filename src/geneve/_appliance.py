@@ -494,6 +494,8 @@ class _Worker:
                             max_inner_length=max_inner,
                             port=port,
                             on_too_large=too_large,
+                            # No kernel UDP socket checked it: a bad checksum stops here.
+                            verify_outer_udp=True,
                         )
                         if packet is not None:
                             self._send_one(sendto, packet, ntoa(packet.buf[16:20]))

@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 from ._errors import GeneveError, NotGeneveError, PacketTooLargeError
 from ._headers import GENEVE_PORT
 from ._packet import MAX_INNER_LENGTH, Packet
+from .checksum import ones_complement_sum
 
 __all__ = [
     "ALL_PACKETS",
@@ -237,6 +238,7 @@ def process(
     max_inner_length: int = MAX_INNER_LENGTH,
     port: int = GENEVE_PORT,
     on_too_large: ErrorPolicy = "drop",
+    verify_outer_udp: bool = False,
 ) -> Packet | None:
     """Run one received frame ``buf[:length]`` through ``modifier``.
 
@@ -245,7 +247,11 @@ def process(
     ``on_too_large="forward"`` forwarded unchanged when the modifier had changed nothing yet.
 
     Returns the packet to send back (its bytes are ``packet.data``, in ``buf`` or in a grown
-    copy of it) or None when nothing is to be sent. Never raises for a bad frame or a failing
+    copy of it) or None when nothing is to be sent. With ``verify_outer_udp``, a frame whose
+    outer UDP checksum is neither 0 nor right is malformed (``outer-udp-checksum``): what the
+    kernel checks before a UDP socket sees a datagram, and a raw socket does not.
+
+    Never raises for a bad frame or a failing
     modifier: every outcome is counted in ``stats``. (A ``length`` outside ``buf`` is the
     caller's mistake, not the frame's: ``ValueError``.)
     """
@@ -267,6 +273,11 @@ def process(
         stats.malformed += 1
         reasons = stats.malformed_reasons
         reasons["oversized"] = reasons.get("oversized", 0) + 1
+        return None
+    if verify_outer_udp and not _outer_udp_checksum_ok(buf, packet.udp_offset, packet.length):
+        stats.malformed += 1
+        reasons = stats.malformed_reasons
+        reasons["outer-udp-checksum"] = reasons.get("outer-udp-checksum", 0) + 1
         return None
     # RFC 8926 3.4: a control (O bit) packet's payload must not be forwarded as data.
     if buf[packet.udp_offset + 9] & 0x80:  # the O bit (Geneve byte 1)
@@ -310,3 +321,12 @@ def process(
     packet.swap_outer()
     stats.forwarded += 1
     return packet
+
+
+def _outer_udp_checksum_ok(buf: bytearray, udp: int, end: int) -> bool:
+    """RFC 768: 0 means no checksum; any other value must make the datagram sum to all ones."""
+    if not buf[udp + 6] and not buf[udp + 7]:
+        return True
+    view = memoryview(buf)
+    pseudo = ones_complement_sum(view[12:20]) + 17 + (end - udp)  # addresses, protocol, length
+    return ones_complement_sum(view[udp:end], pseudo) == 0xFFFF
