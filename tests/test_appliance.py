@@ -349,6 +349,37 @@ def test_raw_receive_mode(ns: Pair) -> None:
     assert rc == 0, err
 
 
+@pytest.mark.parametrize(
+    "args", [(), ("--workers", "2"), ("--batch", "1"), ("--receive", "raw")], ids=" ".join
+)
+def test_geneve_to_a_broadcast_address_is_not_answered(ns: Pair, args: tuple[str, ...]) -> None:
+    # Every socket on the port receives a broadcast: answering would reply from the broadcast
+    # address, once per worker. Unicast to the appliance is answered as ever.
+    proc = daemon(ns, *args)
+    client = GwlbClient(ns)
+    sender = ns.gw_socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        wait_healthy(ns)
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        in_netns(ns.gw, lambda: sender.bind((ns.gw_addr, 50001)))
+        geneve_part = bytes(client.frame(inner_udp(b"weakly typed"), src_port=50001))[28:]
+        sender.sendto(geneve_part, ("10.201.0.255", 6081))
+        sender.sendto(geneve_part, ("255.255.255.255", 6081))
+        sender.sendto(geneve_part, (ns.ap_addr, 6081))
+        replies = client.replies(timeout=1.0)
+        assert len(replies) == 1 and replies[0][12:16] == socket.inet_aton(ns.ap_addr)
+        time.sleep(0.6)  # counters are published twice a second
+        _head, body = http(ns, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").split(b"\r\n\r\n", 1)
+        drops = json.loads(body)["counters"]["drops"]
+        workers = 2 if "--workers" in args else 1
+        assert drops.get("not-unicast") == 2 * workers, drops
+    finally:
+        sender.close()
+        client.close()
+        rc, err = stop(proc)
+    assert rc == 0, err
+
+
 def one_line_failure(proc: subprocess.Popen[str]) -> str:
     try:
         _out, err = proc.communicate(timeout=10)
@@ -462,20 +493,47 @@ def _daemon_pid(ip_netns_pid: int) -> int:
     return ip_netns_pid
 
 
-def test_user_drops_root_and_keeps_working(ns: Pair) -> None:
-    proc = daemon(ns, "--user", "nobody")
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_user_drops_root_and_keeps_working(ns: Pair, workers: str) -> None:
+    # With 2 workers they are forked after the switch, when the interpreter's own files may
+    # be out of reach (here, a Python under /root): what forking needs was imported before.
+    proc = daemon(ns, "--user", "nobody", "--workers", workers)
     client = GwlbClient(ns)
     try:
         wait_healthy(ns)
         status = _status(_daemon_pid(proc.pid))
         assert status["Uid"].split()[:2] == ["65534", "65534"]
         assert int(status["CapEff"], 16) == 0, "no capability is left after the switch"
-        reply = client.exchange(inner_udp(b"weakly typed"))
-        assert reply is not None and b"strongly typed" in reply
+        for port in range(50000, 50008):  # flows to both workers
+            reply = client.exchange(inner_udp(b"weakly typed"), src_port=port)
+            assert reply is not None and b"strongly typed" in reply
     finally:
         client.close()
         rc, err = stop(proc)
     assert rc == 0, err
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGHUP])
+def test_workers_do_not_outlive_the_daemon(ns: Pair, how: signal.Signals) -> None:
+    proc = daemon(ns, "--workers", "2")
+    try:
+        wait_healthy(ns)
+        pid = _daemon_pid(proc.pid)
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            workers = [int(x) for x in f.read().split()]
+        assert len(workers) == 2
+        proc.send_signal(how)
+        rc = proc.wait(5)
+        assert rc == (-signal.SIGKILL if how == signal.SIGKILL else 0)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{w}") for w in workers):
+            time.sleep(0.1)
+        left = [w for w in workers if os.path.exists(f"/proc/{w}")]
+        for w in left:  # ours: end them so that the namespace can go
+            os.kill(w, signal.SIGKILL)
+        assert left == [], "workers outlived the daemon"
+    finally:
+        stop(proc)
 
 
 def test_runs_with_only_cap_net_raw(ns: Pair) -> None:

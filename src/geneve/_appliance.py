@@ -28,6 +28,7 @@ import ipaddress
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.popen_fork  # now: workers are forked after --user may bar the way to it
 import os
 import pwd
 import signal
@@ -198,6 +199,7 @@ class _Worker:
         self.on_too_large = on_too_large
         self.max_inner_length = max_inner_length
         self.publish = publish
+        self.parent = os.getpid()  # made in the daemon; a forked worker watches it
         self.stats = Stats()
         self.send_errors = 0
         self.own_replies = 0
@@ -223,6 +225,11 @@ class _Worker:
     def _publish(self, final: bool = False) -> None:
         self.heartbeat = time.monotonic()
         if self.publish is not None:
+            # A worker process whose daemon died (SIGKILL, the OOM killer) was given to another
+            # parent: it must not go on answering GWLB and holding the port.
+            if os.getppid() != self.parent:
+                log.error("worker %d: the daemon is gone, stopping", self.index)
+                self.stop.set()
             with contextlib.suppress(OSError, ValueError):
                 self.publish(self.snapshot(final))
 
@@ -313,13 +320,18 @@ class _Worker:
             if n >= 0:
                 gwlb = src[0]
                 gwlb_raw = admitted.get(gwlb) or self._admit(admitted, gwlb, aton(gwlb))
+                local = spec_dst = b"\0\0\0\0"
+                for level, kind, data in anc:
+                    if level == socket.SOL_IP and kind == IP_PKTINFO:
+                        _ifindex, spec_dst, local = unpack_pktinfo(data)
                 if len(gwlb_raw) != 4:
                     self._refused(gwlb_raw)
+                elif local != spec_dst:
+                    # To a broadcast or multicast address, which every socket on the port
+                    # receives: the kernel says so by a spec_dst other than the destination.
+                    stats.received += 1
+                    stats.drop("not-unicast")
                 else:
-                    local = b"\0\0\0\0"
-                    for level, kind, data in anc:
-                        if level == socket.SOL_IP and kind == IP_PKTINFO:
-                            local = unpack_pktinfo(data)[2]
                     # The frame as GWLB sent it; the kernel checked its UDP checksum already.
                     pack_header(buf, 0, 0x45, 0, n + 28, 0, 0, 64, 17, 0, gwlb_raw, local,
                                 src[1], port, n + 8, 0)  # fmt: skip
@@ -368,6 +380,7 @@ class _Worker:
         socks.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeout)
         stats = self.stats
         reasons = stats.malformed_reasons
+        not_unicast = lib.GENEVE_RECV_NOT_UNICAST
         modifier, on_error, max_inner, port, too_large = self._settings()
         native = sys.byteorder
         admitted: dict[int, bytes] = {}
@@ -421,9 +434,12 @@ class _Worker:
                 if len(verdict) != 4:
                     self._refused(verdict)
                     continue
-                if length < 0:  # longer than any IPv4 packet can be
+                if length < 0:
                     stats.received += 1
-                    stats.malformed += 1
+                    if length == not_unicast:  # to a broadcast or multicast address
+                        stats.drop("not-unicast")
+                        continue
+                    stats.malformed += 1  # longer than any IPv4 packet can be
                     reasons["oversized"] = reasons.get("oversized", 0) + 1
                     continue
                 packet = process(
@@ -484,6 +500,9 @@ class _Worker:
                     verdict = admitted.get(src) or self._admit(admitted, src, src)
                     if len(verdict) != 4:
                         self._refused(verdict)
+                    elif bytes(buf[16:20]) not in self.own:  # to a broadcast or multicast address
+                        stats.received += 1
+                        stats.drop("not-unicast")
                     else:
                         packet = process(
                             buf,
@@ -545,6 +564,7 @@ def _process_main(worker: _Worker, conn: multiprocessing.connection.Connection) 
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent stops on it, and then stops us
     worker.publish = conn.send
     worker.run()
     conn.close()
@@ -591,6 +611,9 @@ class Appliance:
                 raise ApplianceError(f"{name} must be 'drop' or 'forward', not {policy!r}")
         if not 0 < port < 65536:
             raise ApplianceError(f"port {port} is out of range")
+        # The 68 bytes of encapsulation around the inner packet must still fit in IPv4.
+        if not 0 < max_inner_length <= 0xFFFF - 68:
+            raise ApplianceError(f"max_inner_length must be 1 to {0xFFFF - 68}")
         self.modifier = modifier
         self.port = port
         self.bind = bind
@@ -779,22 +802,26 @@ class Appliance:
             log.info("stopped: %s", self._summary_line())
 
     def run(self) -> None:
-        """Start, then block until SIGTERM or SIGINT (call from the main thread)."""
+        """Start, then block until SIGTERM, SIGINT or SIGHUP (call from the main thread)."""
         self.start()
         stop = threading.Event()
 
         def on_signal(signum: int, frame: object) -> None:
-            log.info("%s received, stopping", signal.Signals(signum).name)
+            if not stop.is_set():
+                log.info("%s received, stopping", signal.Signals(signum).name)
             stop.set()
 
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        stopping = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        previous = {s: signal.signal(s, on_signal) for s in stopping}
         try:
             while not stop.wait(0.5):
                 pass
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-            self.stop()
+            try:
+                self.stop()  # a second signal meanwhile changes nothing
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
 
     def __enter__(self) -> Appliance:
         self.start()

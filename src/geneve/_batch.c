@@ -63,10 +63,11 @@ int geneve_recv_batch(int fd, uint8_t **slots, int slot_size, int n, int port,
         uint8_t *f = slots[i];
         uint32_t len = msgs[i].msg_len;
         uint32_t local = 0;
+        int unicast = 1;
         struct cmsghdr *c;
+        sources[i] = from[i].sin_addr.s_addr;
         if ((msgs[i].msg_hdr.msg_flags & MSG_TRUNC) || len + 28 > 0xffffu) {
-            lens[i] = -1; /* cannot be a valid frame: the caller counts it as malformed */
-            sources[i] = from[i].sin_addr.s_addr;
+            lens[i] = GENEVE_RECV_TOO_LONG; /* cannot be a valid frame: counted as malformed */
             continue;
         }
         for (c = CMSG_FIRSTHDR(&msgs[i].msg_hdr); c; c = CMSG_NXTHDR(&msgs[i].msg_hdr, c)) {
@@ -74,7 +75,14 @@ int geneve_recv_batch(int fd, uint8_t **slots, int slot_size, int n, int port,
                 struct in_pktinfo info;
                 memcpy(&info, CMSG_DATA(c), sizeof(info));
                 local = info.ipi_addr.s_addr;
+                /* The kernel gives a datagram to one of our addresses that address as spec_dst,
+                 * and a broadcast or multicast one the address of the interface instead. */
+                unicast = info.ipi_addr.s_addr == info.ipi_spec_dst.s_addr;
             }
+        }
+        if (!unicast) {
+            lens[i] = GENEVE_RECV_NOT_UNICAST; /* every socket on the port got it: answer none */
+            continue;
         }
         f[0] = 0x45;
         f[1] = 0;
@@ -90,7 +98,6 @@ int geneve_recv_batch(int fd, uint8_t **slots, int slot_size, int n, int port,
         put16(f + 24, len + 8);
         f[26] = f[27] = 0;
         lens[i] = (int32_t)(len + 28);
-        sources[i] = from[i].sin_addr.s_addr;
     }
     return got;
 }

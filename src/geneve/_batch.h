@@ -4,6 +4,9 @@
 #include <stdint.h>
 
 #define GENEVE_BATCH_MAX 64
+/* lens[i] of geneve_recv_batch for a datagram that is not a frame to process. */
+#define GENEVE_RECV_TOO_LONG -1
+#define GENEVE_RECV_NOT_UNICAST -2
 
 int geneve_recv_batch(int fd, uint8_t **slots, int slot_size, int n, int port,
                       int32_t *lens, uint32_t *sources);

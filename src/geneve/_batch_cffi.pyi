@@ -9,6 +9,8 @@ ffi: FFI
 
 class _Lib:
     GENEVE_BATCH_MAX: Final[int]
+    GENEVE_RECV_TOO_LONG: Final[int]
+    GENEVE_RECV_NOT_UNICAST: Final[int]
     @staticmethod
     def geneve_recv_batch(
         fd: int,

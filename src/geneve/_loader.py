@@ -21,14 +21,17 @@ def load_modifier(spec: str) -> Modifier:
         raise RulesError(f"--rules {spec!r}: expected MODULE:CALLABLE")
     try:
         module = importlib.import_module(module_name)
-    except Exception as err:  # ImportError, or the module's own code failing
-        raise RulesError(f"--rules {spec!r}: cannot import {module_name}: {err}") from err
+    except (Exception, SystemExit, KeyboardInterrupt) as err:  # not found, or its code failing
+        why = f"{type(err).__name__} {err}".strip() if not isinstance(err, Exception) else err
+        raise RulesError(f"--rules {spec!r}: cannot import {module_name}: {why}") from err
     target: object = module
     for part in attr.split("."):
         try:
             target = getattr(target, part)
         except AttributeError:
             raise RulesError(f"--rules {spec!r}: {module_name} has no {attr}") from None
+        except Exception as err:  # a __getattr__ of the module's own that fails
+            raise RulesError(f"--rules {spec!r}: reading {attr} failed: {err}") from err
     if not callable(target):
         raise RulesError(f"--rules {spec!r}: {attr} is not callable")
     return cast(Modifier, target)

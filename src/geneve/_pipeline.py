@@ -249,7 +249,8 @@ def process(
     Returns the packet to send back (its bytes are ``packet.data``, in ``buf`` or in a grown
     copy of it) or None when nothing is to be sent. With ``verify_outer_udp``, a frame whose
     outer UDP checksum is neither 0 nor right is malformed (``outer-udp-checksum``): what the
-    kernel checks before a UDP socket sees a datagram, and a raw socket does not.
+    kernel checks before a UDP socket sees a datagram, and a raw socket does not (a checksum
+    a local sender left to offload, the pseudo-header's sum, passes as the kernel lets it).
 
     Never raises for a bad frame or a failing
     modifier: every outcome is counted in ``stats``. (A ``length`` outside ``buf`` is the
@@ -324,9 +325,14 @@ def process(
 
 
 def _outer_udp_checksum_ok(buf: bytearray, udp: int, end: int) -> bool:
-    """RFC 768: 0 means no checksum; any other value must make the datagram sum to all ones."""
-    if not buf[udp + 6] and not buf[udp + 7]:
+    """RFC 768: 0 means no checksum; any other value must make the datagram sum to all ones.
+
+    One more value passes: the pseudo-header's sum alone, which is what a sender on this host
+    leaves for checksum offload (veth): the kernel never finishes it, and trusts it.
+    """
+    field = (buf[udp + 6] << 8) | buf[udp + 7]
+    if not field:
         return True
     view = memoryview(buf)
-    pseudo = ones_complement_sum(view[12:20]) + 17 + (end - udp)  # addresses, protocol, length
-    return ones_complement_sum(view[udp:end], pseudo) == 0xFFFF
+    pseudo = ones_complement_sum(view[12:20], 17 + (end - udp))  # addresses, protocol, length
+    return field == pseudo or ones_complement_sum(view[udp:end], pseudo) == 0xFFFF

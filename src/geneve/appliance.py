@@ -2,7 +2,7 @@
 
 Runs the reference rules unless ``--rules MODULE:CALLABLE`` names another modifier. Every flag
 can also be given as an environment variable (``GENEVE_PORT``, ``GENEVE_WORKERS``...). Logs go
-to stderr, one line per event. SIGTERM or SIGINT stops it cleanly (exit 0); a start-up problem
+to stderr, one line per event. SIGTERM, SIGINT or SIGHUP stops it cleanly (exit 0); a start-up problem
 is reported in one line with exit status 2.
 """
 
@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import typing
 from collections.abc import Sequence
 
 from ._appliance import Appliance, ApplianceError, ReceiveMode
@@ -46,8 +47,39 @@ def _positive(text: str) -> int:
     return value
 
 
+def _inner_length(text: str) -> int:
+    value = _positive(text)
+    # The frame around it (68 bytes of encapsulation) must still fit IPv4's 65535.
+    if value > 0xFFFF - 68:
+        raise argparse.ArgumentTypeError(f"{value} is over the {0xFFFF - 68} bytes IPv4 allows")
+    return value
+
+
+_TRUE, _FALSE = ("1", "yes", "true", "on"), ("0", "no", "false", "off")
+
+
+def _switch(name: str, default: bool) -> bool:
+    text = _env(name, "").strip().lower()
+    if not text:
+        return default
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise _Usage(f"GENEVE_{name}: {text!r} is not one of {', '.join(_TRUE + _FALSE)}")
+
+
+class _Usage(Exception):
+    """A bad flag or environment variable: one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Says what is wrong in one line (with --help pointed to), not the whole usage text."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise _Usage(f"{message} (see --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m geneve.appliance",
         description="A GWLB appliance: answers Geneve on UDP 6081 and health checks over HTTP. "
         "Each option can also be set with the environment variable named in brackets.",
@@ -108,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-fast-path",
         dest="fast_path",
         action="store_false",
-        default=_env("FAST_PATH", "1") not in ("0", "no", "false"),
+        default=True,
         help="call the modifier for every frame, even those outside its declared interest "
         "[GENEVE_FAST_PATH=0]",
     )
@@ -127,10 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-inner-length",
-        type=_positive,
+        type=_inner_length,
         default=_env("MAX_INNER_LENGTH", "8500"),
-        help="largest inner packet a rewrite may produce; a larger one is dropped "
-        "[GENEVE_MAX_INNER_LENGTH] (default: %(default)s)",
+        help="largest inner packet (bytes after the Geneve header) accepted from GWLB or "
+        "produced by a rewrite; a larger received frame is dropped as malformed ('oversized') "
+        "[GENEVE_MAX_INNER_LENGTH] (default: %(default)s, GWLB's MTU)",
     )
     p.add_argument(
         "--on-too-large",
@@ -148,9 +181,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # argparse checks choices on what the command line gave, not on defaults from the
+    # environment: check those here.
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.choices is not None and value not in action.choices:
+            flag = action.option_strings[0]
+            raise _Usage(
+                f"{flag} (or GENEVE_{action.dest.upper()}): {value!r} is not one of "
+                + ", ".join(map(str, action.choices))
+            )
+    if args.fast_path:  # no --no-fast-path: the environment may still say no
+        args.fast_path = _switch("FAST_PATH", True)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parse(sys.argv[1:] if argv is None else argv)
+    except _Usage as err:
+        print(f"geneve.appliance: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

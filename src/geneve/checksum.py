@@ -107,7 +107,6 @@ if IMPLEMENTATION == "c":
         return rc
 
 else:
-
     # The same errors as cffi raises for the C routines: BufferError for a buffer they cannot
     # use, TypeError for an initial sum that is not an int, both before anything is written.
 
