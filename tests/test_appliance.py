@@ -160,6 +160,11 @@ def test_health_http_tcp_and_metrics(
 
     assert http(p, b"POST / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405")
     assert http(p, b"garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
+    # A TLS ClientHello (a TLS health check on the HTTP port) is no request: 400 at once, not
+    # a 408 once the 2 s a request may take are over.
+    start = time.monotonic()
+    assert http(p, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03").startswith(b"HTTP/1.1 400")
+    assert time.monotonic() - start < 1.0
     big = b"GET / HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n"
     assert http(p, big).startswith(b"HTTP/1.1 431")
 

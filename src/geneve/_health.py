@@ -177,7 +177,9 @@ class HealthServer:
         if end < 0:
             end = conn.data.find(b"\n\n")
         if end < 0:
-            if len(conn.data) > MAX_REQUEST_BYTES:
+            if not conn.data[:1].isalpha():  # a request line starts with a method name
+                self._reply(conn, _error(400, "not an HTTP request"))
+            elif len(conn.data) > MAX_REQUEST_BYTES:
                 self._reply(conn, _error(431, "request head too large"))
             return
         if end > MAX_REQUEST_BYTES:
