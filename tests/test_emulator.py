@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.utils import checksum as scapy_checksum
 
 import geneve
@@ -359,15 +359,191 @@ def test_data_plane_never_delivers_a_bad_reply(plane: tuple[DataPlane, FakeSende
     stale = swapped(sender.frames[1])
     stale[-1] ^= 1  # payload edited, checksum left stale
     dp._from_appliance(bytes(stale))
-    dp._from_appliance(bytes(swapped(sender.frames[1])))  # a second answer to one request
     assert _delivered(tun) == b""
     s = dp.summary()
-    assert s["failures"] == {
-        "inner-udp-checksum": 1,
-        "outer-udp-ports": 1,
-        "unsolicited": 1,
-    }
-    assert s["verified"] == 0 and s["delivered"] == 0
+    assert s["failures"] == {"inner-udp-checksum": 1, "outer-udp-ports": 1}
+    assert s["verified"] == 0 and s["delivered"] == 0 and s["returned"] == 0
+    assert s["not_returned"] == 2
+
+
+def test_a_failed_reply_takes_no_request(plane: tuple[DataPlane, FakeSender, int]) -> None:
+    """A broken reply leaves every request waiting, so the good replies after it pair right."""
+    dp, sender, tun = plane
+    dp._from_tun(udp_inner(b"one"))
+    dp._from_tun(udp_inner(b"two"))
+    stale = swapped(sender.frames[1])
+    stale[-1] ^= 1
+    dp._from_appliance(bytes(stale))
+    for frame in (sender.frames[1], sender.frames[0]):
+        dp._from_appliance(bytes(swapped(frame)))
+        assert _delivered(tun) == frame[68:]
+    s = dp.summary()
+    assert s["failures"] == {"inner-udp-checksum": 1}
+    assert (s["returned"], s["verified"], s["modified"], s["not_returned"]) == (2, 2, 0, 0)
+
+
+def ipv6_udp(payload: bytes) -> bytes:
+    return bytes(
+        IPv6(src="fd00:200:1::2", dst="fd00:200:2::2") / UDP(sport=40000, dport=3000) / payload
+    )
+
+
+@pytest.mark.parametrize("family", ["icmp", "ipv6-udp"])
+def test_a_duplicate_reply_is_unsolicited(
+    plane: tuple[DataPlane, FakeSender, int], family: str
+) -> None:
+    """An appliance that sends every reply twice: each copy after the first is refused.
+
+    UDP over IPv6 has no identity but its source to pair an edited reply with, the case where
+    a copy used to take the next request of the flow.
+    """
+    dp, sender, tun = plane
+    for i in range(3):
+        if family == "icmp":
+            dp._from_tun(bytes(IP(src="10.200.1.2", dst="10.200.2.2") / ICMP(id=7, seq=i)))
+        else:
+            dp._from_tun(ipv6_udp(b"message %d" % i))
+    for frame in sender.frames:
+        for _ in range(2):
+            dp._from_appliance(bytes(swapped(frame)))
+        assert _delivered(tun) == frame[68:]  # once
+    s = dp.summary()
+    assert s["failures"] == {"unsolicited": 3}
+    assert (s["returned"], s["verified"], s["modified"], s["delivered"]) == (3, 3, 0, 3)
+    assert s["not_returned"] == 0 and s["flows"][0]["failed"] == 3
+
+
+def test_an_edited_duplicate_is_unsolicited(plane: tuple[DataPlane, FakeSender, int]) -> None:
+    dp, sender, tun = plane
+    dp._from_tun(ipv6_udp(b"weakly typed"))
+    dp._from_tun(ipv6_udp(b"weakly typed, again"))
+    g6 = sender.frames[0][28:68]
+    edited = swapped(request(ipv6_udp(b"strongly typed"), geneve_bytes=g6))
+    edited[20:22] = sender.frames[0][20:22]  # the flow's source port
+    for _ in range(2):
+        dp._from_appliance(bytes(edited))
+    assert _delivered(tun) == edited[68:]  # once
+    s = dp.summary()
+    assert s["failures"] == {"unsolicited": 1}
+    assert (s["returned"], s["modified"], s["delivered"], s["not_returned"]) == (1, 1, 1, 1)
+
+
+def test_a_changed_copy_of_a_reply_takes_no_other_request(
+    plane: tuple[DataPlane, FakeSender, int],
+) -> None:
+    """A copy with a flipped IPv6 flow label (no checksum covers it) passes every check.
+
+    Waiting: the server's echo reply, with the same id and sequence, and the next echo.
+    """
+    dp, sender, _tun = plane
+    client, server = "fd00:200:1::2", "fd00:200:2::2"
+    dp._from_tun(bytes(IPv6(src=client, dst=server) / ICMPv6EchoRequest(id=7, seq=1)))
+    dp._from_tun(bytes(IPv6(src=server, dst=client) / ICMPv6EchoReply(id=7, seq=1)))
+    dp._from_tun(bytes(IPv6(src=client, dst=server) / ICMPv6EchoRequest(id=7, seq=2)))
+    dp._from_appliance(bytes(swapped(sender.frames[0])))
+    copy = swapped(sender.frames[0])
+    copy[68 + 3] ^= 1
+    dp._from_appliance(bytes(copy))
+    for frame in sender.frames[1:]:
+        dp._from_appliance(bytes(swapped(frame)))
+    s = dp.summary()
+    assert s["failures"] == {"unsolicited": 1}
+    assert (s["returned"], s["modified"], s["delivered"], s["not_returned"]) == (3, 0, 3, 0)
+
+
+def test_the_clients_own_bad_packet_returned_unchanged_is_not_a_failure(
+    plane: tuple[DataPlane, FakeSender, int],
+) -> None:
+    """hping3 --badcksum: the packet was already bad on the tun; echoing it is no fault."""
+    dp, sender, tun = plane
+    bad = bytearray(udp_inner(b"bad checksum"))
+    bad[26:28] = struct.pack("!H", struct.unpack_from("!H", bad, 26)[0] ^ 0x5555)
+    dp._from_tun(bytes(bad))
+    dp._from_appliance(bytes(swapped(sender.frames[0])))
+    assert _delivered(tun) == bad  # on to the server, whose kernel drops it, as without us
+    dp._from_appliance(bytes(swapped(sender.frames[0])))  # a second copy is still refused
+    # Edited and still bad: that one is the appliance's doing.
+    dp._from_tun(bytes(bad))
+    edited = swapped(sender.frames[1])
+    edited[-1] ^= 1
+    dp._from_appliance(bytes(edited))
+    s = dp.summary()
+    assert s["tun_invalid"] == {"inner-udp-checksum": 2}
+    assert s["passed_through_invalid"] == 1 and s["verified"] == 0
+    assert s["failures"] == {"inner-udp-checksum": 1, "unsolicited": 1}
+    assert (s["returned"], s["delivered"], s["not_returned"]) == (1, 1, 1)
+
+
+def _numbered_udp(template: bytes, ident: int) -> bytes:
+    """``template`` (IPv4/UDP) with another IPv4 ID; the UDP checksum does not cover it."""
+    p = bytearray(template)
+    p[4:6] = struct.pack("!H", ident)
+    p[10:12] = b"\0\0"
+    p[10:12] = struct.pack("!H", checksum(p[:20]))
+    return bytes(p)
+
+
+def test_pairing_does_not_slow_down_with_a_backlog(
+    plane: tuple[DataPlane, FakeSender, int],
+) -> None:
+    """Replies in a flow with 4000 dropped requests are paired as fast as in a fresh flow."""
+    dp, sender, tun = plane
+    dropped = udp_inner(b"dropped")
+    for i in range(4000):
+        dp._from_tun(_numbered_udp(dropped, i))
+
+    def answer(template: bytes) -> float:
+        t0 = time.perf_counter()
+        for i in range(4000, 4400):
+            dp._from_tun(_numbered_udp(template, i))
+            dp._from_appliance(bytes(swapped(sender.frames[-1])))
+            assert _delivered(tun)
+        return time.perf_counter() - t0
+
+    backlog = answer(dropped)  # the same flow: 4000 requests wait before each of these
+    fresh = bytes(IP(src="10.200.1.2", dst="10.200.2.2") / UDP(sport=40001, dport=3000) / b"x")
+    assert answer(fresh) * 3 > backlog
+    s = dp.summary()
+    assert s["verified"] == s["returned"] == 800 and s["modified"] == 0
+
+
+def test_a_reply_later_than_the_pending_limit_is_not_an_edit(
+    plane: tuple[DataPlane, FakeSender, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its request was pushed out of the pending list; no other request pays for it."""
+    monkeypatch.setattr(emu_mod, "MAX_PENDING", 8)
+    dp, sender, tun = plane
+    template = udp_inner(b"late")
+    for i in range(10):
+        dp._from_tun(_numbered_udp(template, i))
+    for frame in sender.frames:  # 0 and 1 were pushed out
+        dp._from_appliance(bytes(swapped(frame)))
+        assert _delivered(tun) == frame[68:]
+    s = dp.summary()
+    assert (s["returned"], s["modified"], s["not_returned"], s["failures"]) == (10, 0, 0, {})
+
+
+def test_a_flood_from_the_tun_does_not_starve_the_replies(
+    plane: tuple[DataPlane, FakeSender, int],
+) -> None:
+    """One drain reads a batch, then the poll loop serves the capture socket too."""
+    dp, sender, _tun = plane
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # keeps packets apart
+    tun = dp._tun
+    try:
+        a.setblocking(False)
+        for i in range(200):
+            b.send(_numbered_udp(udp_inner(), i))
+        dp._tun = a.fileno()
+        dp._drain_tun()
+        assert 0 < len(sender.frames) < 200
+        for _ in range(200):
+            dp._drain_tun()
+        assert len(sender.frames) == 200
+    finally:
+        dp._tun = tun
+        a.close()
+        b.close()
 
 
 def test_data_plane_ignores_what_is_not_a_reply(plane: tuple[DataPlane, FakeSender, int]) -> None:
@@ -584,13 +760,14 @@ def test_broken_appliance_on_the_wire(bug: str, reason: str | None, no_leftovers
                 while True:
                     got.append(server.recv(100))
         s = emu.summary()
-    assert s["sent"] == 3 and s["returned"] == 3
+    assert s["sent"] == 3 and s["received"] == 3
     if reason is None:
         assert got == [b"message 0", b"message 1", b"message 2"]
-        assert s["verified"] == 3 and s["failures"] == {}
+        assert s["verified"] == s["returned"] == 3 and s["failures"] == {}
     else:
         assert got == []
         assert s["failures"] == {reason: 3} and s["delivered"] == 0
+        assert s["returned"] == 0 and s["not_returned"] == 3  # no correct reply to any
 
 
 @needs_netns
@@ -664,3 +841,119 @@ def test_run_tears_down_on_signal(signum: int) -> None:
     assert proc.returncode == 0, err
     assert json.loads(out)["sent"] == 0
     assert _mine(proc.pid) == []
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--duration", "-1"], "--duration: -1 is not a positive number of seconds"),
+        (["run", "--duration", "nan"], "--duration: nan is not a positive number of seconds"),
+        (["run", "--duration", "0"], "--duration: 0 is not a positive number of seconds"),
+        (["run", "--duration", "soon"], "--duration: soon is not a positive number of seconds"),
+        # --duration 1 so that a parser that accepts the rest ends on its own.
+        (["run", "--duration", "1", "--no-appliance", "--rules", "m:f"], "not allowed with"),
+        (
+            ["run", "--duration", "1", "--appliance-command", "true", "--rules", "m:f"],
+            "not allowed with",
+        ),
+        (
+            ["run", "--duration", "1", "--appliance-command", "true", "--no-appliance"],
+            "not allowed with",
+        ),
+        (["demo", "--appliance-command", "false", "--rules", "m:f"], "not allowed with"),
+        (["run", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        ([], "the following arguments are required: command"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from geneve.emulator import main
+
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("geneve.emulator: ") and err.endswith(" (see --help)\n"), err
+    assert err.count("\n") == 1 and message in err, err
+
+
+@needs_netns
+@pytest.mark.netns
+@pytest.mark.parametrize(
+    ("command", "status"),
+    [
+        ("sh -c 'sleep 0.5; kill -9 $$'", "was killed by SIGKILL"),
+        ("/nonexistent", "exited with status"),  # ip netns exec could not run it
+        ("true", "exited with status 0"),
+    ],
+)
+def test_run_fails_when_the_appliance_exits(command: str, status: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geneve.emulator", "run", "--json", "--duration", "20",
+         "--appliance-command", command],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, err
+    assert err.splitlines()[-1].startswith(f"geneve.emulator: the appliance {status}"), err
+    assert json.loads(out)["sent"] == 0  # the summary is still printed
+    assert _mine(proc.pid) == []
+
+
+@needs_netns
+@pytest.mark.netns
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_interrupt_around_netns_add_leaves_no_namespace(
+    when: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (KeyboardInterrupt) just before or just after ``ip netns add`` returns."""
+    real_ip = emu_mod._ip
+
+    def ip(*args: str) -> None:
+        if args[:2] == ("netns", "add") and args[2].endswith("-gwlb"):
+            if when == "before":
+                raise KeyboardInterrupt
+            real_ip(*args)
+            raise KeyboardInterrupt
+        real_ip(*args)
+
+    monkeypatch.setattr(emu_mod, "_ip", ip)
+    names = Names()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Emulator(names=names).start()
+        assert not set(names.all()) & set(netns_list())
+    finally:
+        for name in set(names.all()) & set(netns_list()):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@needs_netns
+@pytest.mark.netns
+def test_replies_the_emulator_could_not_read_are_counted_as_its_own(no_leftovers: None) -> None:
+    """Overload: what overflows the capture socket is the emulator's loss, not a drop."""
+    with Emulator() as emu:
+        dp = emu.data_plane
+        assert dp is not None
+        with netns(emu.names.appliance):
+            tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with tx, dp._lock:  # the data plane stalls at its next frame
+            for _ in range(4000):
+                tx.sendto(bytes(1400), (emu.addressing.gwlb, 6081))
+        s = emu.summary()
+        for _ in range(50):  # until the data plane has read what is left
+            time.sleep(0.1)
+            before, s = s, emu.summary()
+            if s["received"] == before["received"]:
+                break
+    assert s["capture_dropped"] > 0
+    assert s["received"] + s["capture_dropped"] <= 4000
+    assert "capture socket" in emu_mod.format_summary(s)

@@ -44,7 +44,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType, TracebackType
@@ -197,6 +197,10 @@ _SIOCETHTOOL = 0x8946
 _ETHTOOL_GTXCSUM = 0x16
 _ETHTOOL_STXCSUM = 0x17
 _ETH_P_IP = 0x0800
+_SOL_PACKET = 263
+_PACKET_STATISTICS = 6
+_PACKET_IGNORE_OUTGOING = 23
+_SO_RCVBUFFORCE = 33
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -464,6 +468,16 @@ def check_reply(frame: Buffer, expected: Expected) -> str | None:
     destination 6081, Geneve header and options unchanged, every length consistent and every
     checksum valid (the outer UDP one may be 0).
     """
+    reason = check_outer(frame, expected)
+    if reason is not None:
+        return reason
+    start = ((frame[0] & 0x0F) << 2) + 8 + len(expected.geneve)
+    ptype = _U16.unpack_from(expected.geneve, 2)[0]
+    return check_inner(memoryview(frame)[start : _U16.unpack_from(frame, 2)[0]], ptype)
+
+
+def check_outer(frame: Buffer, expected: Expected) -> str | None:
+    """:func:`check_reply` up to the inner packet: outer IPv4, UDP and the Geneve bytes."""
     n = len(frame)
     if n < 28:
         return "outer-truncated"
@@ -495,8 +509,7 @@ def check_reply(frame: Buffer, expected: Expected) -> str | None:
     g = ihl + 8
     if frame[g : g + len(expected.geneve)] != expected.geneve:
         return "geneve-changed"
-    ptype = _U16.unpack_from(expected.geneve, 2)[0]
-    return check_inner(frame[g + len(expected.geneve) :], ptype)
+    return None
 
 
 def check_inner(packet: Buffer, protocol_type: int = ETH_P_IPV4) -> str | None:
@@ -561,16 +574,17 @@ def _check_l4(proto: int, l4: memoryview, pseudo: int, *, v6: bool) -> str | Non
 def _identity(inner: Buffer) -> bytes:
     """Bytes that identify a packet even after an appliance edits its payload.
 
-    IPv4 ID, and for TCP the sequence number, for ICMP the echo identifier and sequence. Used
-    to pair an edited reply with the request it answers; UDP over IPv6 has none (oldest first).
+    The source address (an echo reply has its request's id and sequence: the direction tells
+    them apart), the IPv4 ID, and for TCP the sequence number, for ICMP the echo identifier and
+    sequence. Used to pair an edited reply with its request; UDP over IPv6 has only the source.
     """
     if len(inner) < 28:
         return b""
     if inner[0] >> 4 == 4:
         ihl = (inner[0] & 0x0F) << 2
-        ident, proto, l4 = bytes(inner[4:6]), inner[9], ihl
+        ident, proto, l4 = bytes(inner[12:16]) + bytes(inner[4:6]), inner[9], ihl
     else:
-        ident, proto, l4 = b"", inner[6], 40
+        ident, proto, l4 = bytes(inner[8:24]), inner[6], 40
     if proto in (_IPPROTO_TCP, _IPPROTO_ICMP, _IPPROTO_ICMPV6) and len(inner) >= l4 + 8:
         return ident + bytes(inner[l4 + 4 : l4 + 8])
     return ident
@@ -582,8 +596,130 @@ def _address(raw: bytes) -> str:
 
 # -- the data plane ---------------------------------------------------------------------------
 
-#: Requests kept per flow waiting for their reply; older ones count as not returned.
+#: Requests kept per flow waiting for their reply; older ones count as not returned. Also how
+#: many answered replies per flow are remembered to recognise a duplicate, and how many
+#: requests pushed out are remembered to pair a late reply with.
 MAX_PENDING = 4096
+#: Frames read from one fd before looking at the others: under a flood from the tun the
+#: replies must still be read, or the capture socket overflows (the emulator's own loss).
+DRAIN_BATCH = 64
+
+
+class Pending:
+    """A flow's requests waiting for their reply, oldest first, and the replies already paired.
+
+    Every lookup is O(1) whatever the backlog: an appliance that drops many packets leaves up
+    to MAX_PENDING requests waiting, and each reply must still be paired at line rate. Requests
+    are numbered; the indexes by hash of the bytes and by identity hold the numbers, oldest
+    first (OrderedDict: its first item is found in O(1) after many deletions, a dict's is not).
+    """
+
+    __slots__ = (
+        "_answered",
+        "_answered_identity",
+        "_by_hash",
+        "_by_identity",
+        "_expired",
+        "_next",
+        "_requests",
+    )
+
+    def __init__(self) -> None:
+        self._requests: OrderedDict[int, tuple[bytes, bytes]] = OrderedDict()  # (inner, identity)
+        self._by_hash: dict[int, OrderedDict[int, None]] = {}
+        self._by_identity: dict[bytes, OrderedDict[int, None]] = {}
+        # hash(reply) -> hash(request) of the last MAX_PENDING pairs. Hashes, not the packets,
+        # to keep memory small; a false match needs a 64-bit collision with a recent reply.
+        self._answered: OrderedDict[int, int] = OrderedDict()
+        self._answered_identity: OrderedDict[bytes, None] = OrderedDict()
+        self._expired: OrderedDict[int, None] = OrderedDict()  # hash(request) of those pushed out
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def add(self, inner: bytes) -> None:
+        if len(self._requests) >= MAX_PENDING:
+            self._expired[hash(self._remove(next(iter(self._requests))))] = None
+            if len(self._expired) > MAX_PENDING:
+                self._expired.popitem(last=False)
+        n = self._next
+        self._next += 1
+        identity = _identity(inner)
+        self._requests[n] = (inner, identity)
+        self._by_hash.setdefault(hash(inner), OrderedDict())[n] = None
+        self._by_identity.setdefault(identity, OrderedDict())[n] = None
+
+    def take(self, inner: bytes) -> bool:
+        """Forget the oldest request with exactly these bytes; False if none waits."""
+        for n in self._by_hash.get(hash(inner), ()):
+            if self._requests[n][0] == inner:  # nearly always the first: hashes seldom collide
+                self._remove(n)
+                return True
+        return False
+
+    def take_late(self, inner: bytes) -> bool:
+        """Whether these are the bytes of a request pushed out by newer ones; forget it if so.
+
+        A reply more than MAX_PENDING requests late is still a reply, not an edit of another.
+        """
+        if hash(inner) not in self._expired:
+            return False
+        del self._expired[hash(inner)]
+        return True
+
+    def repeated(self, reply: bytes) -> bool:
+        """Whether ``reply`` repeats one already paired whose request is not waiting again.
+
+        A request sent twice (a retransmission) may be answered twice; a reply sent twice may
+        not, and must not take another request's place.
+        """
+        request = self._answered.get(hash(reply))
+        return request is not None and request not in self._by_hash
+
+    def take_edited(self, reply: bytes) -> bytes | None:
+        """Forget and return the request an edited ``reply`` answers; None if it answers none.
+
+        By identity (source, IPv4 ID, TCP sequence, ICMP echo id and sequence) if a waiting
+        request has the reply's. None if only an answered one had it: a changed copy of a
+        reply (say, a flipped IPv6 flow label, which no checksum covers). Else the oldest, for
+        an appliance that rewrites the IPv4 ID.
+        """
+        identity = _identity(reply)
+        numbers = self._by_identity.get(identity)
+        if numbers:
+            n = next(iter(numbers))
+        elif identity and identity in self._answered_identity:
+            return None
+        elif self._requests:
+            n = next(iter(self._requests))
+        else:
+            return None
+        return self._remove(n)
+
+    def answered(self, request: bytes, reply: bytes) -> None:
+        """Remember a pair (the last MAX_PENDING), to recognise copies of the reply."""
+        key, identity = hash(reply), _identity(reply)
+        self._answered[key] = hash(request)
+        self._answered.move_to_end(key)
+        if len(self._answered) > MAX_PENDING:
+            self._answered.popitem(last=False)
+        self._answered_identity[identity] = None
+        self._answered_identity.move_to_end(identity)
+        if len(self._answered_identity) > MAX_PENDING:
+            self._answered_identity.popitem(last=False)
+
+    def _remove(self, n: int) -> bytes:
+        inner, identity = self._requests.pop(n)
+        same_bytes = self._by_hash[hash(inner)]
+        del same_bytes[n]
+        if not same_bytes:
+            del self._by_hash[hash(inner)]
+        same_identity = self._by_identity[identity]
+        del same_identity[n]
+        if not same_identity:
+            del self._by_identity[identity]
+        return inner
 
 
 class Flow:
@@ -616,7 +752,7 @@ class Flow:
         self.source_port = source_port
         self.expected = expected
         self.sent = self.returned = self.modified = self.failed = 0
-        self.pending: deque[tuple[bytes, bytes]] = deque()  # (inner bytes, identity)
+        self.pending = Pending()
 
     def describe(self) -> str:
         version, proto, src, sport, dst, dport = self.initiator
@@ -685,10 +821,11 @@ class DataPlane:
         self._by_cookie: dict[int, Flow] = {}
         self._ports: set[int] = set()
         self.sent = self.received = self.returned = self.verified = 0
-        self.modified = self.delivered = 0
+        self.modified = self.delivered = self.passed_through_invalid = 0
         self.failures: dict[str, int] = {}
         self.tun_ignored = 0
         self.tun_invalid: dict[str, int] = {}
+        self.capture_dropped = 0
         self.other_from_appliance = 0
         self.errors: dict[str, int] = {}
 
@@ -705,7 +842,14 @@ class DataPlane:
                 )
                 opened.append(capture)
                 capture.bind((GWLB_TO["appliance"], _ETH_P_IP))
-                capture.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                # Not our own requests (Linux 4.20+): half the work, and every drop the kernel
+                # counts on this socket is then a frame from the appliance (summary()).
+                with contextlib.suppress(OSError):
+                    capture.setsockopt(_SOL_PACKET, _PACKET_IGNORE_OUTGOING, 1)
+                try:  # root may exceed net.core.rmem_max
+                    capture.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 4 << 20)
+                except OSError:
+                    capture.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
                 sender = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
                 opened.append(sender)
                 # Bound so the kernel answers the appliance's replies with no ICMP
@@ -738,6 +882,8 @@ class DataPlane:
             os.write(self._wake_w, b"x")
         if self._thread is not None:
             self._thread.join(5)
+        with self._lock:
+            self._read_capture_drops()
         self._closed = True
         for s in (self._capture, self._sender, self._holder):
             s.close()
@@ -763,7 +909,7 @@ class DataPlane:
             self.error = exc
 
     def _drain_tun(self) -> None:
-        while True:
+        for _ in range(DRAIN_BATCH):
             try:
                 packet = os.read(self._tun, 65535)
             except BlockingIOError:
@@ -772,7 +918,7 @@ class DataPlane:
                 self._from_tun(packet)
 
     def _drain_capture(self) -> None:
-        while True:
+        for _ in range(DRAIN_BATCH):
             try:
                 frame, address = self._capture.recvfrom(65535)
             except BlockingIOError:
@@ -783,7 +929,7 @@ class DataPlane:
                 self._from_appliance(frame)
 
     def _drain_holder(self) -> None:
-        while True:
+        for _ in range(DRAIN_BATCH):
             try:
                 self._holder.recv(65535)
             except BlockingIOError:
@@ -829,9 +975,7 @@ class DataPlane:
             return
         self.sent += 1
         flow.sent += 1
-        if len(flow.pending) >= MAX_PENDING:
-            flow.pending.popleft()
-        flow.pending.append((packet, _identity(packet)))
+        flow.pending.add(packet)
 
     def _new_flow(self, key: FlowKey, initiator: FiveTuple, ptype: int) -> Flow:
         rnd = self._random
@@ -866,22 +1010,41 @@ class DataPlane:
         if flow is None:
             self._count(self.failures, "unknown-flow")
             return
-        if not flow.pending:
-            flow.failed += 1
-            self._count(self.failures, "unsolicited")
+        expected = flow.expected
+        reason = check_outer(frame, expected)
+        if reason is not None:
+            self._fail(flow, reason)
             return
-        reason = check_reply(frame, flow.expected)
         inner = frame[ihl + 8 + GWLB_GENEVE_LENGTH : _U16.unpack_from(frame, 2)[0]]
-        changed = self._take_pending(flow, inner)
-        flow.returned += 1
-        self.returned += 1
+        reason = check_inner(inner, _U16.unpack_from(expected.geneve, 2)[0])
         if reason is None and flow_key(inner) != flow.key:
             reason = "inner-flow-changed"
-        if reason is not None:
-            flow.failed += 1
-            self._count(self.failures, reason)
+        # Only a reply that passes, or one that is its request's own bytes, answers a request:
+        # a broken or repeated one takes nothing, so the genuine replies still pair right.
+        pending = flow.pending
+        if pending.take(inner) or pending.take_late(inner):
+            request, changed = inner, False
+        elif pending.repeated(inner):
+            self._fail(flow, "unsolicited")
+            return
+        elif reason is not None:
+            self._fail(flow, reason)
             return  # a checking receiver drops it: never delivered
-        self.verified += 1
+        else:
+            taken = pending.take_edited(inner)
+            if taken is None:
+                self._fail(flow, "unsolicited")
+                return
+            request, changed = taken, True
+        pending.answered(request, inner)
+        flow.returned += 1
+        self.returned += 1
+        if reason is None:
+            self.verified += 1
+        else:
+            # The request was just as bad on the tun (tun_invalid): the client's or server's
+            # own packet, echoed unchanged. GWLB forwards it; its receiver drops it.
+            self.passed_through_invalid += 1
         if changed:
             flow.modified += 1
             self.modified += 1
@@ -901,37 +1064,42 @@ class DataPlane:
         key = flow_key(frame[ihl + 8 + GWLB_GENEVE_LENGTH :])
         return None if key is None else self.flows.get(key)
 
-    @staticmethod
-    def _take_pending(flow: Flow, inner: bytes) -> bool:
-        """Pair a reply with its request and forget the request; True if the bytes changed."""
-        pending = flow.pending
-        for i, (sent, _ident) in enumerate(pending):
-            if sent == inner:
-                del pending[i]
-                return False
-        ident = _identity(inner)
-        for i, (_sent, sent_ident) in enumerate(pending):
-            if sent_ident == ident:
-                del pending[i]
-                return True
-        pending.popleft()
-        return True
+    def _read_capture_drops(self) -> None:
+        """Add what the kernel dropped on the capture socket since the last call (lock held).
+
+        Replies the emulator was too slow to read under overload: the appliance did return
+        them, but they count in not_returned, as the emulator cannot tell which ones they were.
+        """
+        if self._closed:
+            return
+        try:
+            stats = self._capture.getsockopt(_SOL_PACKET, _PACKET_STATISTICS, 8)
+        except OSError:
+            return  # not a packet socket (tests)
+        self.capture_dropped += struct.unpack("II", stats)[1]  # reading resets the counters
+
+    def _fail(self, flow: Flow, reason: str) -> None:
+        flow.failed += 1
+        self._count(self.failures, reason)
 
     # -- reporting --------------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
         """Everything seen so far, as plain JSON-ready data."""
         with self._lock:
+            self._read_capture_drops()
             return {
                 "sent": self.sent,
                 "received": self.received,
                 "returned": self.returned,
                 "verified": self.verified,
                 "modified": self.modified,
+                "passed_through_invalid": self.passed_through_invalid,
                 "delivered": self.delivered,
                 "not_returned": self.sent - self.returned,
                 "failed": sum(self.failures.values()),
                 "failures": dict(sorted(self.failures.items())),
+                "capture_dropped": self.capture_dropped,
                 "tun_ignored": self.tun_ignored,
                 "tun_invalid": dict(sorted(self.tun_invalid.items())),
                 "other_from_appliance": self.other_from_appliance,
@@ -946,11 +1114,22 @@ def format_summary(summary: dict[str, Any]) -> str:
     s = summary
     lines = [
         f"emulator: sent {s['sent']} to the appliance, {s['returned']} returned "
-        f"({s['modified']} modified), {s['not_returned']} not returned (dropped), "
-        f"{s['verified']} passed every check, {s['failed']} failed"
+        f"({s['modified']} modified), {s['not_returned']} not returned (dropped"
+        + (", or only failed replies" if s["failed"] else "")
+        + f"), {s['verified']} passed every check, {s['failed']} failed"
     ]
     if s["failures"]:
         lines.append("  failures: " + ", ".join(f"{k} {v}" for k, v in s["failures"].items()))
+    if s["passed_through_invalid"]:
+        lines.append(
+            f"  passed through invalid: {s['passed_through_invalid']} (already bad from the "
+            "tun and returned unchanged: not the appliance's failure)"
+        )
+    if s["capture_dropped"]:
+        lines.append(
+            f"  lost by the emulator: {s['capture_dropped']} frames from the appliance "
+            "overflowed its capture socket (counted as not returned, not as the appliance's)"
+        )
     for key, label in (
         ("tun_invalid", "bad packets from the tun"),
         ("errors", "errors"),
@@ -1037,8 +1216,9 @@ class Emulator:
         a, n, c = self.addressing, self.names, self.config
         plen, plen6 = str(a.prefix_length), str(a.prefix6_length)
         for name in n.all():
-            _ip("netns", "add", name)
+            # Recorded first: a signal while (or right after) ip runs must not orphan it.
             self._created.append(name)
+            _ip("netns", "add", name)
             with netns(name):
                 # No duplicate address detection: addresses usable at once (isolated links).
                 for scope in ("all", "default"):
@@ -1170,7 +1350,7 @@ class Emulator:
         last = "no answer"
         while time.monotonic() - t0 < timeout:
             if self.appliance is not None and self.appliance.poll() is not None:
-                raise EmulatorError(f"the appliance exited with {self.appliance.returncode}")
+                raise EmulatorError(f"the appliance {describe_exit(self.appliance.returncode)}")
             try:
                 result = self.http_get("/", port, timeout=1.0)
             except OSError as err:
@@ -1244,7 +1424,8 @@ class Emulator:
                 deleted = subprocess.run(
                     ["ip", "netns", "del", name], capture_output=True, text=True, check=False
                 )
-                if deleted.returncode:
+                # A name recorded whose ip netns add never ran is not a problem.
+                if deleted.returncode and os.path.lexists(f"/run/netns/{name}"):
                     problems.append(f"{name}: {deleted.stderr.strip()}")
                 elif leftover:
                     # Not ours (we stopped ours above): say so, and leave them running.
@@ -1460,7 +1641,11 @@ def serve(
     out: Callable[[str], None],
     wait_health: bool,
 ) -> None:
-    """Print how to use the running emulator, then wait for a signal or ``duration``."""
+    """Print how to use the running emulator, then wait for a signal or ``duration``.
+
+    Raises :class:`EmulatorError` if the appliance exits (or never gets healthy): the run has
+    then failed, whatever the appliance's exit status.
+    """
     a, n = emu.addressing, emu.names
     out(f"GWLB emulator up (namespaces {n.base}-*)")
     out(f"  client     {n.client}  {a.client} {a.client6 if emu.config.ipv6 else ''}")
@@ -1475,9 +1660,22 @@ def serve(
         health = emu.wait_healthy()
         out(f"appliance healthy after {health.seconds:.1f} s: {health.body.decode()[:200]}")
     out("Ctrl-C to stop" + (f" (stopping after {duration:g} s)" if duration else ""))
-    t0 = time.monotonic()
-    while duration is None or time.monotonic() - t0 < duration:
-        time.sleep(0.2)
+    end = None if duration is None else time.monotonic() + duration
+    while True:
+        # Checked once more at the end, so a death in the last moments is not missed.
         if emu.appliance is not None and emu.appliance.poll() is not None:
-            out(f"the appliance exited with {emu.appliance.returncode}")
-            break
+            raise EmulatorError(f"the appliance {describe_exit(emu.appliance.returncode)}")
+        left = 0.2 if end is None else min(0.2, end - time.monotonic())
+        if left <= 0:
+            return
+        time.sleep(left)
+
+
+def describe_exit(returncode: int) -> str:
+    """A child's exit as words: ``exited with status 1``, ``was killed by SIGKILL``."""
+    if returncode >= 0:
+        return f"exited with status {returncode}"
+    try:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"was killed by signal {-returncode}"

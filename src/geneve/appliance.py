@@ -2,8 +2,8 @@
 
 Runs the reference rules unless ``--rules MODULE:CALLABLE`` names another modifier. Every flag
 can also be given as an environment variable (``GENEVE_PORT``, ``GENEVE_WORKERS``...). Logs go
-to stderr, one line per event. SIGTERM, SIGINT or SIGHUP stops it cleanly (exit 0); a start-up problem
-is reported in one line with exit status 2.
+to stderr, one line per event. SIGTERM, SIGINT or SIGHUP stops it cleanly (exit 0); a start-up
+problem, or a bad flag or environment variable, is one line with exit status 2.
 """
 
 from __future__ import annotations

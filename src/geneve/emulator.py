@@ -5,22 +5,25 @@
   every expectation held.
 - ``run``: build the namespaces and keep them up (with the reference appliance, your own
   command, or none) until Ctrl-C, SIGTERM or ``--duration``; then print what the emulator saw.
+  Exit status 1 if the appliance exits (or never starts) while the run expects it up.
 - ``cleanup``: delete namespaces left behind by emulators that were killed.
 
-Needs root (network namespaces, veth, tun). Everything created is removed on exit.
-See docs/emulator.md.
+Needs root (network namespaces, veth, tun). Everything created is removed on exit. A bad
+argument is one line on stderr and exit status 2. See docs/emulator.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import NoReturn
 
 from ._emulator import (
     Emulator,
@@ -33,6 +36,27 @@ from ._emulator import (
 )
 
 __all__ = ["main"]
+
+
+class _Usage(Exception):
+    """A bad argument: one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Says what is wrong in one line (with --help pointed to), not the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _Usage(f"{message} (see --help)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):  # nan compares false: refused too
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
 
 
 def _terminate_on_signals() -> None:
@@ -74,6 +98,7 @@ def _run(args: argparse.Namespace) -> int:
     out = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else _print
     emu = Emulator(_config(args))
     log = sys.stderr if args.json else None  # keep stdout for the JSON
+    failure = None
     try:
         with emu:
             if args.appliance_command:
@@ -85,6 +110,8 @@ def _run(args: argparse.Namespace) -> int:
                 serve(emu, duration=args.duration, out=out, wait_health=wait)
             except KeyboardInterrupt:
                 out("stopping")  # Ctrl-C is how run ends: tear down and report
+            except EmulatorError as err:
+                failure = str(err)  # the appliance died or never got healthy: report, then fail
     except EmulatorError as err:
         print(f"geneve.emulator: {err}", file=sys.stderr)
         return 1
@@ -93,6 +120,9 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     elif summary:
         print(format_summary(summary))
+    if failure:
+        print(f"geneve.emulator: {failure}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
@@ -106,7 +136,7 @@ def _cleanup(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m geneve.emulator",
         description="A local AWS Gateway Load Balancer in network namespaces (needs root).",
     )
@@ -116,8 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("run", "bring the emulator up and keep it running until Ctrl-C"),
     ):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("--rules", help="MODULE:CALLABLE passed to geneve.appliance --rules")
-        p.add_argument(
+        # Each chooses the appliance: together, all but one would be ignored.
+        appliance = p.add_mutually_exclusive_group()
+        appliance.add_argument("--rules", help="MODULE:CALLABLE passed to geneve.appliance --rules")
+        appliance.add_argument(
             "--appliance-command",
             metavar="CMD",
             help="run CMD (a shell-quoted command line) in the appliance namespace instead",
@@ -131,15 +163,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--no-ipv6", action="store_true", help="IPv4 only")
         p.add_argument("--seed", type=int, help="seed for flow cookies and source ports")
         if name == "run":
-            p.add_argument(
+            appliance.add_argument(
                 "--no-appliance",
                 action="store_true",
                 help="start no appliance (run your own in the appliance namespace)",
             )
-            p.add_argument("--duration", type=float, help="stop after this many seconds")
+            p.add_argument("--duration", type=_seconds, help="stop after this many seconds")
     p = sub.add_parser("cleanup", help="delete namespaces left by emulators that died")
     p.add_argument("--all", action="store_true", help="also those of emulators still running")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _Usage as err:
+        print(f"geneve.emulator: {err}", file=sys.stderr)
+        return 2
     if os.geteuid() != 0 and args.command != "cleanup":
         print("geneve.emulator: needs root (network namespaces)", file=sys.stderr)
         return 2
