@@ -47,6 +47,7 @@ from ._headers import (
 )
 from ._pychecksum import fix as _py_fix
 from .checksum import (
+    _IP6_EXT,
     _OUTER_MODES,
     OuterUdpPolicy,
     _c_fix,
@@ -85,9 +86,6 @@ _SWAP = struct.Struct("!II")
 _swap_unpack, _swap_pack = _SWAP.unpack_from, _SWAP.pack_into
 _u16 = _U16.pack_into
 
-# IPv6 extension headers that may stand between the fixed header and the L4 header, and
-# whose length is (byte 1 + 1) * 8 (RFC 8200 4.1).
-_IP6_EXT = frozenset((0, 43, 60))
 _IP6_FRAGMENT = 44
 
 _ETH_VLAN = (0x8100, 0x88A8)

@@ -157,9 +157,7 @@ def incremental_update(checksum: int, old: Buffer, new: Buffer) -> int:
         raise ValueError("old and new must have the same even length")
     # ~m summed word by word equals ~(sum of m) in one's-complement arithmetic.
     total = (~checksum & 0xFFFF) + (~ones_complement_sum(old) & 0xFFFF) + ones_complement_sum(new)
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    return ~_fold(total) & 0xFFFF
 
 
 def fix_frame(
@@ -210,7 +208,9 @@ def fix_frame(
 # Where the pseudo-header's destination is not the IP header's: the address a packet is still
 # to be routed to, last. IPv4 source route options (RFC 791 3.1): loose 131, strict 137.
 _SOURCE_ROUTES = (131, 137)
-_IP6_EXT = (0, 43, 60)  # hop-by-hop, routing, destination options: length (byte 1 + 1) * 8
+# IPv6 extension headers that may stand before the L4 header, each (byte 1 + 1) * 8 bytes long
+# (RFC 8200 4.1): hop-by-hop, routing, destination options.
+_IP6_EXT = frozenset((0, 43, 60))
 
 
 def _final_destination(buf: Buffer, ip: int, l4: int) -> int:
