@@ -957,3 +957,34 @@ def test_replies_the_emulator_could_not_read_are_counted_as_its_own(no_leftovers
     assert s["capture_dropped"] > 0
     assert s["received"] + s["capture_dropped"] <= 4000
     assert "capture socket" in emu_mod.format_summary(s)
+
+
+def test_run_fails_when_the_data_plane_died(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No namespaces needed: an emulator whose data plane thread died, as its summary says.
+    import argparse
+
+    from geneve import emulator as cli
+
+    class Dead:
+        appliance = None
+
+        def __init__(self, config: object) -> None:
+            self.final_summary = {"data_plane_error": "OSError(5, 'Input/output error')"}
+
+        def __enter__(self) -> Dead:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(cli, "Emulator", Dead)
+    monkeypatch.setattr(cli, "serve", lambda *a, **k: None)
+    monkeypatch.setattr(cli, "format_summary", lambda s: "summary")
+    args = argparse.Namespace(
+        json=False, appliance_command=None, no_appliance=True, rules=None, duration=1.0,
+        outer_udp_checksum=False, no_ipv6=False, seed=None,
+    )  # fmt: skip
+    assert cli._run(args) == 1
+    assert "the data plane died" in capsys.readouterr().err

@@ -120,6 +120,8 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     elif summary:
         print(format_summary(summary))
+    if not failure and summary.get("data_plane_error"):
+        failure = f"the data plane died: {summary['data_plane_error']}"
     if failure:
         print(f"geneve.emulator: {failure}", file=sys.stderr, flush=True)
         return 1
