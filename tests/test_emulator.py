@@ -865,6 +865,8 @@ def test_run_tears_down_on_signal(signum: int) -> None:
         ),
         (["demo", "--appliance-command", "false", "--rules", "m:f"], "not allowed with"),
         (["run", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["run", "--duration", "1", "--appliance-command", '"unclosed'], "No closing quotation"),
+        (["demo", "--appliance-command", " "], "--appliance-command ' ': empty"),
         ([], "the following arguments are required: command"),
     ],
 )

@@ -830,6 +830,8 @@ def routed_inners() -> list[tuple[str, bytes, str | None]]:
     done.options = [IPOption_LSRR(routers=["10.9.9.7"], pointer=8)]
     echo = ICMPv6EchoRequest(data=b"ab")
     return [  # (name, inner packet, the final destination, None where it is the header's)
+        ("rpl", rpl(cmpr=0), "2001:db8:9::4"),
+        ("rpl-compressed", rpl(cmpr=8), "2001:db8:5::4"),  # the first 8 bytes: the dst's
         ("srh", bytes(v6 / srh(addresses=seg, segleft=1) / udp / b"ab"), seg[0]),  # reversed
         ("srh-done", bytes(v6 / srh(addresses=seg, segleft=0) / udp / b"ab"), None),
         ("rh0", bytes(v6 / rh0(addresses=seg, segleft=2) / tcp / b"ab"), seg[-1]),
@@ -839,6 +841,19 @@ def routed_inners() -> list[tuple[str, bytes, str | None]]:
         ("ssrr", bytes(ssrr / tcp / b"ab"), "10.9.9.7"),
         ("lsrr-done", bytes(done / udp / b"ab"), None),
     ]
+
+
+def rpl(cmpr: int) -> bytes:
+    """IPv6 with an RPL Source Route Header (RFC 6554, type 3): 2 hops left, CmprI = CmprE."""
+    hops = [socket.inet_pton(socket.AF_INET6, a)[cmpr:] for a in ("2001:db8:9::3", "2001:db8:9::4")]
+    body = b"".join(hops)
+    pad = -len(body) % 8
+    header = bytes([17, (len(body) + pad) // 8, 3, 2, cmpr << 4 | cmpr, pad << 4, 0, 0])
+    header += body + bytes(pad)
+    udp = struct.pack("!HHHH", 1000, 3000, 10, 0) + b"ab"
+    src, dst = (socket.inet_pton(socket.AF_INET6, a) for a in ("2001:db8::10", "2001:db8:5::77"))
+    fixed = struct.pack("!IHBB16s16s", 0x60000000, len(header) + len(udp), 43, 64, src, dst)
+    return fixed + header + udp
 
 
 def scapy_l4_checksum(inner: bytes) -> int:
@@ -880,7 +895,8 @@ def test_the_pseudo_header_takes_the_final_destination(
     if final is not None:
         dst = socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, final)
         at = p.l4_offset - p.ip_offset + {17: 6, 6: 16, 58: 2}[p.l4_protocol]
-        assert int.from_bytes(got[at : at + 2], "big") == scapy_l4_checksum(got)
+        if not name.startswith("rpl"):  # scapy does not read RPL headers
+            assert int.from_bytes(got[at : at + 2], "big") == scapy_l4_checksum(got)
     segment = got[p.l4_offset - p.ip_offset :]
     assert naive_sum(segment, naive_sum(src + dst) + p.l4_protocol + len(segment)) == 0xFFFF
     # The outer UDP checksum covers the inner packet: still right after the redo.

@@ -14,6 +14,7 @@ from scapy.layers.inet6 import (
     ICMPv6ND_NS,
     ICMPv6PacketTooBig,
     IPv6,
+    IPv6ExtHdrDestOpt,
     IPv6ExtHdrFragment,
     fragment6,
 )
@@ -134,6 +135,26 @@ def test_a_fragmented_datagram_is_dropped_by_its_first_fragment(version: int) ->
         assert Packet.parse(build_frame(later)).first_fragment_l4_offset == -1
         original, packet, _ = through_reference(later)
         unchanged(original, packet)
+
+
+def test_an_ipv6_first_fragment_behind_destination_options_is_matched() -> None:
+    # The fragment header's Next Header is destination options; the UDP header follows it,
+    # still in the first fragment: the datagram's protocol is UDP, its port 3000.
+    whole = (
+        IPv6(src="2001:db8::10", dst="2001:db8:1::20")
+        / IPv6ExtHdrFragment(id=9)
+        / IPv6ExtHdrDestOpt()
+        / UDP(sport=40000, dport=3000)
+        / (b"drop me " + b"x" * 3000)
+    )
+    frags = [bytes(f) for f in fragment6(whole, 1280)]  # type: ignore[no-untyped-call]
+    first = Packet.parse(build_frame(frags[0]))
+    assert first.l4_protocol == 17
+    assert first.first_fragment_l4_offset == first.ip_offset + 40 + 8 + 8
+    _, packet, stats = through_reference(frags[0])
+    assert packet is None and stats.drops == {"rule": 1}
+    later = Packet.parse(build_frame(frags[1]))
+    assert later.first_fragment_l4_offset == -1
 
 
 @pytest.mark.parametrize("version", [4, 6])

@@ -82,7 +82,17 @@ class ApplianceError(Exception):
 
 def local_addresses() -> frozenset[str]:
     """IPv4 addresses of this host (this network namespace), from /proc/net/fib_trie."""
-    found: set[str] = set()
+    return _addresses()[0]
+
+
+def broadcast_addresses() -> frozenset[str]:
+    """IPv4 broadcast addresses of this host's subnets (this network namespace)."""
+    return _addresses()[1]
+
+
+def _addresses() -> tuple[frozenset[str], frozenset[str]]:
+    """This namespace's local (/32) and broadcast addresses, in one read of fib_trie."""
+    local, broadcast = {"127.0.0.1"}, {"255.255.255.255"}
     # thread-self: /proc/net follows the main thread, whose namespace may differ from ours.
     path = "/proc/thread-self/net/fib_trie"
     if not os.path.exists(path):
@@ -95,11 +105,12 @@ def local_addresses() -> frozenset[str]:
                 if text.startswith("|--"):
                     last = text[3:].strip()
                 elif text.startswith("/32 host LOCAL") and last:
-                    found.add(last)
+                    local.add(last)
+                elif text.startswith("/32 link BROADCAST") and last:
+                    broadcast.add(last)
     except OSError:
         pass
-    found.add("127.0.0.1")
-    return frozenset(found)
+    return frozenset(local), frozenset(broadcast)
 
 
 def _port_table(ffi: FFI, ports: frozenset[int] | None) -> FFI.CData:
@@ -112,8 +123,10 @@ def _port_table(ffi: FFI, ports: frozenset[int] | None) -> FFI.CData:
     return table
 
 
-def _own_raw() -> frozenset[bytes]:
-    return frozenset(socket.inet_aton(a) for a in local_addresses())
+def _raw_addresses() -> tuple[frozenset[bytes], frozenset[bytes]]:
+    local, broadcast = _addresses()
+    aton = socket.inet_aton
+    return frozenset(map(aton, local)), frozenset(map(aton, broadcast))
 
 
 _OWN = b"own"
@@ -207,6 +220,7 @@ class _Worker:
         self.failed: str | None = None
         self.heartbeat = time.monotonic()
         self.own: frozenset[bytes] = frozenset()
+        self.broadcast: frozenset[bytes] = frozenset()  # raw receive only: what not to answer
 
     def run(self) -> None:
         try:
@@ -227,7 +241,7 @@ class _Worker:
         if self.publish is not None:
             # A worker process whose daemon died (SIGKILL, the OOM killer) was given to another
             # parent: it must not go on answering GWLB and holding the port.
-            if os.getppid() != self.parent:
+            if os.getppid() != self.parent and not self.stop.is_set():
                 log.error("worker %d: the daemon is gone, stopping", self.index)
                 self.stop.set()
             with contextlib.suppress(OSError, ValueError):
@@ -280,7 +294,7 @@ class _Worker:
 
     def _beat(self, cache: dict[Any, bytes]) -> float:
         """Twice a second: publish counters, re-read our own addresses; the next beat's time."""
-        self.own = _own_raw()
+        self.own, self.broadcast = _raw_addresses()
         cache.clear()
         self._publish()
         return time.monotonic() + HEARTBEAT
@@ -500,7 +514,7 @@ class _Worker:
                     verdict = admitted.get(src) or self._admit(admitted, src, src)
                     if len(verdict) != 4:
                         self._refused(verdict)
-                    elif bytes(buf[16:20]) not in self.own:  # to a broadcast or multicast address
+                    elif 224 <= buf[16] <= 239 or bytes(buf[16:20]) in self.broadcast:
                         stats.received += 1
                         stats.drop("not-unicast")
                     else:

@@ -337,8 +337,9 @@ class Packet:
                 if pos + 8 > ip_end:
                     raise TruncatedError("IPv6 fragment header truncated", "inner-truncated")
                 # As for an IPv4 fragment, the protocol is the datagram's: the Next Header of
-                # the fragment header (RFC 8200 4.5).
-                nh = buf[pos]
+                # the fragment header (RFC 8200 4.5), past the extension headers that the
+                # first fragment still carries (destination options, say).
+                nh = _ip6_upper(buf, pos, ip_end)[0]
                 self._l4_offset = self._payload_offset = -1
             else:
                 self._parse_l4(pos, nh, ip_end, True)
@@ -435,7 +436,7 @@ class Packet:
             nh, pos = buf[pos], pos + ((buf[pos + 1] + 1) << 3)
         if _U16.unpack_from(buf, pos + 2)[0] & 0xFFF8:  # fragment offset
             return -1
-        return pos + 8
+        return _ip6_upper(buf, pos, self._ip_end)[1]
 
     @property
     def l4_offset(self) -> int:
@@ -875,6 +876,21 @@ class Packet:
 
 
 _PORTS = struct.Struct("!HH")
+
+
+def _ip6_upper(buf: bytearray, fragment: int, end: int) -> tuple[int, int]:
+    """The upper-layer protocol of an IPv6 fragment, and where its header starts (-1: unknown).
+
+    ``fragment`` is where the fragment header stands (it fits). A first fragment carries the
+    extension headers after it (RFC 8200 4.5); a later one shows only the first's number.
+    """
+    nh, pos = buf[fragment], fragment + 8
+    first = not _U16.unpack_from(buf, fragment + 2)[0] & 0xFFF8
+    while first and nh in _IP6_EXT:
+        if pos + 8 > end:
+            return nh, -1
+        nh, pos = buf[pos], pos + ((buf[pos + 1] + 1) << 3)
+    return nh, pos if first and pos <= end else -1
 
 
 def _parse_outer(buf: bytearray, n: int, port: int) -> tuple[int, int, int]:

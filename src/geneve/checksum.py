@@ -213,16 +213,18 @@ _SOURCE_ROUTES = (131, 137)
 _IP6_EXT = frozenset((0, 43, 60))
 
 
-def _final_destination(buf: Buffer, ip: int, l4: int) -> int:
-    """Where the final destination's address stands when routing headers name one, else -1.
+def _final_destination(buf: Buffer, ip: int, l4: int) -> bytes | None:
+    """The final destination's address when routing headers name one still to be reached.
 
     RFC 8200 8.1: "If the IPv6 packet contains a Routing header, the Destination Address used in
     the pseudo-header is that of the final destination", the Routing header's last address
-    while Segments Left is not 0: the last of type 0's list, type 2's only one, and Segment
-    List[0] of a Segment Routing Header (type 4, RFC 8754 4.3.1.1, listed in reverse). RFC 9293
-    3.1 and RFC 768 say the same of an IPv4 source route still in progress: its last address.
+    while Segments Left is not 0: the last of type 0's list, type 2's only one, Segment List[0]
+    of a Segment Routing Header (type 4, RFC 8754 4.3.1.1, listed in reverse), and Address[n]
+    of an RPL Source Route Header (type 3, RFC 6554 3), whose first CmprE bytes are those of the
+    IPv6 destination. RFC 9293 3.1 and RFC 768 say the same of an IPv4 source route still in
+    progress: its last address. None where the header's own destination is the final one.
     """
-    final = -1
+    final: bytes | None = None
     if buf[ip] >> 4 == 4:
         pos = ip + 20
         while pos < l4:
@@ -237,18 +239,27 @@ def _final_destination(buf: Buffer, ip: int, l4: int) -> int:
                 break
             # The pointer (1-based) is past the route once every address was used.
             if kind in _SOURCE_ROUTES and size >= 7 and buf[pos + 2] <= size:
-                final = pos + 3 + ((size - 3) // 4 - 1) * 4
+                last = pos + 3 + ((size - 3) // 4 - 1) * 4
+                final = bytes(buf[last : last + 4])
             pos += size
         return final
     pos, nh = ip + 40, buf[ip + 6]
     while nh in _IP6_EXT and pos + 8 <= l4:
         words = buf[pos + 1]
-        if nh == 43 and buf[pos + 3]:  # a Routing header with segments left
+        if nh == 43 and buf[pos + 3] and pos + 8 + words * 8 <= l4:  # segments left
             kind = buf[pos + 2]
             if kind == 0 and words >= 2:
-                final = pos + 8 + ((words // 2) - 1) * 16
+                last = pos + 8 + ((words // 2) - 1) * 16
+                final = bytes(buf[last : last + 16])
             elif kind in (2, 4) and words >= 2:
-                final = pos + 8
+                final = bytes(buf[pos + 8 : pos + 24])
+            elif kind == 3:
+                cmpr_i, cmpr_e, pad = buf[pos + 4] >> 4, buf[pos + 4] & 0x0F, buf[pos + 5] >> 4
+                rest = words * 8 - pad - (16 - cmpr_e)
+                if rest >= 0 and rest % (16 - cmpr_i) == 0:
+                    last = pos + 8 + rest  # Address[n], after n - 1 addresses of 16 - CmprI
+                    prefix = bytes(buf[ip + 24 : ip + 24 + cmpr_e])
+                    final = prefix + bytes(buf[last : last + 16 - cmpr_e])
         nh, pos = buf[pos], pos + ((words + 1) << 3)
     return final
 
@@ -263,20 +274,14 @@ def _fix_routed(buf: Buffer, ip: int, l4: int, proto: int) -> None:
     if l4 - ip <= (40 if v6 else 20) or proto not in ((17, 6, 58) if v6 else (17, 6)):
         return
     final = _final_destination(buf, ip, l4)
-    if final < 0:
+    if final is None:
         return
     view = memoryview(buf).cast("B")
-    size = 16 if v6 else 4
-    source = ip + 8 if v6 else ip + 12
+    source = view[ip + 8 : ip + 24] if v6 else view[ip + 12 : ip + 16]
     end = (
         ip + 40 + _U16.unpack_from(buf, ip + 4)[0] if v6 else ip + _U16.unpack_from(buf, ip + 2)[0]
     )
-    pseudo = (
-        ones_complement_sum(view[source : source + size])
-        + ones_complement_sum(view[final : final + size])
-        + proto
-        + (end - l4)
-    )
+    pseudo = ones_complement_sum(source) + ones_complement_sum(final) + proto + (end - l4)
     at = l4 + (6 if proto == 17 else 16 if proto == 6 else 2)
     view[at : at + 2] = b"\0\0"
     csum = internet_checksum(view[l4:end], _fold(pseudo))

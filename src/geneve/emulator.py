@@ -178,6 +178,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Usage as err:
         print(f"geneve.emulator: {err}", file=sys.stderr)
         return 2
+    command = getattr(args, "appliance_command", None)
+    if command is not None:
+        try:
+            words = shlex.split(command)
+        except ValueError as err:  # an unclosed quote
+            words, why = [], str(err)
+        else:
+            why = "empty"
+        if not words:
+            print(
+                f"geneve.emulator: --appliance-command {command!r}: {why} (see --help)",
+                file=sys.stderr,
+            )
+            return 2
     if os.geteuid() != 0 and args.command != "cleanup":
         print("geneve.emulator: needs root (network namespaces)", file=sys.stderr)
         return 2
