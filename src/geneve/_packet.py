@@ -506,6 +506,23 @@ class Packet:
         """The Geneve O bit: a control message, never to be forwarded as data (RFC 8926 3.4)."""
         return bool(self.buf[self.geneve_offset + 1] & 0x80)
 
+    def outer_udp_checksum_ok(self) -> bool:
+        """Whether the outer UDP checksum is 0 (none, RFC 768) or makes the datagram sum right.
+
+        What the kernel checks before a UDP socket sees a datagram, and a raw socket does not.
+        One more value passes: the pseudo-header's sum alone, which a sender on this host leaves
+        for checksum offload (veth): the kernel never finishes it, and trusts it.
+        """
+        buf = self.buf
+        udp = self.udp_offset
+        field = (buf[udp + 6] << 8) | buf[udp + 7]
+        if not field:
+            return True
+        end = self.length
+        view = memoryview(buf)
+        pseudo = ones_complement_sum(view[12:20], IPPROTO_UDP + (end - udp))
+        return field == pseudo or ones_complement_sum(view[udp:end], pseudo) == 0xFFFF
+
     @property
     def vni(self) -> int:
         return int.from_bytes(self.buf[self.geneve_offset + 4 : self.geneve_offset + 7], "big")

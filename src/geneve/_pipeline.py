@@ -15,7 +15,6 @@ from typing import Any, Literal, TypeVar
 from ._errors import GeneveError, NotGeneveError, PacketTooLargeError
 from ._headers import GENEVE_PORT
 from ._packet import MAX_INNER_LENGTH, Packet
-from .checksum import ones_complement_sum
 
 __all__ = [
     "ALL_PACKETS",
@@ -275,13 +274,13 @@ def process(
         reasons = stats.malformed_reasons
         reasons["oversized"] = reasons.get("oversized", 0) + 1
         return None
-    if verify_outer_udp and not _outer_udp_checksum_ok(buf, packet.udp_offset, packet.length):
+    if verify_outer_udp and not packet.outer_udp_checksum_ok():
         stats.malformed += 1
         reasons = stats.malformed_reasons
         reasons["outer-udp-checksum"] = reasons.get("outer-udp-checksum", 0) + 1
         return None
     # RFC 8926 3.4: a control (O bit) packet's payload must not be forwarded as data.
-    if buf[packet.udp_offset + 9] & 0x80:  # the O bit (Geneve byte 1)
+    if packet.is_control:
         stats.drop("control")
         return None
     packet.max_inner_length = max_inner_length
@@ -323,16 +322,3 @@ def process(
     stats.forwarded += 1
     return packet
 
-
-def _outer_udp_checksum_ok(buf: bytearray, udp: int, end: int) -> bool:
-    """RFC 768: 0 means no checksum; any other value must make the datagram sum to all ones.
-
-    One more value passes: the pseudo-header's sum alone, which is what a sender on this host
-    leaves for checksum offload (veth): the kernel never finishes it, and trusts it.
-    """
-    field = (buf[udp + 6] << 8) | buf[udp + 7]
-    if not field:
-        return True
-    view = memoryview(buf)
-    pseudo = ones_complement_sum(view[12:20], 17 + (end - udp))  # addresses, protocol, length
-    return field == pseudo or ones_complement_sum(view[udp:end], pseudo) == 0xFFFF
