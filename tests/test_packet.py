@@ -312,6 +312,42 @@ def test_inner_is_parsed_only_when_asked() -> None:
     assert "malformed (inner-udp-length)" in repr(p)
 
 
+def test_a_damaged_inner_packet_keeps_the_outer_readable_and_the_buffer_reusable() -> None:
+    good = gwlb_udp()
+    bad = set_u16(bytearray(good), 68 + 20 + 4, 9)  # inner UDP length is wrong
+    receive = ReceiveBuffer(len(good) + 16)
+    receive[: len(bad)] = bad
+    p = Packet.parse(receive, len(bad))
+    assert isinstance(p, Packet) and p.flow_cookie == 0x11223344
+    for name in ("ip_offset", "l4_protocol", "payload_offset"):
+        with pytest.raises(MalformedError):
+            getattr(p, name)
+    # An unedited frame can still be sent back as it came (addresses swapped).
+    assert bytes(p.reply()[12:20]) == bytes(bad[16:20] + bad[12:16])
+    p.mark_modified()
+    with pytest.raises(MalformedError):
+        p.reply()
+    # The next frame in the same buffer is sound: the same packet, sound again.
+    receive[: len(good)] = good
+    q = Packet.parse(receive, len(good))
+    assert q is p and type(q) is Packet
+    assert (q.ip_offset, q.l4_protocol, q.payload_offset) == (68, 17, 96)
+
+
+def test_a_subclass_parses_damaged_and_sound_frames() -> None:
+    class Mine(Packet):
+        __slots__ = ("note",)
+
+    bad = set_u16(gwlb_udp(), 68 + 20 + 4, 9)
+    damaged = Mine.parse(bad)
+    assert isinstance(damaged, Mine)
+    with pytest.raises(MalformedError):
+        damaged.parse_inner()
+    damaged.note = "kept"  # the subclass's own slots still work
+    sound = Mine.parse(gwlb_udp())
+    assert type(sound) is Mine and sound.l4_offset == 88
+
+
 INNER_FIELDS = (
     "ip_offset", "ip_version", "ip_end", "is_fragment", "l4_offset", "l4_protocol",
     "payload_offset",
@@ -886,7 +922,7 @@ def test_the_pseudo_header_takes_the_final_destination(
         p.reply()
         p.swap_outer()
     else:
-        geneve.checksum.fix_frame(p.buf, p.ip_offset, p.l4_offset, p.l4_protocol, length=p.length)
+        geneve.fix_frame(p.buf, p.ip_offset, p.l4_offset, p.l4_protocol, length=p.length)
     out = bytes(p.data)
     got = out[p.ip_offset :]
     assert got[: p.l4_offset - p.ip_offset] == inner[: p.l4_offset - p.ip_offset]  # untouched
@@ -995,7 +1031,7 @@ def test_every_error_is_a_value_error() -> None:
 
 
 def test_unknown_outer_udp_policy_is_a_value_error() -> None:
-    from geneve.checksum import fix_frame
+    from geneve import fix_frame
 
     p = Packet.parse(gwlb_udp(b"abc"))
     with pytest.raises(ValueError, match="outer_udp"):

@@ -20,6 +20,7 @@ from ._errors import (
     TruncatedError,
     UnsupportedError,
 )
+from ._fixup import fix_frame
 from ._headers import (
     ETH_P_IPV4,
     ETH_P_IPV6,
@@ -87,6 +88,7 @@ __all__ = [
     "Verdict",
     "build_frame",
     "declare_interest",
+    "fix_frame",
     "interest_of",
     "process",
 ]

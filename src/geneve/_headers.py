@@ -34,6 +34,7 @@ __all__ = [
     "IPPROTO_ICMPV6",
     "IPPROTO_TCP",
     "IPPROTO_UDP",
+    "IPV6_EXTENSION_HEADERS",
     "TCP",
     "UDP",
     "Geneve",
@@ -63,6 +64,10 @@ IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
 IPPROTO_ICMPV6 = 58
+#: IPv6 extension headers that may stand between the IPv6 header and the L4 header, each
+#: (byte 1 + 1) * 8 bytes long (RFC 8200 4.1): hop-by-hop, routing, destination options. The
+#: fragment header (44) is 8 bytes and ends the walk: what follows is a fragment.
+IPV6_EXTENSION_HEADERS = frozenset((0, 43, 60))
 
 _U8 = struct.Struct("!B")
 _U16 = struct.Struct("!H")

@@ -1,15 +1,17 @@
 """A whole GWLB frame over one bytearray: outer IPv4 | UDP | Geneve | inner IP | L4 | payload.
 
-Two-phase parse. :meth:`Packet.parse` checks the outer IPv4, UDP and Geneve headers and stores
-offsets; the inner IP and L4 headers are parsed the first time something asks for them. The
+:meth:`Packet.parse` checks the outer IPv4, UDP and Geneve headers and parses the inner IP and
+L4 headers, storing offsets in plain slots that a modifier reads as cheaply as a local. The
 usual GWLB frame (no IPv4 options, the three GWLB options, UDP in IPv4 inside) is recognised
 with one struct unpack and one test, inner headers included; anything else takes a path that
-checks one field at a time and names what is wrong. Nothing is copied: accessors return offsets,
-ints, memoryviews or views (see ``_headers``) over the same buffer, and edits write into it.
+checks one field at a time and names what is wrong. A malformed inner packet does not fail the
+parse (the outer headers and GWLB metadata stay readable): its errors are raised by whatever
+reads it. Nothing is copied: accessors return offsets, ints, memoryviews or views (see
+``_headers``) over the same buffer, and edits write into it.
 
 Edits that change a length (payload replacement) rewrite every length field at once and mark
-the packet modified; the checksums are then fixed in one call (one crossing into C) by
-:meth:`Packet.fix_checksums`, which the pipeline runs after the modifier.
+the packet modified; :meth:`Packet.reply` then fixes every checksum in one call (one crossing
+into C, through ``geneve._fixup``) and swaps the outer addresses.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ._errors import (
     TruncatedError,
     UnsupportedError,
 )
+from ._fixup import OUTER_MODES, OuterUdpPolicy, fix_routed, raise_fix_error
 from ._headers import (
     ETH_P_IPV4,
     ETH_P_IPV6,
@@ -38,6 +41,7 @@ from ._headers import (
     IPPROTO_ICMPV6,
     IPPROTO_TCP,
     IPPROTO_UDP,
+    IPV6_EXTENSION_HEADERS,
     TCP,
     UDP,
     Geneve,
@@ -45,18 +49,7 @@ from ._headers import (
     IPv4,
     IPv6,
 )
-from ._pychecksum import fix as _py_fix
-from .checksum import (
-    _IP6_EXT,
-    _OUTER_MODES,
-    OuterUdpPolicy,
-    _c_fix,
-    _c_from_buffer,
-    _fix_routed,
-    _raise_fix_error,
-    internet_checksum,
-    ones_complement_sum,
-)
+from .checksum import _fix, _fix_target, internet_checksum, ones_complement_sum
 
 __all__ = ["MAX_FRAME_LENGTH", "MAX_INNER_LENGTH", "Packet", "ReceiveBuffer", "build_frame"]
 
@@ -94,12 +87,13 @@ _ETH_VLAN = (0x8100, 0x88A8)
 class ReceiveBuffer(bytearray):
     """A fixed-size receive buffer for a loop that parses frame after frame in one place.
 
-    A ``bytearray`` in every way but one: the views of itself that a packet needs, the C view
-    for :meth:`Packet.fix_checksums` and the memoryview that :attr:`Packet.data` slices, are
-    made once, here, rather than for every packet (making a C view costs about as much as the
-    checksums of a small packet). Those views pin the buffer's size: it cannot be resized, and
-    an edit that grows a frame past its end works on a copy (``packet.buf`` is then no longer
-    this buffer). ``recv_into`` and ``Packet.parse(buf, n)`` use it in place, like a bytearray.
+    A ``bytearray`` in every way but one: the views of itself that a packet needs, the checksum
+    routine's view for :meth:`Packet.reply` and the memoryview that :attr:`Packet.data` slices,
+    are made once, here, rather than for every packet (making a C view costs about as much as
+    the checksums of a small packet). Those views pin the buffer's size: it cannot be resized,
+    and an edit that grows a frame past its end works on a copy (``packet.buf`` is then no
+    longer this buffer). ``recv_into`` and ``Packet.parse(buf, n)`` use it in place, like a
+    bytearray.
 
     Parsing a ReceiveBuffer again re-fills the same :class:`Packet` rather than making a new
     one (a packet of another class, a subclass, gets one of its own): a packet parsed from this
@@ -107,34 +101,41 @@ class ReceiveBuffer(bytearray):
     until the next receive. Keep a frame beyond that with ``Packet.parse(bytes(packet.data))``.
     """
 
-    __slots__ = ("_cview", "_packet", "_view")
-    _cview: Any  # cffi's view of the buffer with the C checksum in use, else None
+    __slots__ = ("_packet", "_target", "_view")
+    _target: Any  # what the checksum routine takes for this buffer (geneve.checksum)
     _packet: Packet | None
     _view: memoryview
 
     def __init__(self, size: int = MAX_FRAME_LENGTH) -> None:
         super().__init__(size)
         self._view = memoryview(self)
-        self._cview = None if _c_from_buffer is None else _c_from_buffer(self)
+        self._target = _fix_target(self)
         self._packet = None
 
 
 class Packet:
-    """A GWLB frame, parsed in place. Build one with :meth:`parse`."""
+    """A GWLB frame, parsed in place. Build one with :meth:`parse`.
+
+    The offsets of the inner packet (:attr:`ip_version`, :attr:`ip_offset`, :attr:`ip_end`,
+    :attr:`l4_protocol`, :attr:`l4_offset`, :attr:`payload_offset`) are plain attributes, as
+    cheap to read as a local variable: a modifier of your own reads them as fast as the bundled
+    rules do. Treat them as read-only; the edits keep them right.
+    """
 
     __slots__ = (
-        "_ip_end",
-        "_ip_offset",
-        "_ip_version",
-        "_l4_offset",
-        "_l4_protocol",
-        "_payload_offset",
+        "_inner_error",
         "_usual_layout",
         "buf",
         "inner_offset",
+        "ip_end",
+        "ip_offset",
+        "ip_version",
+        "l4_offset",
+        "l4_protocol",
         "length",
         "max_inner_length",
         "modified",
+        "payload_offset",
         "udp_offset",
     )
 
@@ -145,22 +146,27 @@ class Packet:
     # Longest inner packet an edit may produce (bytes after the Geneve header). parse() sets
     # no limit beyond IPv4's own; the pipeline sets its configured one (GWLB's 8500).
     max_inner_length: int
-    modified: bool  # set by every edit; the pipeline fixes checksums when it is true
-    # Filled by the lazy inner parse. _ip_version is -1 until then (and so are _ip_offset and
-    # _payload_offset, so that the hot edits test one number), 0 when the inner packet is not
-    # IP; the offsets are -1 where there is no such layer (a fragment has no L4 offset).
-    # Read them through the properties of the same name without the underscore, which parse
-    # first when needed. Fewer slots make parse() cheaper: what can be derived is not stored.
-    _ip_version: int
-    _ip_offset: int
-    _ip_end: int
-    _l4_offset: int
-    _l4_protocol: int
-    _payload_offset: int
+    modified: bool  # set by every edit; reply() fixes the checksums when it is true
+    #: 4 or 6; 0 when the inner packet is not IP (ARP, an unknown protocol type).
+    ip_version: int
+    #: Where the inner IPv4/IPv6 header starts; -1 without one.
+    ip_offset: int
+    #: Where the inner IP packet ends (by its length field); -1 without one.
+    ip_end: int
+    #: Where the inner L4 header starts; -1 for a fragment or without IP.
+    l4_offset: int
+    #: The inner IP protocol (after IPv6 extension headers; a fragment's is its datagram's);
+    #: 0 without IP.
+    l4_protocol: int
+    #: Where the inner L4 payload starts; -1 for a fragment or without IP.
+    payload_offset: int
     # True while the offsets above, udp_offset and inner_offset are the usual frame's (UDP in
     # IPv4 without options, after GWLB's three options): parse() re-filling a packet need not
     # store them again, and the hot edits work at constant offsets.
     _usual_layout: bool
+    # Why the inner packet is malformed; set only on a packet parse() turned into its class's
+    # _damaged twin (see _damaged_class), whose inner fields raise it.
+    _inner_error: GeneveError
 
     @classmethod
     def parse(
@@ -169,13 +175,14 @@ class Packet:
         length: int | None = None,
         port: int = GENEVE_PORT,
     ) -> Packet:
-        """Check the outer IPv4, UDP and Geneve headers of ``buf[:length]``.
+        """Parse the frame ``buf[:length]``: outer IPv4, UDP, Geneve and the inner packet.
 
         A ``bytearray`` (or a :class:`ReceiveBuffer`, which hands back the same packet, re-filled,
         at each parse) is used in place: edits write into it; anything else is copied once.
         Raises :class:`NotGeneveError` for IPv4 that is not UDP to ``port`` and another
-        :class:`GeneveError` for anything malformed. The inner packet is parsed later, when
-        first used, or at once by :meth:`parse_inner`.
+        :class:`GeneveError` for anything malformed in the outer headers. A malformed inner
+        packet does not fail the parse: the outer headers and GWLB metadata stay readable, and
+        whatever reads the inner packet (its offsets, :meth:`parse_inner`, an edit) raises.
         """
         self: Packet | None
         # True when self is a re-filled packet that holds the usual frame's offsets already.
@@ -184,6 +191,9 @@ class Packet:
             self = buf._packet
             if type(self) is cls:
                 usual_layout = self._usual_layout
+            elif self is not None and type(self) is _DAMAGED.get(cls):
+                self.__class__ = cls  # the last frame's inner packet was malformed
+                self._usual_layout = False
             else:  # (until a parse succeeds, it must say False: a parse may fail)
                 self = buf._packet = _new(cls)
                 self._usual_layout = False
@@ -222,9 +232,8 @@ class Packet:
                 self.modified = False
                 self.max_inner_length = 0xFFFF
                 # The usual inner packet, UDP in IPv4 without options, is parsed here too,
-                # setting what _parse_inner would; anything else (or anything wrong) is left
-                # to _parse_inner, on first use, so that parse() never fails for the inner
-                # packet. itotal >= 28 and 68 + itotal <= total put these fields in the frame.
+                # setting what _parse_inner would; anything else goes through _parse_inner.
+                # itotal >= 28 and 68 + itotal <= total put these fields in the frame.
                 if (
                     ptype == 0x0800  # ETH_P_IPV4
                     and ivihl == 0x45
@@ -233,23 +242,23 @@ class Packet:
                     and 28 <= itotal <= total - 68
                     and iulen == itotal - 20
                 ):
-                    self._ip_end = 68 + itotal
+                    self.ip_end = 68 + itotal
                     # A packet re-filled from a ReceiveBuffer keeps these from the last usual
                     # frame: only this block sets _usual_layout, every other path clears it.
                     if not usual_layout:
                         self.udp_offset = 20
                         self.inner_offset = 68
-                        self._ip_version = 4
-                        self._ip_offset = 68
-                        self._l4_protocol = 17
-                        self._l4_offset = 88
-                        self._payload_offset = 96
+                        self.ip_version = 4
+                        self.ip_offset = 68
+                        self.l4_protocol = 17
+                        self.l4_offset = 88
+                        self.payload_offset = 96
                         self._usual_layout = True
-                else:
-                    self.udp_offset = 20
-                    self.inner_offset = 68
-                    self._ip_version = self._ip_offset = self._payload_offset = -1
-                    self._usual_layout = False
+                    return self
+                self.udp_offset = 20
+                self.inner_offset = 68
+                self._usual_layout = False
+                self._parse_inner_or_keep_error()
                 return self
         elif not 0 <= length <= len(buf):
             raise ValueError("length is beyond the buffer")
@@ -261,19 +270,29 @@ class Packet:
         self.inner_offset = inner
         self.modified = False
         self.max_inner_length = 0xFFFF
-        self._ip_version = self._ip_offset = self._payload_offset = -1
+        self._parse_inner_or_keep_error()
         return self
 
-    # -- the inner packet, parsed on first use ------------------------------------------------
+    # -- the inner packet ----------------------------------------------------------------------
 
     def parse_inner(self) -> None:
-        """Parse the inner IP and L4 headers now (raises :class:`GeneveError` if malformed)."""
-        if self._ip_version < 0:
+        """Raise the inner packet's :class:`GeneveError` if it is malformed; else do nothing.
+
+        :meth:`parse` has parsed the inner packet already; a malformed one makes every read of
+        it raise, and this says so at once.
+        """
+
+    def _parse_inner_or_keep_error(self) -> None:
+        try:
             self._parse_inner()
+        except GeneveError as err:
+            # The outer headers are sound: keep the packet, and let the inner fields raise.
+            self._inner_error = err
+            self.__class__ = _damaged_class(type(self))
 
     def _parse_inner(self) -> None:
-        if self._ip_version >= 0:  # parse() already did it (the usual frame), or an earlier call
-            return
+        """Fill the inner fields (every path sets ip_version, ip_offset, ip_end, l4_offset,
+        l4_protocol and payload_offset) or raise for the first thing wrong."""
         buf = self.buf
         off = self.inner_offset
         end = self.length
@@ -302,20 +321,20 @@ class Packet:
                 raise TruncatedError("inner IPv4 runs past the frame", "inner-truncated")
             l4 = off + ihl
             if frag & 0x3FFF:
-                self._l4_offset = self._payload_offset = -1
+                self.l4_offset = self.payload_offset = -1
             elif proto == IPPROTO_UDP:  # what GWLB carries most: inlined from _parse_l4
                 if ip_end - l4 < 8:
                     raise TruncatedError("inner UDP header truncated", "inner-l4-truncated")
                 if _U16.unpack_from(buf, l4 + 4)[0] != ip_end - l4:
                     raise MalformedError("inner UDP length disagrees with IP", "inner-udp-length")
-                self._l4_offset = l4
-                self._payload_offset = l4 + 8
+                self.l4_offset = l4
+                self.payload_offset = l4 + 8
             else:
                 self._parse_l4(l4, proto, ip_end, False)
-            self._ip_version = 4
-            self._ip_offset = off
-            self._ip_end = ip_end
-            self._l4_protocol = proto
+            self.ip_version = 4
+            self.ip_offset = off
+            self.ip_end = ip_end
+            self.l4_protocol = proto
         elif ptype == ETH_P_IPV6:
             if off + 40 > end:
                 raise TruncatedError("inner IPv6 header truncated", "inner-truncated")
@@ -326,7 +345,7 @@ class Packet:
             if ip_end > end:
                 raise TruncatedError("inner IPv6 runs past the frame", "inner-truncated")
             pos = off + 40
-            while nh in _IP6_EXT:
+            while nh in IPV6_EXTENSION_HEADERS:
                 if pos + 8 > ip_end:
                     raise TruncatedError("IPv6 extension header truncated", "inner-truncated")
                 nh, hlen = buf[pos], (buf[pos + 1] + 1) << 3
@@ -340,16 +359,16 @@ class Packet:
                 # the fragment header (RFC 8200 4.5), past the extension headers that the
                 # first fragment still carries (destination options, say).
                 nh = _ip6_upper(buf, pos, ip_end)[0]
-                self._l4_offset = self._payload_offset = -1
+                self.l4_offset = self.payload_offset = -1
             else:
                 self._parse_l4(pos, nh, ip_end, True)
-            self._ip_version = 6
-            self._ip_offset = off
-            self._ip_end = ip_end
-            self._l4_protocol = nh
+            self.ip_version = 6
+            self.ip_offset = off
+            self.ip_end = ip_end
+            self.l4_protocol = nh
         else:  # no inner IP (ARP, unknown protocol type): nothing below the Geneve header
-            self._ip_version = self._l4_protocol = 0
-            self._ip_offset = self._ip_end = self._l4_offset = self._payload_offset = -1
+            self.ip_version = self.l4_protocol = 0
+            self.ip_offset = self.ip_end = self.l4_offset = self.payload_offset = -1
 
     def _parse_l4(self, l4: int, proto: int, ip_end: int, v6: bool) -> None:
         room = ip_end - l4
@@ -372,44 +391,16 @@ class Packet:
             payload = min(l4 + 8, ip_end)
         else:
             payload = l4  # an L4 this codec does not know: its bytes are all payload
-        self._l4_offset = l4
-        self._payload_offset = payload
+        self.l4_offset = l4
+        self.payload_offset = payload
 
-    def _inner(self) -> None:
-        if self._ip_version < 0:
-            self._parse_inner()
-
-    # The inner fields, read-only. Plain properties rather than __getattr__: a class with
-    # __getattr__ loses CPython's fast path for every attribute, slots included.
-
-    @property
-    def ip_offset(self) -> int:
-        """Where the inner IPv4/IPv6 header starts; -1 without one."""
-        if self._ip_version < 0:
-            self._parse_inner()
-        return self._ip_offset
-
-    @property
-    def ip_version(self) -> int:
-        """4 or 6; 0 when the inner packet is not IP."""
-        if self._ip_version < 0:
-            self._parse_inner()
-        return self._ip_version
-
-    @property
-    def ip_end(self) -> int:
-        """Where the inner IP packet ends (its length field); -1 without one."""
-        if self._ip_version < 0:
-            self._parse_inner()
-        return self._ip_end
+    # What follows the inner packet's offsets: properties that build views or derive a value.
 
     @property
     def is_fragment(self) -> bool:
         """The inner IP packet is a fragment (never rewritten)."""
-        if self._ip_version < 0:
-            self._parse_inner()
         # Only a fragment has an inner IP header and no L4 offset.
-        return self._ip_version > 0 and self._l4_offset < 0
+        return self.ip_version > 0 and self.l4_offset < 0
 
     @property
     def first_fragment_l4_offset(self) -> int:
@@ -420,47 +411,21 @@ class Packet:
         the whole datagram, since the receiver cannot reassemble it: a rule that drops by port,
         ICMP type or the start of the payload can look here.
         """
-        if self._ip_version < 0:
-            self._parse_inner()
-        if self._ip_version <= 0 or self._l4_offset >= 0:
+        if self.ip_version <= 0 or self.l4_offset >= 0:
             return -1
         buf = self.buf
-        ip = self._ip_offset
-        if self._ip_version == 4:
+        ip = self.ip_offset
+        if self.ip_version == 4:
             if _U16.unpack_from(buf, ip + 6)[0] & 0x1FFF:  # fragment offset
                 return -1
             return ip + ((buf[ip] & 0x0F) << 2)
         # The parse has walked these extension headers up to the fragment header, checked.
         pos, nh = ip + 40, buf[ip + 6]
-        while nh in _IP6_EXT:
+        while nh in IPV6_EXTENSION_HEADERS:
             nh, pos = buf[pos], pos + ((buf[pos + 1] + 1) << 3)
         if _U16.unpack_from(buf, pos + 2)[0] & 0xFFF8:  # fragment offset
             return -1
-        return _ip6_upper(buf, pos, self._ip_end)[1]
-
-    @property
-    def l4_offset(self) -> int:
-        """Where the inner L4 header starts; -1 for a fragment or without IP."""
-        if self._ip_version < 0:
-            self._parse_inner()
-        return self._l4_offset
-
-    @property
-    def l4_protocol(self) -> int:
-        """The inner IP protocol number (after IPv6 extension headers); 0 without IP.
-
-        For a fragment, the protocol of the datagram it belongs to.
-        """
-        if self._ip_version < 0:
-            self._parse_inner()
-        return self._l4_protocol
-
-    @property
-    def payload_offset(self) -> int:
-        """Where the inner L4 payload starts; -1 for a fragment or without IP."""
-        if self._ip_version < 0:
-            self._parse_inner()
-        return self._payload_offset
+        return _ip6_upper(buf, pos, self.ip_end)[1]
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -545,24 +510,18 @@ class Packet:
 
     @property
     def inner_ipv4(self) -> IPv4 | None:
-        if self._ip_version < 0:
-            self._parse_inner()
-        return IPv4(self.buf, self._ip_offset, self) if self._ip_version == 4 else None
+        return IPv4(self.buf, self.ip_offset, self) if self.ip_version == 4 else None
 
     @property
     def inner_ipv6(self) -> IPv6 | None:
-        if self._ip_version < 0:
-            self._parse_inner()
-        return IPv6(self.buf, self._ip_offset, self) if self._ip_version == 6 else None
+        return IPv6(self.buf, self.ip_offset, self) if self.ip_version == 6 else None
 
     @property
     def inner_ip(self) -> IPv4 | IPv6 | None:
-        if self._ip_version < 0:
-            self._parse_inner()
-        if self._ip_version == 4:
-            return IPv4(self.buf, self._ip_offset, self)
-        if self._ip_version == 6:
-            return IPv6(self.buf, self._ip_offset, self)
+        if self.ip_version == 4:
+            return IPv4(self.buf, self.ip_offset, self)
+        if self.ip_version == 6:
+            return IPv6(self.buf, self.ip_offset, self)
         return None
 
     @property
@@ -579,60 +538,48 @@ class Packet:
     @property
     def udp(self) -> UDP | None:
         """The inner UDP header, or None (not UDP, or a fragment)."""
-        if self._ip_version < 0:
-            self._parse_inner()
-        if self._l4_protocol == IPPROTO_UDP and self._l4_offset >= 0:
-            return UDP(self.buf, self._l4_offset, self)
+        if self.l4_protocol == IPPROTO_UDP and self.l4_offset >= 0:
+            return UDP(self.buf, self.l4_offset, self)
         return None
 
     @property
     def tcp(self) -> TCP | None:
-        if self._ip_version < 0:
-            self._parse_inner()
-        if self._l4_protocol == IPPROTO_TCP and self._l4_offset >= 0:
-            return TCP(self.buf, self._l4_offset, self)
+        if self.l4_protocol == IPPROTO_TCP and self.l4_offset >= 0:
+            return TCP(self.buf, self.l4_offset, self)
         return None
 
     @property
     def icmp(self) -> ICMP | None:
         """The inner ICMP (over IPv4) or ICMPv6 (over IPv6) header, or None."""
-        if self._ip_version < 0:
-            self._parse_inner()
         if (
-            self._l4_offset >= 0
-            and self._l4_protocol == (IPPROTO_ICMPV6 if self._ip_version == 6 else IPPROTO_ICMP)
-            and self._ip_end - self._l4_offset >= 8
+            self.l4_offset >= 0
+            and self.l4_protocol == (IPPROTO_ICMPV6 if self.ip_version == 6 else IPPROTO_ICMP)
+            and self.ip_end - self.l4_offset >= 8
         ):
-            return ICMP(self.buf, self._l4_offset, self)
+            return ICMP(self.buf, self.l4_offset, self)
         return None
 
     @property
     def ports(self) -> tuple[int, int] | None:
         """Inner (source, destination) ports of UDP or TCP, or None. Fast: one unpack."""
-        if self._ip_version < 0:
-            self._parse_inner()
-        if self._l4_offset >= 0 and self._l4_protocol in (IPPROTO_UDP, IPPROTO_TCP):
-            src, dst = _PORTS.unpack_from(self.buf, self._l4_offset)
+        if self.l4_offset >= 0 and self.l4_protocol in (IPPROTO_UDP, IPPROTO_TCP):
+            src, dst = _PORTS.unpack_from(self.buf, self.l4_offset)
             return src, dst
         return None
 
     @property
     def payload(self) -> memoryview | None:
         """The inner L4 payload (a view; no copy), or None when there is no L4 header."""
-        if self._ip_version < 0:
-            self._parse_inner()
-        if self._payload_offset < 0:
+        if self.payload_offset < 0:
             return None
-        return memoryview(self.buf)[self._payload_offset : self._ip_end]
+        return memoryview(self.buf)[self.payload_offset : self.ip_end]
 
     def payload_find(self, sub: bytes) -> int:
         """Index of ``sub`` in the inner L4 payload, or -1 (no copy)."""
-        if self._ip_version < 0:
-            self._parse_inner()
-        if self._payload_offset < 0:
+        if self.payload_offset < 0:
             return -1
-        pos = self.buf.find(sub, self._payload_offset, self._ip_end)
-        return pos if pos < 0 else pos - self._payload_offset
+        pos = self.buf.find(sub, self.payload_offset, self.ip_end)
+        return pos if pos < 0 else pos - self.payload_offset
 
     def payload_contains(self, sub: bytes) -> bool:
         return self.payload_find(sub) >= 0
@@ -660,28 +607,26 @@ class Packet:
         lengths; checksums are fixed by :meth:`fix_checksums` (the pipeline calls it). Bytes after
         the inner IP packet (padding) are dropped. Fragments are never rewritten.
         """
-        if self._ip_version < 0:
-            self._parse_inner()
-        if self._ip_version > 0 and self._l4_offset < 0:
+        if self.ip_version > 0 and self.l4_offset < 0:
             raise FragmentError("inner packet is a fragment; it is never rewritten")
-        if self._payload_offset < 0:
+        if self.payload_offset < 0:
             raise UnsupportedError("inner packet has no payload to replace", "no-payload")
         self._write_payload(data)
 
     def _write_payload(self, data: bytes | bytearray | memoryview) -> None:
         # The inner packet is parsed, has a payload and is not a fragment.
-        start = self._payload_offset
+        start = self.payload_offset
         new_ip_end = start + len(data)
-        if new_ip_end != self._ip_end:
-            proto = self._l4_protocol
+        if new_ip_end != self.ip_end:
+            proto = self.l4_protocol
             if proto == IPPROTO_TCP:
                 raise UnsupportedError(
                     "changing a TCP payload's length breaks its sequence numbers"
                 )
             if proto != IPPROTO_UDP and proto != IPPROTO_ICMP and proto != IPPROTO_ICMPV6:
                 raise UnsupportedError(f"cannot resize the payload of IP protocol {proto}")
-            limit = 0xFFFF if self._ip_version == 4 else 0xFFFF + 40
-            if new_ip_end > 0xFFFF or new_ip_end - self._ip_offset > limit:
+            limit = 0xFFFF if self.ip_version == 4 else 0xFFFF + 40
+            if new_ip_end > 0xFFFF or new_ip_end - self.ip_offset > limit:
                 raise PacketTooLargeError("the frame would exceed 65535 bytes")
             # Checked before a byte changes, so a refused rewrite leaves the packet as it was.
             most = self.max_inner_length
@@ -699,19 +644,19 @@ class Packet:
         else:
             buf[start:new_ip_end] = data
         # The inner lengths follow the new payload, the outer ones drop any padding after it.
-        if new_ip_end != self._ip_end or new_ip_end != self.length:
+        if new_ip_end != self.ip_end or new_ip_end != self.length:
             u16 = _U16.pack_into
-            ip = self._ip_offset
-            if self._ip_version == 4:
+            ip = self.ip_offset
+            if self.ip_version == 4:
                 u16(buf, ip + 2, new_ip_end - ip)
             else:
                 u16(buf, ip + 4, new_ip_end - ip - 40)
-            if self._l4_protocol == IPPROTO_UDP:
-                u16(buf, self._l4_offset + 4, new_ip_end - self._l4_offset)
+            if self.l4_protocol == IPPROTO_UDP:
+                u16(buf, self.l4_offset + 4, new_ip_end - self.l4_offset)
             u16(buf, 2, new_ip_end)
             u16(buf, self.udp_offset + 4, new_ip_end - self.udp_offset)
             self.length = new_ip_end
-            self._ip_end = new_ip_end
+            self.ip_end = new_ip_end
         self.modified = True
 
     def replace_in_payload(self, old: bytes, new: bytes, count: int = -1) -> int:
@@ -723,7 +668,7 @@ class Packet:
         if self._usual_layout:
             # The usual frame, at constant offsets: inner IPv4 at 68, its UDP at 88, payload at
             # 96. The same steps as below, for the rewrite appliances do most.
-            end = self._ip_end
+            end = self.ip_end
             if not old or buf.find(old, 96, end) < 0:
                 return 0
             data = buf[96:end].replace(old, new, count)
@@ -739,18 +684,13 @@ class Packet:
                 _u16(buf, 92, new_end - 88)  # inner UDP length
                 _u16(buf, 2, new_end)  # outer IPv4 total length
                 _u16(buf, 24, new_end - 20)  # outer UDP length
-                self.length = self._ip_end = new_end
+                self.length = self.ip_end = new_end
                 self.modified = True
             return (new_end - end) // (len(new) - len(old))
-        start = self._payload_offset
-        if start < 0:  # not parsed yet, or no payload (a fragment, no L4)
-            if self._ip_version >= 0:
-                return 0
-            self._parse_inner()
-            start = self._payload_offset
-            if start < 0:
-                return 0
-        end = self._ip_end
+        start = self.payload_offset
+        if start < 0:  # no payload (a fragment, no L4)
+            return 0
+        end = self.ip_end
         if not old or buf.find(old, start, end) < 0:  # an empty ``old`` matches everywhere
             return 0
         data = buf[start:end].replace(old, new, count)
@@ -760,7 +700,7 @@ class Packet:
         # _write_payload, which raises before any byte changes where it must.
         if (
             new_end == end
-            or self._l4_protocol != 17  # IPPROTO_UDP
+            or self.l4_protocol != 17  # IPPROTO_UDP
             or new_end > 0xFFFF
             or new_end - self.inner_offset > self.max_inner_length
         ):
@@ -771,17 +711,17 @@ class Packet:
         except BufferError:  # a view pins the buffer's size: _write_payload grows a copy
             self._write_payload(data)
         else:
-            ip = self._ip_offset
-            if self._ip_version == 4:
+            ip = self.ip_offset
+            if self.ip_version == 4:
                 _u16(buf, ip + 2, new_end - ip)
             else:
                 _u16(buf, ip + 4, new_end - ip - 40)
-            l4 = self._l4_offset
+            l4 = self.l4_offset
             _u16(buf, l4 + 4, new_end - l4)
             _u16(buf, 2, new_end)
             udp = self.udp_offset
             _u16(buf, udp + 4, new_end - udp)
-            self.length = self._ip_end = new_end
+            self.length = self.ip_end = new_end
             self.modified = True
         # Each replacement changed the length by the same amount: no second scan.
         return (new_end - end) // (len(new) - len(old))
@@ -802,35 +742,26 @@ class Packet:
         if outer_udp == "keep":
             mode = 0
         else:
-            mode = _OUTER_MODES.get(outer_udp, -1)
+            mode = OUTER_MODES.get(outer_udp, -1)
             if mode < 0:
                 raise ValueError(
                     f"outer_udp must be 'keep', 'zero' or 'compute', not {outer_udp!r}"
                 )
-        ip = self._ip_offset
-        if ip < 0:  # not parsed yet, or no inner IP
-            if self._ip_version < 0:
-                self._parse_inner()
-                ip = self._ip_offset
-            if ip < 0:  # no inner IP (ARP, an unknown protocol type): the outer checksums only
-                self._fix_outer(outer_udp)
-                self.modified = False
-                return True
-        # What fix_frame does, minus its argument checks (self.length <= len(self.buf) always)
-        # and one call level; the buffer is a bytearray, so it is writable.
+        ip = self.ip_offset
+        if ip < 0:  # no inner IP (ARP, an unknown protocol type): the outer checksums only
+            self._fix_outer(outer_udp)
+            self.modified = False
+            return True
+        # What fix_frame does, minus its argument checks and one call level: the fused routine
+        # (C or Python, as geneve.checksum chose), on a ReceiveBuffer's target made once.
         buf = self.buf
-        if _c_fix is not None:
-            # A ReceiveBuffer carries its cffi view; a plain bytearray needs one per call.
-            # (checksum.py sets _c_from_buffer with _c_fix: mypy cannot see that.)
-            view = buf._cview if type(buf) is ReceiveBuffer else _c_from_buffer(buf)  # type: ignore[misc]
-            rc: int = _c_fix(view, self.length, ip, self._l4_offset, self._l4_protocol, mode)
-        else:
-            rc = _py_fix(buf, self.length, ip, self._l4_offset, self._l4_protocol, mode)
+        target = buf._target if type(buf) is ReceiveBuffer else _fix_target(buf)
+        l4 = self.l4_offset
+        rc = _fix(target, self.length, ip, l4, self.l4_protocol, mode)
         if rc < 0:
-            _raise_fix_error(rc)
-        l4 = self._l4_offset
+            raise_fix_error(rc)
         if rc == 0 and l4 - ip > 20:  # IPv4 options or IPv6 extension headers: a route?
-            _fix_routed(buf, ip, l4, self._l4_protocol)
+            fix_routed(buf, ip, l4, self.l4_protocol)
         self.modified = False
         # An IPv6 fragment's L4 offset is -1, so the fix-up itself cannot tell it is one.
         return rc == 0 and l4 >= 0
@@ -859,13 +790,13 @@ class Packet:
         broke a length field.
         """
         buf = self.buf
-        held = type(buf) is ReceiveBuffer  # then buf holds its C view and memoryview
+        held = type(buf) is ReceiveBuffer  # then buf holds its routine target and memoryview
         if self.modified:
-            if self._usual_layout and _c_fix is not None:  # fix_checksums(), the usual frame
-                view = buf._cview if held else _c_from_buffer(buf)  # type: ignore[attr-defined, misc]
-                rc: int = _c_fix(view, self.length, 68, 88, 17, 0)
+            if self._usual_layout:  # fix_checksums() for the usual frame, at its offsets
+                target = buf._target if held else _fix_target(buf)  # type: ignore[attr-defined]
+                rc = _fix(target, self.length, 68, 88, 17, 0)
                 if rc < 0:
-                    _raise_fix_error(rc)
+                    raise_fix_error(rc)
                 self.modified = False
             else:
                 self.fix_checksums()
@@ -882,14 +813,50 @@ class Packet:
 
     def __repr__(self) -> str:
         try:
-            self._inner()
-            inner = f"ipv{self._ip_version} proto={self._l4_protocol}" if self._ip_version else "-"
+            inner = f"ipv{self.ip_version} proto={self.l4_protocol}" if self.ip_version else "-"
         except GeneveError as err:
             inner = f"malformed ({err.reason})"
         return (
             f"<Packet {self.length} bytes, protocol_type=0x{self.protocol_type:04x}, "
             f"inner {inner}, gwlb={self.gwlb!r}>"
         )
+
+
+
+# -- a packet whose inner packet is malformed ---------------------------------------------------
+#
+# parse() parses the inner packet at once, so that its offsets can be plain slots (what a
+# modifier reads most). When the inner packet is malformed and the outer headers are sound, the
+# packet's class becomes a twin of its own (same slots, so the switch is allowed) in which every
+# member that reads the inner packet raises the inner packet's error instead. The next parse of
+# a ReceiveBuffer turns it back. Nothing on the path of a sound frame pays for this.
+
+#: Members of Packet that read the inner packet: the twin's raise.
+_INNER_PROPERTIES = (
+    "ip_version", "ip_offset", "ip_end", "l4_offset", "l4_protocol", "payload_offset",
+    "is_fragment", "first_fragment_l4_offset", "inner_ipv4", "inner_ipv6", "inner_ip",
+    "inner_src", "inner_dst", "udp", "tcp", "icmp", "ports", "payload",
+)  # fmt: skip
+_INNER_METHODS = (
+    "parse_inner", "payload_find", "payload_contains", "replace_payload", "replace_in_payload",
+    "fix_checksums",
+)  # fmt: skip
+_DAMAGED: dict[type[Packet], type[Packet]] = {}
+
+
+def _raise_inner_error(self: Packet, *args: object, **kwargs: object) -> Any:
+    raise self._inner_error.with_traceback(None)
+
+
+def _damaged_class(cls: type[Packet]) -> type[Packet]:
+    """The twin of ``cls`` for a frame whose inner packet is malformed (made once per class)."""
+    twin = _DAMAGED.get(cls)
+    if twin is None:
+        members: dict[str, Any] = {"__slots__": (), "__module__": cls.__module__}
+        members.update((name, property(_raise_inner_error)) for name in _INNER_PROPERTIES)
+        members.update((name, _raise_inner_error) for name in _INNER_METHODS)
+        twin = _DAMAGED[cls] = type(cls.__name__, (cls,), members)
+    return twin
 
 
 _PORTS = struct.Struct("!HH")
@@ -903,7 +870,7 @@ def _ip6_upper(buf: bytearray, fragment: int, end: int) -> tuple[int, int]:
     """
     nh, pos = buf[fragment], fragment + 8
     first = not _U16.unpack_from(buf, fragment + 2)[0] & 0xFFF8
-    while first and nh in _IP6_EXT:
+    while first and nh in IPV6_EXTENSION_HEADERS:
         if pos + 8 > end:
             return nh, -1
         nh, pos = buf[pos], pos + ((buf[pos + 1] + 1) << 3)

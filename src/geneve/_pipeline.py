@@ -258,8 +258,7 @@ def process(
     stats.received += 1
     try:
         packet = Packet.parse(buf, length, port)  # positional: a call CPython can specialise
-        if packet._ip_version < 0:  # the usual frame comes back with its inner packet parsed
-            packet._parse_inner()
+        packet.parse_inner()  # raises the inner packet's error, if it has one
     except NotGeneveError:
         stats.skipped += 1
         return None
