@@ -10,6 +10,7 @@ SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "geneve"
 # Lowest first. The package __init__ is the facade over all of them and is not ranked.
 LAYERS: dict[str, int] = {
     "_errors": 0, "_pychecksum": 0, "checksum": 0, "_checksum_cffi": 0, "_headers": 0,
+    "_fixup": 0,
     "_packet": 0, "_pcap": 0,
     "_pipeline": 1, "rules": 1, "rules.reference": 1, "_loader": 1,
     "_health": 2, "_appliance": 2, "_batch_cffi": 2,
@@ -87,3 +88,12 @@ def test_the_codec_and_pipeline_do_no_io() -> None:
                     and node.value.id == "socket"
                 ):
                     assert node.attr not in SOCKET_MAKERS, f"{name} opens a socket"
+
+
+def test_bundled_rules_use_the_public_packet_api_only() -> None:
+    # What our own rules need to be fast, a user's rule has too: no private attribute reads.
+    for path in (SRC / "rules").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+                if not node.attr.startswith("__"):
+                    raise AssertionError(f"{path.name}:{node.lineno} reads .{node.attr}")

@@ -66,10 +66,10 @@ _PORTS = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
 
 
-# The helpers below run once per packet. They read the packet's parsed offsets directly (the
-# pipeline has parsed the inner packet before any modifier runs; outside it they parse on
-# first use) and build no header views, so a packet a rule does not match costs a few
-# attribute reads.
+# The helpers below run once per packet. They use the packet's public offsets (the pipeline
+# has parsed the inner packet before any modifier runs; outside it the first read parses it)
+# and build no header views, so a packet a rule does not match costs a few attribute reads:
+# a modifier of your own can be written just as fast.
 #
 # The ones that match or drop also see the first fragment of a fragmented datagram, which
 # carries the L4 header (ports, ICMP type and sequence) and the start of the payload: dropping
@@ -79,7 +79,7 @@ _U16 = struct.Struct("!H")
 def _first_fragment_l4(packet: Packet, room: int) -> int:
     """The L4 header of a first fragment with ``room`` bytes of it present, else -1."""
     l4 = packet.first_fragment_l4_offset
-    return l4 if l4 >= 0 and packet._ip_end - l4 >= room else -1
+    return l4 if l4 >= 0 and packet.ip_end - l4 >= room else -1
 
 
 _L4_HEADER_ROOM = {IPPROTO_UDP: 8, IPPROTO_TCP: 20, IPPROTO_ICMP: 8, IPPROTO_ICMPV6: 8}
@@ -87,11 +87,11 @@ _L4_HEADER_ROOM = {IPPROTO_UDP: 8, IPPROTO_TCP: 20, IPPROTO_ICMP: 8, IPPROTO_ICM
 
 def _first_fragment_payload(packet: Packet) -> int:
     """Where the payload starts in a first fragment, else -1."""
-    proto = packet._l4_protocol
+    proto = packet.l4_protocol
     room = _L4_HEADER_ROOM.get(proto, 0)
     l4 = _first_fragment_l4(packet, room)
     if l4 >= 0 and proto == IPPROTO_TCP:
-        return min(l4 + ((packet.buf[l4 + 12] >> 4) << 2), packet._ip_end)
+        return min(l4 + ((packet.buf[l4 + 12] >> 4) << 2), packet.ip_end)
     return l4 + room if l4 >= 0 else -1
 
 
@@ -109,11 +109,9 @@ def _port_predicate(protocol: int, ports: tuple[int, ...]) -> Predicate:
         (only,) = ports
 
         def match_one(packet: Packet) -> bool:
-            if packet._ip_version < 0:
-                packet._parse_inner()
-            if packet._l4_protocol != protocol:
+            if packet.l4_protocol != protocol:
                 return False
-            l4 = packet._l4_offset
+            l4 = packet.l4_offset
             if l4 < 0 and (l4 := _first_fragment_l4(packet, 4)) < 0:
                 return False
             src, dst = unpack(packet.buf, l4)
@@ -123,11 +121,9 @@ def _port_predicate(protocol: int, ports: tuple[int, ...]) -> Predicate:
     wanted = frozenset(ports)
 
     def match(packet: Packet) -> bool:
-        if packet._ip_version < 0:
-            packet._parse_inner()
-        if packet._l4_protocol != protocol:
+        if packet.l4_protocol != protocol:
             return False
-        l4 = packet._l4_offset
+        l4 = packet.l4_offset
         if l4 < 0 and (l4 := _first_fragment_l4(packet, 4)) < 0:
             return False
         src, dst = unpack(packet.buf, l4)
@@ -152,19 +148,20 @@ def icmp_echo_sequence(packet: Packet) -> int | None:
     ICMP over IPv4 and ICMPv6 over IPv6 alike: ``ping`` and ``ping -6`` both count, and so
     does the first fragment of a large one (``ping -s 3000``).
     """
-    if packet._ip_version < 0:
-        packet._parse_inner()
-    l4 = packet._l4_offset
-    proto = packet._l4_protocol
+    proto = packet.l4_protocol
+    if proto == IPPROTO_ICMP:
+        echo = _ICMP_ECHO_TYPES
+        version = 4
+    elif proto == IPPROTO_ICMPV6:
+        echo = _ICMPV6_ECHO_TYPES
+        version = 6
+    else:
+        return None
+    l4 = packet.l4_offset
     if l4 < 0:
         l4 = _first_fragment_l4(packet, 8)
-    if l4 < 0 or packet._ip_end - l4 < 8:
-        return None
-    if proto == IPPROTO_ICMP and packet._ip_version == 4:
-        echo = _ICMP_ECHO_TYPES
-    elif proto == IPPROTO_ICMPV6 and packet._ip_version == 6:
-        echo = _ICMPV6_ECHO_TYPES
-    else:
+    # ICMP over IPv4 and ICMPv6 over IPv6 only: the other pairing is no echo of either.
+    if l4 < 0 or packet.ip_end - l4 < 8 or packet.ip_version != version:
         return None
     if packet.buf[l4] not in echo:
         return None
@@ -178,8 +175,8 @@ def icmp_echo_every(n: int, action: Modifier = drop) -> Modifier:
         raise ValueError("n must be at least 1")
 
     def modifier(packet: Packet) -> Verdict | None:
-        # Most packets are not ICMP: one attribute read settles it (inner parsed already).
-        if packet._ip_version >= 0 and packet._l4_protocol not in _ICMP_PROTOCOLS:
+        # Most packets are not ICMP: one attribute read settles it.
+        if packet.l4_protocol not in _ICMP_PROTOCOLS:
             return None
         seq = icmp_echo_sequence(packet)
         if seq is not None and seq % n == 0:
@@ -198,12 +195,10 @@ def drop_if_contains(needle: bytes) -> Modifier:
         raise ValueError("needle must not be empty")
 
     def modifier(packet: Packet) -> Verdict | None:
-        if packet._ip_version < 0:
-            packet._parse_inner()
-        start = packet._payload_offset
-        if start < 0 and packet._ip_version > 0:
+        start = packet.payload_offset
+        if start < 0:
             start = _first_fragment_payload(packet)
-        if start >= 0 and packet.buf.find(needle, start, packet._ip_end) >= 0:
+        if start >= 0 and packet.buf.find(needle, start, packet.ip_end) >= 0:
             return _DROP
         return None
 
@@ -219,11 +214,8 @@ def replace(old: bytes, new: bytes) -> Modifier:
         raise ValueError("old must not be empty")
 
     def modifier(packet: Packet) -> None:
-        if packet._ip_version < 0:
-            packet._parse_inner()
-        start = packet._payload_offset  # -1 for fragments: they have no payload to rewrite
-        if start >= 0 and packet.buf.find(old, start, packet._ip_end) >= 0:
-            packet.replace_in_payload(old, new)
+        # One search when ``old`` is absent; fragments have no payload to rewrite.
+        packet.replace_in_payload(old, new)
 
     return _declared(modifier, Interest(needles=frozenset((old,))))
 
