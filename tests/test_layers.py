@@ -94,6 +94,24 @@ def test_bundled_rules_use_the_public_packet_api_only() -> None:
     # What our own rules need to be fast, a user's rule has too: no private attribute reads.
     for path in (SRC / "rules").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
-                if not node.attr.startswith("__"):
-                    raise AssertionError(f"{path.name}:{node.lineno} reads .{node.attr}")
+            name = node.attr if isinstance(node, ast.Attribute) else ""
+            if name[:1] == "_" and name[:2] != "__":
+                raise AssertionError(f"{path.name} reads .{name}")
+
+
+def test_import_geneve_loads_the_codec_and_pipeline_only() -> None:
+    # A codec user pays for no sockets, workers or signals; the appliance comes on first use.
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, geneve\n"
+        "heavy = ('geneve._appliance', 'geneve._batch_cffi', 'multiprocessing', 'pwd', 'signal')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "print(geneve.Appliance.__name__, 'Appliance' in dir(geneve), geneve.ApplianceError)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[0] == "[]"
+    assert out[1].startswith("Appliance True <class 'geneve._appliance.ApplianceError'>")

@@ -337,6 +337,7 @@ def test_a_damaged_inner_packet_keeps_the_outer_readable_and_the_buffer_reusable
 def test_a_subclass_parses_damaged_and_sound_frames() -> None:
     class Mine(Packet):
         __slots__ = ("note",)
+        note: str
 
     bad = set_u16(gwlb_udp(), 68 + 20 + 4, 9)
     damaged = Mine.parse(bad)

@@ -10,7 +10,8 @@ Layers, lowest first; nothing imports a layer above it:
 
 from __future__ import annotations
 
-from ._appliance import Appliance, ApplianceError  # the I/O layer: builds on all the rest
+from typing import TYPE_CHECKING, Any
+
 from ._errors import (
     FragmentError,
     GeneveError,
@@ -50,7 +51,25 @@ from ._pipeline import (
     process,
 )
 
+if TYPE_CHECKING:
+    from ._appliance import Appliance, ApplianceError
+
 __version__ = "0.1.0"
+
+# The appliance (sockets, workers, signals, the batch C module) loads on first use: a program
+# that only parses or edits frames never pays for it.
+_LAZY = {"Appliance": "._appliance", "ApplianceError": "._appliance"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'geneve' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # once: later reads are plain module attributes
+    return value
 
 __all__ = [
     "ALL_PACKETS",
@@ -92,3 +111,7 @@ __all__ = [
     "interest_of",
     "process",
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
