@@ -56,3 +56,25 @@ def test_doc_examples_run(
             exec(compile(code, f"{doc.name}:{line}", "exec"), namespace)
         except Exception as err:
             pytest.fail(f"{doc.name}, block at line {line}: {type(err).__name__}: {err}")
+
+
+def test_the_readme_modifier_runs_on_udp_and_tcp() -> None:
+    # The README's first example must work on what it names, TCP included.
+    from scapy.layers.inet import IP, TCP, UDP
+
+    import geneve
+
+    (_line, code), *_ = python_blocks((DOCS.parent / "README.md").read_text("utf-8"))
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    modifier = namespace["modifier"]
+    text = b"a weakly typed language"
+    for l4, grows in ((UDP(sport=5, dport=3000), True), (TCP(sport=5, dport=80), False)):
+        inner = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / l4 / text)
+        stats = geneve.Stats()
+        frame = geneve.build_frame(inner)
+        out = geneve.process(frame, len(frame), modifier, stats)  # type: ignore[arg-type]
+        assert out is not None and stats.modifier_errors == 0
+        assert (b"strongly typed" in bytes(out.data)) is grows
+        blocked = geneve.build_frame(bytes(IP() / l4 / b"forbidden"))
+        assert geneve.process(blocked, len(blocked), modifier, stats) is None  # type: ignore[arg-type]
