@@ -27,9 +27,9 @@ from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.utils import checksum as scapy_checksum
 
 import geneve
-from geneve import _emulator as emu_mod
 from geneve._emulator import (
     NETNS_PREFIX,
+    Addressing,
     DataPlane,
     Emulator,
     EmulatorConfig,
@@ -38,13 +38,18 @@ from geneve._emulator import (
     Names,
     check_inner,
     check_reply,
-    checksum,
+    cleanup,
     encapsulate,
     flow_key,
+    format_summary,
     geneve_header,
     netns,
     netns_list,
 )
+from geneve._emulator import emulator as emu_emulator
+from geneve._emulator import flows as emu_flows
+from geneve._emulator import namespaces as emu_namespaces
+from geneve._emulator.checker import checksum, checksum_ok
 from geneve.rules.reference import modifier as reference_modifier
 
 GWLB = socket.inet_aton("10.200.3.1")
@@ -124,8 +129,8 @@ def test_checksum_agrees_with_scapy() -> None:
         if n >= 2 and n % 2 == 0:
             stamped = data[:-2] + b"\0\0"
             stamped = stamped[:-2] + struct.pack("!H", checksum(stamped))
-            assert emu_mod.checksum_ok(stamped)
-            assert not emu_mod.checksum_ok(stamped[:-1] + bytes([stamped[-1] ^ 1]))
+            assert checksum_ok(stamped)
+            assert not checksum_ok(stamped[:-1] + bytes([stamped[-1] ^ 1]))
 
 
 def test_flow_key_is_the_same_both_ways() -> None:
@@ -511,7 +516,7 @@ def test_a_reply_later_than_the_pending_limit_is_not_an_edit(
     plane: tuple[DataPlane, FakeSender, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its request was pushed out of the pending list; no other request pays for it."""
-    monkeypatch.setattr(emu_mod, "MAX_PENDING", 8)
+    monkeypatch.setattr(emu_flows, "MAX_PENDING", 8)
     dp, sender, tun = plane
     template = udp_inner(b"late")
     for i in range(10):
@@ -783,7 +788,7 @@ def test_exception_inside_leaves_no_namespace(no_leftovers: None) -> None:
 @needs_netns
 @pytest.mark.netns
 def test_failed_start_leaves_no_namespace(no_leftovers: None) -> None:
-    bad = EmulatorConfig(addressing=emu_mod.Addressing(server="10.200.2.300"))
+    bad = EmulatorConfig(addressing=Addressing(server="10.200.2.300"))
     names = Names()
     with pytest.raises(EmulatorError, match=r"10\.200\.2\.300"):
         Emulator(bad, names).start()
@@ -800,7 +805,7 @@ def test_cleanup_removes_only_namespaces_of_dead_runs() -> None:
     for name in (stale.gwlb, stale.client, live.gwlb):
         subprocess.run(["ip", "netns", "add", name], check=True)
     try:
-        removed = emu_mod.cleanup()
+        removed = cleanup()
         assert {stale.gwlb, stale.client} <= set(removed)
         assert live.gwlb not in removed
         present = set(netns_list())
@@ -917,7 +922,7 @@ def test_interrupt_around_netns_add_leaves_no_namespace(
     when: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SIGTERM (KeyboardInterrupt) just before or just after ``ip netns add`` returns."""
-    real_ip = emu_mod._ip
+    real_ip = emu_namespaces.ip
 
     def ip(*args: str) -> None:
         if args[:2] == ("netns", "add") and args[2].endswith("-gwlb"):
@@ -927,7 +932,7 @@ def test_interrupt_around_netns_add_leaves_no_namespace(
             raise KeyboardInterrupt
         real_ip(*args)
 
-    monkeypatch.setattr(emu_mod, "_ip", ip)
+    monkeypatch.setattr(emu_emulator, "ip", ip)
     names = Names()
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -958,7 +963,7 @@ def test_replies_the_emulator_could_not_read_are_counted_as_its_own(no_leftovers
                 break
     assert s["capture_dropped"] > 0
     assert s["received"] + s["capture_dropped"] <= 4000
-    assert "capture socket" in emu_mod.format_summary(s)
+    assert "capture socket" in format_summary(s)
 
 
 def test_run_fails_when_the_data_plane_died(

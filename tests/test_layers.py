@@ -14,6 +14,9 @@ LAYERS: dict[str, int] = {
     "_pipeline": 1, "rules": 1, "rules.reference": 1, "_loader": 1,
     "_health": 2, "_appliance": 2, "_batch_cffi": 2,
     "appliance": 3, "replay": 3, "emulator": 3, "_emulator": 3,
+    "_emulator.namespaces": 3, "_emulator.checker": 3, "_emulator.flows": 3,
+    "_emulator.topology": 3, "_emulator.dataplane": 3, "_emulator.emulator": 3,
+    "_emulator.console": 3,
 }  # fmt: skip
 IO_MODULES = {"selectors", "signal", "multiprocessing", "threading", "subprocess"}
 # The codec may use the socket module's address conversions (inet_pton...), never a socket.
