@@ -27,6 +27,7 @@ from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.utils import checksum as scapy_checksum
 
 import geneve
+from geneve import _headers
 from geneve._emulator import (
     NETNS_PREFIX,
     Addressing,
@@ -38,6 +39,7 @@ from geneve._emulator import (
     Names,
     check_inner,
     check_reply,
+    checker,
     cleanup,
     encapsulate,
     flow_key,
@@ -88,6 +90,16 @@ def swapped(frame: bytes) -> bytearray:
 
 
 # -- encapsulation as GWLB does it ------------------------------------------------------------
+
+
+def test_the_checker_states_the_codecs_protocol_constants() -> None:
+    """One fact, two statements: the checker keeps its own (it imports no codec), checked here."""
+    assert (checker.GENEVE_PORT, checker.GWLB_OPTION_CLASS) == (
+        geneve.GENEVE_PORT,
+        _headers.GWLB_OPTION_CLASS,
+    )
+    assert (checker.ETH_P_IPV4, checker.ETH_P_IPV6) == (geneve.ETH_P_IPV4, geneve.ETH_P_IPV6)
+    assert checker.GWLB_GENEVE_LENGTH == 40
 
 
 def test_geneve_header_is_the_gwlb_layout() -> None:

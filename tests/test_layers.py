@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import sys
 
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "geneve"
 
@@ -90,3 +91,13 @@ def test_the_codec_and_pipeline_do_no_io() -> None:
                     and node.value.id == "socket"
                 ):
                     assert node.attr not in SOCKET_MAKERS, f"{name} opens a socket"
+
+
+def test_the_emulator_checker_imports_nothing_of_the_codec() -> None:
+    """The emulator's checker is an independent judge: built on the codec, it would share its
+    bugs. It imports the standard library only (its protocol constants are its own)."""
+    path = SRC / "_emulator" / "checker.py"
+    tree = ast.parse(path.read_text())
+    assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
+    outside = {name.split(".")[0] for name in _imports(path)} - set(sys.stdlib_module_names)
+    assert not outside, f"_emulator.checker imports {outside}"

@@ -11,7 +11,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .._headers import ETH_P_IPV4, ETH_P_IPV6, GENEVE_PORT, GWLB_OPTION_CLASS
+# The protocol facts, stated here rather than imported from the codec (tests/test_layers.py
+# keeps this module free of geneve imports; tests/test_emulator.py compares the values).
+GENEVE_PORT = 6081  # RFC 8926 3.3: the IANA-assigned UDP destination port
+GWLB_OPTION_CLASS = 0x0108  # AWS GWLB: the option class of its three TLVs
+ETH_P_IPV4 = 0x0800  # Geneve Protocol Type (an EtherType, RFC 8926 3.4)
+ETH_P_IPV6 = 0x86DD
 
 _U16 = struct.Struct("!H")
 _OUTER = struct.Struct("!BBHHHBBH4s4sHHHH")  # outer IPv4 (20 bytes) + UDP (8 bytes)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._headers import GENEVE_PORT
+from .checker import GENEVE_PORT
 from .emulator import Emulator, describe_exit
 from .namespaces import EmulatorError
 from .topology import EmulatorConfig

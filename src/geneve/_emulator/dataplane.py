@@ -18,9 +18,11 @@ import struct
 import threading
 from typing import Any
 
-from .._headers import ETH_P_IPV4, ETH_P_IPV6, GENEVE_PORT
 from .checker import (
     COOKIE_AT,
+    ETH_P_IPV4,
+    ETH_P_IPV6,
+    GENEVE_PORT,
     GWLB_GENEVE_LENGTH,
     IPPROTO_UDP,
     Expected,
