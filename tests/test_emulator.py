@@ -48,7 +48,6 @@ from geneve._emulator import (
     netns,
     netns_list,
 )
-from geneve._emulator import emulator as emu_emulator
 from geneve._emulator import flows as emu_flows
 from geneve._emulator import namespaces as emu_namespaces
 from geneve._emulator.checker import checksum, checksum_ok
@@ -944,7 +943,7 @@ def test_interrupt_around_netns_add_leaves_no_namespace(
             raise KeyboardInterrupt
         real_ip(*args)
 
-    monkeypatch.setattr(emu_emulator, "ip", ip)
+    monkeypatch.setattr(emu_namespaces, "ip", ip)
     names = Names()
     try:
         with pytest.raises(KeyboardInterrupt):

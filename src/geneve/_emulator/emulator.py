@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -26,12 +25,13 @@ from typing import Any
 from .dataplane import DataPlane
 from .namespaces import (
     EmulatorError,
+    Namespaces,
     die_with_parent,
     ip,
-    leftover_pids,
     netns,
     sysctl,
     tx_checksum,
+    veth,
 )
 from .topology import DIVERT_TABLE, GWLB_TO, PEER_IFNAME, TUN_NAME, EmulatorConfig, Names, Role
 
@@ -65,7 +65,7 @@ class Emulator:
         self.data_plane: DataPlane | None = None
         self.appliance: subprocess.Popen[bytes] | None = None
         self._processes: list[subprocess.Popen[bytes]] = []
-        self._created: list[str] = []
+        self._namespaces = Namespaces()
         self.tx_checksum_offload: bool | None = None  # of the appliance's interface, after setup
         self.final_summary: dict[str, Any] | None = None
 
@@ -102,9 +102,7 @@ class Emulator:
         a, n, c = self.addressing, self.names, self.config
         plen, plen6 = str(a.prefix_length), str(a.prefix6_length)
         for name in n.all():
-            # Recorded first: a signal while (or right after) ip runs must not orphan it.
-            self._created.append(name)
-            ip("netns", "add", name)
+            self._namespaces.add(name)  # recorded first: a signal cannot orphan it
             with netns(name):
                 # No duplicate address detection: addresses usable at once (isolated links).
                 for scope in ("all", "default"):
@@ -122,10 +120,9 @@ class Emulator:
             ("appliance", n.appliance, a.gwlb, a.appliance, "", ""),
         )
         for role, ns, gw, addr, gw6, addr6 in links:
-            mtu = str(c.appliance_mtu if role == "appliance" else c.inner_mtu)
+            mtu = c.appliance_mtu if role == "appliance" else c.inner_mtu
             ifname = GWLB_TO[role]
-            ip("-n", n.gwlb, "link", "add", ifname, "mtu", mtu, "type", "veth",
-                "peer", "name", PEER_IFNAME, "mtu", mtu, "netns", ns)  # fmt: skip
+            veth(n.gwlb, ifname, ns, PEER_IFNAME, mtu=mtu)
             ip("-n", n.gwlb, "addr", "add", f"{gw}/{plen}", "dev", ifname)
             ip("-n", ns, "addr", "add", f"{addr}/{plen}", "dev", PEER_IFNAME)
             if c.ipv6 and addr6:
@@ -304,22 +301,10 @@ class Emulator:
                 self.data_plane.stop()
                 self.final_summary = self.data_plane.summary()
                 self.data_plane = None
-            problems = []
-            for name in self._created:
-                leftover = leftover_pids(name)
-                deleted = subprocess.run(
-                    ["ip", "netns", "del", name], capture_output=True, text=True, check=False
-                )
-                # A name recorded whose ip netns add never ran is not a problem.
-                if deleted.returncode and os.path.lexists(f"/run/netns/{name}"):
-                    problems.append(f"{name}: {deleted.stderr.strip()}")
-                elif leftover:
-                    # Not ours (we stopped ours above): say so, and leave them running.
-                    print(
-                        f"geneve.emulator: deleted {name}, but pids {leftover} still run in it",
-                        file=sys.stderr,
-                    )
-            self._created.clear()
+            # Processes left in a namespace are not ours (ours were stopped above): say so.
+            problems = self._namespaces.delete(
+                warn=lambda text: print(f"geneve.emulator: {text}", file=sys.stderr)
+            )
         if problems:
             raise EmulatorError("teardown: " + "; ".join(problems))
 

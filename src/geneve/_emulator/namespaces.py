@@ -1,7 +1,9 @@
-"""The Linux plumbing: network namespaces, setns, tun, sysctl, ethtool, processes.
+"""The Linux plumbing: network namespaces, veth pairs, setns, tun, sysctl, ethtool, processes.
 
-A thread that calls setns(2) moves only itself; a socket or tun device it opens stays in that
-namespace for its whole life, whichever thread uses it later.
+The one implementation for the emulator, the tests (tests/support/netns.py) and the benchmark
+(benchmarks/appliance.py); each keeps its own topology. A thread that calls setns(2) moves only
+itself; a socket or tun device it opens stays in that namespace for its whole life, whichever
+thread uses it later.
 """
 
 from __future__ import annotations
@@ -14,11 +16,16 @@ import signal
 import socket
 import struct
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 
 class EmulatorError(Exception):
     """The emulator could not build, run or tear down its environment."""
+
+
+T = TypeVar("T")
 
 
 _CLONE_NEWNET = 0x40000000
@@ -64,6 +71,36 @@ def netns(name: str) -> Iterator[None]:
         os.close(home)
 
 
+def in_netns(name: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on a new thread inside namespace ``name``; return its result or raise its error.
+
+    The caller's thread never moves. Threads that ``fn`` starts stay in ``name`` (a new thread
+    starts in its creator's namespace), which is how an in-process appliance runs inside one.
+    """
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            with netns(name):
+                result.append(fn())
+        except BaseException as err:
+            error.append(err)
+
+    thread = threading.Thread(target=target, name=f"in-netns-{name}")
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def socket_in(name: str, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A socket of namespace ``name`` (it stays there, whichever thread uses it)."""
+    with netns(name):
+        return socket.socket(family, kind, proto)
+
+
 def sysctl(path: str, value: str | int) -> None:
     """Write ``/proc/sys/<path>`` in the current thread's namespace."""
     with open(f"/proc/sys/{path}", "w") as f:
@@ -74,6 +111,65 @@ def ip(*args: str) -> None:
     proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if proc.returncode:
         raise EmulatorError(f"ip {' '.join(args)}: {proc.stderr.strip() or proc.returncode}")
+
+
+def veth(ns: str, name: str, peer_ns: str, peer_name: str, *, mtu: int | None = None) -> None:
+    """A veth pair: ``name`` in namespace ``ns``, ``peer_name`` in ``peer_ns``.
+
+    Both ends are created directly in their namespaces, so their names never clash with another
+    run's (or the host's). They start down and without addresses.
+    """
+    m = ("mtu", str(mtu)) if mtu else ()
+    ip("-n", ns, "link", "add", name, *m, "type", "veth", "peer", "name", peer_name, *m,
+       "netns", peer_ns)  # fmt: skip
+
+
+def delete(name: str) -> str | None:
+    """``ip netns del name``: None once it is gone (or never was), else why not."""
+    proc = subprocess.run(["ip", "netns", "del", name], capture_output=True, text=True, check=False)
+    if proc.returncode and os.path.lexists(f"/run/netns/{name}"):
+        return proc.stderr.strip() or f"exit status {proc.returncode}"
+    return None
+
+
+class Namespaces:
+    """Network namespaces created by one owner and deleted together, also after a failure.
+
+    Each name is recorded before ``ip netns add`` runs, so a signal (KeyboardInterrupt) while
+    or right after it runs cannot orphan the namespace; :meth:`delete` is idempotent and safe
+    after a partial set-up. As a context manager it deletes on exit, whatever happened.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def add(self, name: str) -> str:
+        self.names.append(name)
+        ip("netns", "add", name)
+        return name
+
+    def delete(self, warn: Callable[[str], None] | None = None) -> list[str]:
+        """Delete every namespace added; returns the problems (``name: reason``).
+
+        With ``warn``: a namespace in which processes still run (not ours: the caller stopped
+        its own) is deleted all the same, and ``warn`` says which pids were left running.
+        """
+        problems = []
+        while self.names:
+            name = self.names.pop(0)
+            leftover = leftover_pids(name) if warn is not None else []
+            reason = delete(name)
+            if reason is not None:
+                problems.append(f"{name}: {reason}")
+            elif leftover and warn is not None:
+                warn(f"deleted {name}, but pids {leftover} still run in it")
+        return problems
+
+    def __enter__(self) -> Namespaces:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.delete()
 
 
 def netns_list() -> list[str]:

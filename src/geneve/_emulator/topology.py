@@ -14,11 +14,10 @@ import ipaddress
 import itertools
 import os
 import re
-import subprocess
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .namespaces import netns_list, pid_alive
+from .namespaces import delete, netns_list, pid_alive
 
 #: Every namespace this module creates is named ``geneve-emu-<pid>-<n>-<role>``.
 NETNS_PREFIX = "geneve-emu"
@@ -116,6 +115,6 @@ def cleanup(*, everything: bool = False) -> list[str]:
         m = _NAME_RE.match(name)
         if m is None or (not everything and pid_alive(int(m.group(1)))):
             continue
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        delete(name)
         removed.append(name)
     return removed
