@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from gwlb_client import (
+from support.gwlb_client import (
     GwlbClient,
     checksums_valid,
     http,
@@ -25,7 +25,7 @@ from gwlb_client import (
     inner_udp,
     wait_healthy,
 )
-from netns import Pair, in_netns, netns_unavailable, pair, run
+from support.netns import Pair, in_netns, netns_unavailable, pair, run
 
 from geneve import Packet, Verdict, build_frame
 from geneve._appliance import Appliance, ApplianceError
@@ -308,7 +308,7 @@ def test_own_replies_are_never_processed(ns: Pair) -> None:
         wait_healthy(ns)
 
         def send_from_self() -> None:
-            from gwlb_client import inner_udp as mk
+            from support.gwlb_client import inner_udp as mk
 
             tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
             tx.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
@@ -647,7 +647,7 @@ def test_fast_path_forwards_what_no_rule_touches(ns: Pair) -> None:
 
 
 def test_fast_path_takes_inner_ipv6_and_refuses_it_malformed(ns: Pair) -> None:
-    from conftest import make_inner, naive_checksum
+    from support.frames import make_inner, naive_checksum
 
     from geneve import declare_interest
 
@@ -721,7 +721,7 @@ def test_fast_path_off_calls_the_modifier_for_everything(ns: Pair) -> None:
 
 
 def test_fast_path_never_forwards_a_malformed_frame(ns: Pair) -> None:
-    from malformed import corpus
+    from support.malformed import corpus
 
     proc = daemon(ns)
     client = GwlbClient(ns)
