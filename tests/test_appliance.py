@@ -25,7 +25,7 @@ from support.gwlb_client import (
     inner_udp,
     wait_healthy,
 )
-from support.netns import Pair, in_netns, netns_unavailable, pair, run
+from support.netns import Pair, in_netns, ip, netns_unavailable, pair
 
 from geneve import Packet, Verdict, build_frame
 from geneve._appliance import Appliance, ApplianceError
@@ -370,8 +370,8 @@ def test_geneve_to_a_broadcast_address_is_not_answered(ns: Pair, args: tuple[str
         in_netns(ns.gw, lambda: sender.bind((ns.gw_addr, 50001)))
         geneve_part = bytes(client.frame(inner_udp(b"weakly typed"), src_port=50001))[28:]
         # A local route (AnyIP) makes a whole subnet the appliance's own: unicast too.
-        run("ip", "-n", ns.ap, "route", "add", "local", "10.20.0.0/24", "dev", "lo")
-        run("ip", "-n", ns.gw, "route", "add", "10.20.0.0/24", "via", ns.ap_addr)
+        ip("-n", ns.ap, "route", "add", "local", "10.20.0.0/24", "dev", "lo")
+        ip("-n", ns.gw, "route", "add", "10.20.0.0/24", "via", ns.ap_addr)
         sender.sendto(geneve_part, ("10.201.0.255", 6081))
         sender.sendto(geneve_part, ("255.255.255.255", 6081))
         sender.sendto(geneve_part, (ns.ap_addr, 6081))

@@ -25,6 +25,7 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.utils import checksum as scapy_checksum
+from support.netns import netns_unavailable
 
 import geneve
 from geneve import _headers
@@ -577,22 +578,7 @@ def test_data_plane_ignores_what_is_not_a_reply(plane: tuple[DataPlane, FakeSend
 # -- in network namespaces ------------------------------------------------------------------
 
 
-def _netns_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root for network namespaces"
-    if shutil.which("ip") is None:
-        return "needs iproute2's ip command"
-    if not os.path.exists("/dev/net/tun"):
-        return "needs /dev/net/tun"
-    probe = f"{NETNS_PREFIX}-{os.getpid()}-probe"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if r.returncode:
-        return f"ip netns add failed: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
-
-_UNAVAILABLE = _netns_unavailable()
+_UNAVAILABLE = netns_unavailable(tun=True)
 needs_netns = pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or "")
 needs_tools = pytest.mark.skipif(
     not (shutil.which("ping") and shutil.which("nc")), reason="needs ping and nc (netcat-openbsd)"
