@@ -51,6 +51,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from geneve._emulator.namespaces import EmulatorError, Namespaces, ip, veth
+
 HERE = Path(__file__).resolve().parent
 C_DIR = HERE / "c"
 PROGRAMS = ("loadgen", "floor_single", "floor_batch")
@@ -272,24 +274,20 @@ class Topology:
         self.gen_if = f"gb{short}g"
         self.app_if = f"gb{short}a"
         self.app_mac = ""
-        self.created: list[str] = []
+        self.namespaces = Namespaces()  # the emulator's plumbing: deleted even after a failure
 
     def up(self) -> None:
         for ns in (self.gen_ns, self.app_ns):
-            run("ip", "netns", "add", ns)
-            self.created.append(ns)
-        run(
-            *f"ip link add {self.gen_if} netns {self.gen_ns} type veth".split(),
-            *f"peer name {self.app_if} netns {self.app_ns}".split(),
-        )
+            self.namespaces.add(ns)
+        veth(self.gen_ns, self.gen_if, self.app_ns, self.app_if)
         for ns, dev, addr in (
             (self.gen_ns, self.gen_if, self.gen_addr),
             (self.app_ns, self.app_if, self.app_addr),
         ):
-            run("ip", "-n", ns, "link", "set", "lo", "up")
+            ip("-n", ns, "link", "set", "lo", "up")
             # GWLB sends up to 8500-byte inner packets; a rewrite may grow a 1500-byte frame.
-            run("ip", "-n", ns, "link", "set", dev, "mtu", "9001", "up")
-            run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            ip("-n", ns, "link", "set", dev, "mtu", "9001", "up")
+            ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
         # Neighbour entries fixed up front: no ARP in the middle of a measurement.
         gen_mac = self._mac(self.gen_ns, self.gen_if)
         self.app_mac = self._mac(self.app_ns, self.app_if)
@@ -297,7 +295,7 @@ class Topology:
             (self.gen_ns, self.app_addr, self.app_mac, self.gen_if),
             (self.app_ns, self.gen_addr, gen_mac, self.app_if),
         ):
-            run(*f"ip -n {ns} neigh replace {addr} lladdr {mac} dev {dev} nud permanent".split())
+            ip(*f"-n {ns} neigh replace {addr} lladdr {mac} dev {dev} nud permanent".split())
 
     @staticmethod
     def _mac(ns: str, dev: str) -> str:
@@ -306,9 +304,7 @@ class Topology:
         return words[words.index("link/ether") + 1]
 
     def down(self) -> None:
-        while self.created:
-            ns = self.created.pop()
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        self.namespaces.delete()
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -765,7 +761,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     indent=1,
                 )
             )
-    except BenchmarkError as err:
+    except (BenchmarkError, EmulatorError) as err:
         print(f"benchmark: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from gwlb_client import (
+from support.gwlb_client import (
     GwlbClient,
     checksums_valid,
     http,
@@ -25,7 +25,7 @@ from gwlb_client import (
     inner_udp,
     wait_healthy,
 )
-from netns import Pair, in_netns, netns_unavailable, pair, run
+from support.netns import Pair, in_netns, ip, netns_unavailable, pair
 
 from geneve import Packet, Verdict, build_frame
 from geneve._appliance import Appliance, ApplianceError
@@ -308,7 +308,7 @@ def test_own_replies_are_never_processed(ns: Pair) -> None:
         wait_healthy(ns)
 
         def send_from_self() -> None:
-            from gwlb_client import inner_udp as mk
+            from support.gwlb_client import inner_udp as mk
 
             tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
             tx.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
@@ -370,8 +370,8 @@ def test_geneve_to_a_broadcast_address_is_not_answered(ns: Pair, args: tuple[str
         in_netns(ns.gw, lambda: sender.bind((ns.gw_addr, 50001)))
         geneve_part = bytes(client.frame(inner_udp(b"weakly typed"), src_port=50001))[28:]
         # A local route (AnyIP) makes a whole subnet the appliance's own: unicast too.
-        run("ip", "-n", ns.ap, "route", "add", "local", "10.20.0.0/24", "dev", "lo")
-        run("ip", "-n", ns.gw, "route", "add", "10.20.0.0/24", "via", ns.ap_addr)
+        ip("-n", ns.ap, "route", "add", "local", "10.20.0.0/24", "dev", "lo")
+        ip("-n", ns.gw, "route", "add", "10.20.0.0/24", "via", ns.ap_addr)
         sender.sendto(geneve_part, ("10.201.0.255", 6081))
         sender.sendto(geneve_part, ("255.255.255.255", 6081))
         sender.sendto(geneve_part, (ns.ap_addr, 6081))
@@ -647,7 +647,7 @@ def test_fast_path_forwards_what_no_rule_touches(ns: Pair) -> None:
 
 
 def test_fast_path_takes_inner_ipv6_and_refuses_it_malformed(ns: Pair) -> None:
-    from conftest import make_inner, naive_checksum
+    from support.frames import make_inner, naive_checksum
 
     from geneve import declare_interest
 
@@ -721,7 +721,7 @@ def test_fast_path_off_calls_the_modifier_for_everything(ns: Pair) -> None:
 
 
 def test_fast_path_never_forwards_a_malformed_frame(ns: Pair) -> None:
-    from malformed import corpus
+    from support.malformed import corpus
 
     proc = daemon(ns)
     client = GwlbClient(ns)

@@ -9,12 +9,17 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from conftest import PURE_PYTHON, gwlb_frames, naive_checksum, naive_sum, needs_c, sized_bytes
 from hypothesis import given
 from hypothesis import strategies as st
+from support.frames import gwlb_frames, naive_checksum, naive_sum, sized_bytes
 
 import geneve
 from geneve import MalformedError, TruncatedError, _fixup, _pychecksum, checksum
+
+PURE_PYTHON = geneve.checksum.IMPLEMENTATION == "python"
+needs_c = pytest.mark.skipif(
+    PURE_PYTHON, reason="C checksum module not in use (GENEVE_PURE_PYTHON=1 or not built)"
+)
 
 offsets = st.integers(0, 7)
 initials = st.one_of(st.just(0), st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF))
@@ -223,7 +228,7 @@ def test_fix_frame_outer_udp_modes(frame: bytearray, rng: random.Random, mode: A
 
 
 def test_fix_frame_keeps_a_zero_outer_udp_checksum() -> None:
-    from conftest import make_inner
+    from support.frames import make_inner
 
     frame = geneve.build_frame(make_inner(4, "udp", b"abc"))
     bad = bytearray(frame)
@@ -235,7 +240,7 @@ def test_fix_frame_keeps_a_zero_outer_udp_checksum() -> None:
 def test_fix_frame_computed_zero_udp_checksum_is_sent_as_ones() -> None:
     # RFC 768: a computed UDP checksum of 0 goes on the wire as 0xFFFF. Search for a payload
     # whose UDP checksum computes to 0 by adjusting two payload bytes.
-    from conftest import make_inner
+    from support.frames import make_inner
 
     inner = bytearray(make_inner(4, "udp", b"\0\0"))
     frame = geneve.build_frame(bytes(inner))
@@ -252,7 +257,7 @@ def test_fix_frame_computed_zero_udp_checksum_is_sent_as_ones() -> None:
 
 
 def test_fix_frame_fragment_fixes_only_the_ip_header() -> None:
-    from conftest import make_inner
+    from support.frames import make_inner
 
     frame = geneve.build_frame(make_inner(4, "udp", b"x" * 16, flags=1))  # MF
     ip, l4, proto = offsets_of(frame)
@@ -321,7 +326,7 @@ def bad_case(frame: bytearray, what: str) -> tuple[bytearray, int, int, int]:
     ],
 )
 def test_fix_frame_rejects_bad_fields_without_writing(what: str, error: type) -> None:
-    from conftest import make_inner
+    from support.frames import make_inner
 
     frame = geneve.build_frame(make_inner(4, "udp", b"payload!"), udp_checksum=True)
     ip_orig, l4_orig, _ = offsets_of(frame)
@@ -351,7 +356,7 @@ def test_fix_frame_rejects_bad_fields_without_writing(what: str, error: type) ->
     ],
 )
 def test_fix_frame_argument_extremes_raise_codec_errors(kwargs: dict[str, int]) -> None:
-    from conftest import make_inner
+    from support.frames import make_inner
 
     frame = geneve.build_frame(make_inner(4, "udp", b"payload!"))
     ip, l4, proto = offsets_of(frame)
@@ -414,7 +419,7 @@ def test_pure_python_is_in_use() -> None:
 
 
 def test_fix_frame_on_a_valid_frame_changes_nothing() -> None:
-    from conftest import make_inner
+    from support.frames import make_inner
 
     for version in (4, 6):
         for l4 in ("udp", "tcp", "icmp"):

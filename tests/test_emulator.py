@@ -25,11 +25,13 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.utils import checksum as scapy_checksum
+from support.netns import netns_unavailable
 
 import geneve
-from geneve import _emulator as emu_mod
+from geneve import _headers
 from geneve._emulator import (
     NETNS_PREFIX,
+    Addressing,
     DataPlane,
     Emulator,
     EmulatorConfig,
@@ -38,13 +40,18 @@ from geneve._emulator import (
     Names,
     check_inner,
     check_reply,
-    checksum,
+    checker,
+    cleanup,
     encapsulate,
     flow_key,
+    format_summary,
     geneve_header,
     netns,
     netns_list,
 )
+from geneve._emulator import flows as emu_flows
+from geneve._emulator import namespaces as emu_namespaces
+from geneve._emulator.checker import checksum, checksum_ok
 from geneve.rules.reference import modifier as reference_modifier
 
 GWLB = socket.inet_aton("10.200.3.1")
@@ -83,6 +90,16 @@ def swapped(frame: bytes) -> bytearray:
 
 
 # -- encapsulation as GWLB does it ------------------------------------------------------------
+
+
+def test_the_checker_states_the_codecs_protocol_constants() -> None:
+    """One fact, two statements: the checker keeps its own (it imports no codec), checked here."""
+    assert (checker.GENEVE_PORT, checker.GWLB_OPTION_CLASS) == (
+        geneve.GENEVE_PORT,
+        _headers.GWLB_OPTION_CLASS,
+    )
+    assert (checker.ETH_P_IPV4, checker.ETH_P_IPV6) == (geneve.ETH_P_IPV4, geneve.ETH_P_IPV6)
+    assert checker.GWLB_GENEVE_LENGTH == 40
 
 
 def test_geneve_header_is_the_gwlb_layout() -> None:
@@ -124,8 +141,8 @@ def test_checksum_agrees_with_scapy() -> None:
         if n >= 2 and n % 2 == 0:
             stamped = data[:-2] + b"\0\0"
             stamped = stamped[:-2] + struct.pack("!H", checksum(stamped))
-            assert emu_mod.checksum_ok(stamped)
-            assert not emu_mod.checksum_ok(stamped[:-1] + bytes([stamped[-1] ^ 1]))
+            assert checksum_ok(stamped)
+            assert not checksum_ok(stamped[:-1] + bytes([stamped[-1] ^ 1]))
 
 
 def test_flow_key_is_the_same_both_ways() -> None:
@@ -511,7 +528,7 @@ def test_a_reply_later_than_the_pending_limit_is_not_an_edit(
     plane: tuple[DataPlane, FakeSender, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its request was pushed out of the pending list; no other request pays for it."""
-    monkeypatch.setattr(emu_mod, "MAX_PENDING", 8)
+    monkeypatch.setattr(emu_flows, "MAX_PENDING", 8)
     dp, sender, tun = plane
     template = udp_inner(b"late")
     for i in range(10):
@@ -561,22 +578,7 @@ def test_data_plane_ignores_what_is_not_a_reply(plane: tuple[DataPlane, FakeSend
 # -- in network namespaces ------------------------------------------------------------------
 
 
-def _netns_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root for network namespaces"
-    if shutil.which("ip") is None:
-        return "needs iproute2's ip command"
-    if not os.path.exists("/dev/net/tun"):
-        return "needs /dev/net/tun"
-    probe = f"{NETNS_PREFIX}-{os.getpid()}-probe"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if r.returncode:
-        return f"ip netns add failed: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
-
-_UNAVAILABLE = _netns_unavailable()
+_UNAVAILABLE = netns_unavailable(tun=True)
 needs_netns = pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or "")
 needs_tools = pytest.mark.skipif(
     not (shutil.which("ping") and shutil.which("nc")), reason="needs ping and nc (netcat-openbsd)"
@@ -783,7 +785,7 @@ def test_exception_inside_leaves_no_namespace(no_leftovers: None) -> None:
 @needs_netns
 @pytest.mark.netns
 def test_failed_start_leaves_no_namespace(no_leftovers: None) -> None:
-    bad = EmulatorConfig(addressing=emu_mod.Addressing(server="10.200.2.300"))
+    bad = EmulatorConfig(addressing=Addressing(server="10.200.2.300"))
     names = Names()
     with pytest.raises(EmulatorError, match=r"10\.200\.2\.300"):
         Emulator(bad, names).start()
@@ -800,7 +802,7 @@ def test_cleanup_removes_only_namespaces_of_dead_runs() -> None:
     for name in (stale.gwlb, stale.client, live.gwlb):
         subprocess.run(["ip", "netns", "add", name], check=True)
     try:
-        removed = emu_mod.cleanup()
+        removed = cleanup()
         assert {stale.gwlb, stale.client} <= set(removed)
         assert live.gwlb not in removed
         present = set(netns_list())
@@ -917,7 +919,7 @@ def test_interrupt_around_netns_add_leaves_no_namespace(
     when: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SIGTERM (KeyboardInterrupt) just before or just after ``ip netns add`` returns."""
-    real_ip = emu_mod._ip
+    real_ip = emu_namespaces.ip
 
     def ip(*args: str) -> None:
         if args[:2] == ("netns", "add") and args[2].endswith("-gwlb"):
@@ -927,7 +929,7 @@ def test_interrupt_around_netns_add_leaves_no_namespace(
             raise KeyboardInterrupt
         real_ip(*args)
 
-    monkeypatch.setattr(emu_mod, "_ip", ip)
+    monkeypatch.setattr(emu_namespaces, "ip", ip)
     names = Names()
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -958,7 +960,7 @@ def test_replies_the_emulator_could_not_read_are_counted_as_its_own(no_leftovers
                 break
     assert s["capture_dropped"] > 0
     assert s["received"] + s["capture_dropped"] <= 4000
-    assert "capture socket" in emu_mod.format_summary(s)
+    assert "capture socket" in format_summary(s)
 
 
 def test_run_fails_when_the_data_plane_died(

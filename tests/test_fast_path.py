@@ -12,11 +12,11 @@ import struct
 from typing import Any
 
 import pytest
-from conftest import gwlb_frames, make_inner
 from hypothesis import given
 from hypothesis import strategies as st
 from scapy.layers.inet import UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
+from support.frames import gwlb_frames, make_inner
 
 from geneve import Stats, build_frame, process
 

@@ -7,7 +7,6 @@ import struct
 from typing import Any
 
 import pytest
-from conftest import ipv4_addresses, ipv6_addresses, make_inner
 from hypothesis import given
 from hypothesis import strategies as st
 from scapy.contrib.geneve import GENEVE, GeneveOptions
@@ -17,6 +16,7 @@ from scapy.layers.inet import TCP as STCP
 from scapy.layers.inet import UDP as SUDP
 from scapy.layers.inet import IPOption
 from scapy.layers.inet6 import IPv6 as SIPv6
+from support.frames import ipv4_addresses, ipv6_addresses, make_inner
 
 from geneve import (
     ICMP,

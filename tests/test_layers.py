@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import sys
 
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "geneve"
 
@@ -15,6 +16,9 @@ LAYERS: dict[str, int] = {
     "_pipeline": 1, "rules": 1, "rules.reference": 1, "_loader": 1,
     "_health": 2, "_appliance": 2, "_batch_cffi": 2,
     "appliance": 3, "replay": 3, "emulator": 3, "_emulator": 3,
+    "_emulator.namespaces": 3, "_emulator.checker": 3, "_emulator.flows": 3,
+    "_emulator.topology": 3, "_emulator.dataplane": 3, "_emulator.emulator": 3,
+    "_emulator.console": 3,
 }  # fmt: skip
 IO_MODULES = {"selectors", "signal", "multiprocessing", "threading", "subprocess"}
 # The codec may use the socket module's address conversions (inet_pton...), never a socket.
@@ -102,7 +106,6 @@ def test_bundled_rules_use_the_public_packet_api_only() -> None:
 def test_import_geneve_loads_the_codec_and_pipeline_only() -> None:
     # A codec user pays for no sockets, workers or signals; the appliance comes on first use.
     import subprocess
-    import sys
 
     script = (
         "import sys, geneve\n"
@@ -115,3 +118,13 @@ def test_import_geneve_loads_the_codec_and_pipeline_only() -> None:
     ).stdout.splitlines()
     assert out[0] == "[]"
     assert out[1].startswith("Appliance True <class 'geneve._appliance.ApplianceError'>")
+
+
+def test_the_emulator_checker_imports_nothing_of_the_codec() -> None:
+    """The emulator's checker is an independent judge: built on the codec, it would share its
+    bugs. It imports the standard library only (its protocol constants are its own)."""
+    path = SRC / "_emulator" / "checker.py"
+    tree = ast.parse(path.read_text())
+    assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
+    outside = {name.split(".")[0] for name in _imports(path)} - set(sys.stdlib_module_names)
+    assert not outside, f"_emulator.checker imports {outside}"

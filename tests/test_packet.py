@@ -9,16 +9,6 @@ import struct
 from typing import Any
 
 import pytest
-from conftest import (
-    check_frame,
-    frame_of,
-    gwlb_frames,
-    inner_packets,
-    make_inner,
-    naive_sum,
-    scapy_rebuilds_identically,
-    sized_bytes,
-)
 from hypothesis import given
 from hypothesis import strategies as st
 from scapy.contrib.geneve import GENEVE
@@ -39,6 +29,16 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrSegmentRouting,
 )
 from scapy.layers.l2 import ARP, Dot1Q, Ether
+from support.frames import (
+    check_frame,
+    frame_of,
+    gwlb_frames,
+    inner_packets,
+    make_inner,
+    naive_sum,
+    scapy_rebuilds_identically,
+    sized_bytes,
+)
 
 import geneve
 from geneve import (

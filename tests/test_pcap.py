@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import block, epb, idb, shb, spb
 from scapy.utils import RawPcapReader
+from support.pcapng import block, epb, idb, shb, spb
 
 from geneve._pcap import (
     LINKTYPE_ETHERNET,

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import check_frame, gwlb_frames, make_inner, naive_sum
 from hypothesis import given
 from hypothesis import strategies as st
+from support.frames import check_frame, gwlb_frames, make_inner, naive_sum
 
 from geneve import MAX_INNER_LENGTH, Packet, Stats, Verdict, build_frame, process
 

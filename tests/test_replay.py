@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, check_frame, epb, idb, make_inner, shb
+from support.frames import check_frame, make_inner
+from support.pcapng import epb, idb, shb
+from support.vectors import REPO_ROOT
 
 from geneve import Packet, Verdict, build_frame
 from geneve._pcap import (

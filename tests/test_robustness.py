@@ -15,9 +15,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from gwlb_client import GwlbClient, checksums_valid, http, inner_udp, wait_healthy
-from malformed import corpus, valid_frame
-from netns import Pair, netns_unavailable, pair
+from support.gwlb_client import GwlbClient, checksums_valid, http, inner_udp, wait_healthy
+from support.malformed import corpus, valid_frame
+from support.netns import Pair, netns_unavailable, pair
 from test_appliance import daemon, stop
 
 from geneve import Packet, Stats, Verdict, build_frame, process

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import check_frame, make_inner, naive_checksum
 from hypothesis import given
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, UDP, fragment
@@ -19,6 +18,7 @@ from scapy.layers.inet6 import (
     fragment6,
 )
 from scapy.packet import Packet as ScapyPacket
+from support.frames import check_frame, make_inner, naive_checksum
 
 from geneve import Packet, Stats, Verdict, build_frame, process, rules
 from geneve.rules import reference

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, check_frame, vector_files, vector_params
 from scapy.utils import RawPcapReader
+from support.frames import check_frame
+from support.vectors import REPO_ROOT, vector_files, vector_params
 
 from geneve import GeneveError, Packet, Verdict
 from geneve._pcap import ip_offset, read_capture

@@ -32,8 +32,8 @@ from ._emulator import (
     cleanup,
     format_summary,
     run_demo,
-    serve,
 )
+from ._emulator.console import serve
 
 __all__ = ["main"]
 

@@ -11,10 +11,11 @@ import struct
 import time
 from dataclasses import dataclass
 
-from netns import Pair, in_netns
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
 from geneve import build_frame
+
+from .netns import Pair, in_netns
 
 INNER_SRC = "198.51.100.10"
 INNER_DST = "198.51.100.20"
