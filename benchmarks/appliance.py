@@ -16,7 +16,9 @@ replies; the appliance under test runs pinned to the other core. Appliances:
 - ``geneve-py`` (full run only): ``--no-fast-path``, every frame through the Python pipeline;
 - ``geneve-raw`` / ``geneve-w2`` / ``geneve-b1`` (full run only): ``--receive raw``,
   ``--workers 2`` (both workers on the appliance's one core) and ``--batch 1 --no-fast-path``
-  (one frame per system call, all in Python: the batching lever measured).
+  (one frame per system call, all in Python: the batching lever measured);
+- ``geneve-base`` (with ``--baseline PYTHON``): the daemon of another checkout, run by that
+  checkout's own Python, so a before/after comparison is measured in one run, alternating.
 
 For each appliance, frame size and traffic mix it measures the reply rate at saturation, the
 highest offered rate with less than 0.1% loss and replies keeping pace (15% steps from the
@@ -118,6 +120,8 @@ class Appliance:
         daemon = [sys.executable, "-m", "geneve.appliance"]
         if self.name == "geneve":
             return daemon
+        if self.name == "geneve-base":  # another checkout's daemon, through its own Python
+            return [str(BASELINE_PYTHON), "-m", "geneve.appliance"]
         if self.name == "geneve-raw":
             return [*daemon, "--receive", "raw"]
         if self.name == "geneve-w2":
@@ -137,7 +141,10 @@ APPLIANCES = {
     "geneve-w2": Appliance("geneve-w2", ("forward",), (156,)),
     "geneve-b1": Appliance("geneve-b1", ("forward",), (156,)),
     "geneve-py": Appliance("geneve-py", ("forward", "rules"), None),
+    "geneve-base": Appliance("geneve-base", ("forward", "rules"), None),
 }
+#: The interpreter of the checkout that ``geneve-base`` runs (``--baseline``).
+BASELINE_PYTHON: Path | None = None
 
 
 class BenchmarkError(Exception):
@@ -615,6 +622,16 @@ def ratios(summary: dict[tuple[str, str, int], dict[str, Any]]) -> list[str]:
                 f"({verdict} >= {target}x){bound}, no-loss {nl:.2f}x, "
                 f"p50 {p50:.2f}x ({lat} <= 2x, {g['p50_us'] - f['p50_us']:+.1f} us)"
             )
+    for size in sizes:  # this checkout against --baseline's, mix by mix, in the same run
+        for mix in ("forward", "rules"):
+            g = summary.get(("geneve", mix, size))
+            b = summary.get(("geneve-base", mix, size))
+            if g and b and b["saturation_pps"]:
+                out.append(
+                    f"{size:>5} geneve {mix:<7} / geneve-base : saturation "
+                    f"{g['saturation_pps'] / b['saturation_pps']:.2f}x, p50 "
+                    f"{g['p50_us'] - b['p50_us']:+.1f} us"
+                )
     clean = all(s["invalid"] == 0 for s in summary.values())
     lossless = all(s["latency_loss"] == 0 for s in summary.values())
     dups = sum(s["duplicates"] for s in summary.values())
@@ -650,6 +667,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="how the generator sends (default packet: AF_PACKET, faster)",
     )
     p.add_argument("--json", type=Path, help="write every result to this file")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="the Python of another checkout's venv (e.g. ../before/.venv/bin/python): its "
+        "daemon runs as geneve-base beside this one, alternating, for a before/after table",
+    )
     return p.parse_args(argv)
 
 
@@ -671,6 +694,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"unknown appliance(s): {', '.join(unknown)}", file=sys.stderr)
             return 2
         plan = Plan(**{**plan.__dict__, "appliances": names})
+    global BASELINE_PYTHON
+    if args.baseline is not None:
+        if not os.access(args.baseline, os.X_OK):
+            print(f"--baseline: {args.baseline} is not an executable Python", file=sys.stderr)
+            return 2
+        BASELINE_PYTHON = args.baseline.absolute()
+        if "geneve-base" not in plan.appliances:
+            plan = Plan(**{**plan.__dict__, "appliances": (*plan.appliances, "geneve-base")})
+    elif "geneve-base" in plan.appliances:
+        print("geneve-base needs --baseline PYTHON", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("needs root (network namespaces, raw sockets)", file=sys.stderr)
         return 2
