@@ -277,6 +277,8 @@ class Packet:
         buf = self.buf
         off = self.inner_offset
         end = self.length
+        if end > len(buf):  # a modifier shortened buf under the frame
+            raise TruncatedError("the frame runs past its buffer", "truncated")
         ptype = self.protocol_type
         if ptype == ETH_P_TEB:
             if off + 14 > end:
@@ -799,14 +801,17 @@ class Packet:
                 self._fix_outer(outer_udp)
                 self.modified = False
                 return True
-        # What fix_frame does, minus its argument checks (self.length <= len(self.buf) always)
-        # and one call level; the buffer is a bytearray, so it is writable.
+        # What fix_frame does, minus one call level; the buffer is a bytearray, so it is
+        # writable. The C fix-up checks self.length against the buffer's own size (a modifier
+        # may have shortened buf), as the fallback does.
         buf = self.buf
         if _c_fix is not None:
             # A ReceiveBuffer carries its cffi view; a plain bytearray needs one per call.
             # (checksum.py sets _c_from_buffer with _c_fix: mypy cannot see that.)
             view = buf._cview if type(buf) is ReceiveBuffer else _c_from_buffer(buf)  # type: ignore[misc]
-            rc: int = _c_fix(view, self.length, ip, self._l4_offset, self._l4_protocol, mode)
+            rc: int = _c_fix(
+                view, len(view), self.length, ip, self._l4_offset, self._l4_protocol, mode
+            )
         else:
             rc = _py_fix(buf, self.length, ip, self._l4_offset, self._l4_protocol, mode)
         if rc < 0:
@@ -846,7 +851,7 @@ class Packet:
         if self.modified:
             if self._usual_layout and _c_fix is not None:  # fix_checksums(), the usual frame
                 view = buf._cview if held else _c_from_buffer(buf)  # type: ignore[attr-defined, misc]
-                rc: int = _c_fix(view, self.length, 68, 88, 17, 0)
+                rc: int = _c_fix(view, len(view), self.length, 68, 88, 17, 0)
                 if rc < 0:
                     _raise_fix_error(rc)
                 self.modified = False

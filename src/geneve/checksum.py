@@ -39,7 +39,7 @@ ffi: Any = None
 lib: Any = None
 # For the codec's hot path (geneve.Packet.fix_checksums), which calls them directly to save a
 # Python-level call per packet: the C fix-up and cffi's buffer wrapper, or None without C.
-_c_fix: Callable[[FFI.CData, int, int, int, int, int], int] | None = None
+_c_fix: Callable[[FFI.CData, int, int, int, int, int, int], int] | None = None
 _c_from_buffer: Callable[[bytearray], FFI.CData] | None = None
 
 if os.environ.get("GENEVE_PURE_PYTHON", "") not in ("", "0"):
@@ -101,9 +101,8 @@ if IMPLEMENTATION == "c":
     ) -> int:
         # require_writable (positional: the keyword form is twice as slow) refuses a read-only
         # memoryview rather than writing into an immutable object.
-        rc: int = _fix(
-            _from_buffer(_U8_ARRAY, buf, True), length, ip_off, l4_off, l4_proto, outer_udp_mode
-        )
+        raw = _from_buffer(_U8_ARRAY, buf, True)
+        rc: int = _fix(raw, len(raw), length, ip_off, l4_off, l4_proto, outer_udp_mode)
         return rc
 
 else:
