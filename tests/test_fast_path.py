@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from scapy.layers.inet import UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 
-from geneve import Stats, build_frame, process
+from geneve import Interest, Stats, build_frame, process
+from geneve._appliance import _interest_tables
 
 _batch = pytest.importorskip("geneve._batch_cffi", reason="the C batch module is not built")
 
@@ -26,30 +27,32 @@ SOURCE = 0x0A000001  # any value: the test admits it
 
 
 def fast_forward(
-    frame: bytes, *, ports: set[int] | None = None, needles: list[bytes] | None = None
+    frame: bytes,
+    *,
+    ports: set[int] | None = None,
+    needles: list[bytes] | None = None,
+    interest: Interest | None = None,
+    max_inner: int = 8500,
 ) -> bytes | None:
     """Run one frame through the C fast path; its output, or None when it defers to Python.
 
     ``ports``: the ports of interest (UDP and TCP alike), none by default; ``needles``: the
     payload strings that make a frame on those ports go to Python (None: any payload does).
+    ``interest`` instead of both: the tables the appliance makes of it.
     """
     ffi, lib = _batch.ffi, _batch.lib
+    if interest is None:
+        wanted = frozenset(ports or ())
+        interest = Interest(wanted, wanted, None if needles is None else frozenset(needles))
     buf = bytearray(frame) + bytearray(64)  # room after the frame, like a receive buffer
     view = ffi.from_buffer("uint8_t[]", buf, require_writable=True)
     slots = ffi.new("uint8_t *[]", [view])
     lens = ffi.new("int32_t[]", [len(frame)])
     sources = ffi.new("uint32_t[]", [SOURCE])
     admitted = ffi.new("uint32_t[]", [SOURCE])
-    table = ffi.new("uint8_t[]", 65536)
-    for port in ports or ():
-        table[port] = 1
-    joined = b"".join(needles or []) or b"\0"
-    needle_bytes = ffi.new("uint8_t[]", joined)
-    needle_lens = ffi.new("int32_t[]", [len(n) for n in needles or []] or [0])
-    n_needles = -1 if needles is None else len(needles)
     out, todo, fast = ffi.new("int32_t[]", 1), ffi.new("int32_t[]", 1), ffi.new("int32_t *")
-    left = lib.geneve_fast_forward(slots, lens, sources, 1, admitted, 1, table, table,
-                                   needle_bytes, needle_lens, n_needles, 8500, 6081, out, todo,
+    left = lib.geneve_fast_forward(slots, len(buf), lens, sources, 1, admitted, 1,
+                                   *_interest_tables(ffi, interest), max_inner, 6081, out, todo,
                                    fast)  # fmt: skip
     assert left + fast[0] == 1
     if fast[0] == 0:
@@ -144,3 +147,108 @@ def test_every_header_byte_damaged(version: int, l4: str) -> None:
             data[pos] ^= change
             taken += agrees(bytes(data))
     assert taken > 0  # damage to addresses, ports, ids and checksums is not the fast path's
+
+
+# -- the C contracts: every size and count is checked, a bad one is an error code ---------------
+
+
+class Batch:
+    """The arguments of a one-frame geneve_fast_forward call, each replaceable by a test."""
+
+    def __init__(self, frame: bytes) -> None:
+        ffi = _batch.ffi
+        self.buf = bytearray(frame)
+        self.view = ffi.from_buffer("uint8_t[]", self.buf, require_writable=True)
+        self.args: dict[str, Any] = {
+            "slots": ffi.new("uint8_t *[]", [self.view]),
+            "slot_size": len(self.buf),
+            "lens": ffi.new("int32_t[]", [len(frame)]),
+            "sources": ffi.new("uint32_t[]", [SOURCE]),
+            "n": 1,
+            "admitted": ffi.new("uint32_t[]", [SOURCE]),
+            "n_admitted": 1,
+            "udp_interest": ffi.new("uint8_t[]", 65536),
+            "udp_interest_size": 65536,
+            "tcp_interest": ffi.NULL,
+            "tcp_interest_size": 0,
+            "needles": ffi.new("uint8_t[]", b"abcd"),
+            "needles_size": 4,
+            "needle_lens": ffi.new("int32_t[]", [1, 3]),
+            "n_needles": 2,
+            "max_inner": 8500,
+            "port": 6081,
+            "out": ffi.new("int32_t[]", [-7]),
+            "todo": ffi.new("int32_t[]", [-7]),
+            "fast": ffi.new("int32_t *", -7),
+        }
+
+    def call(self, **changes: Any) -> int:
+        args = {**self.args, **changes}
+        rc: int = _batch.lib.geneve_fast_forward(*args.values())
+        return rc
+
+
+USUAL = bytes(build_frame(make_inner(4, "udp", b"payload", dport=4000)))
+
+
+def test_sound_arguments_are_accepted() -> None:
+    batch = Batch(USUAL)
+    assert batch.call() == 0 and batch.args["fast"][0] == 1
+    assert batch.buf[12:16] == USUAL[16:20]  # swapped
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"max_inner": -1},  # was: an unsigned cast that disabled the size check
+        {"max_inner": -(2**31)},
+        {"n": -1},
+        {"n": 65},  # above GENEVE_BATCH_MAX
+        {"n_admitted": -1},
+        {"slot_size": len(USUAL) - 1},  # the frame's length runs past its slot
+        {"slot_size": -1},
+        {"udp_interest_size": 65535},
+        {"udp_interest_size": 0},
+        {"needles_size": 3},  # the needles' lengths add up to 4
+        {"n_needles": -2},
+        {"port": -1},
+        {"port": 65536},
+        {"fast": _batch.ffi.NULL},
+    ],
+    ids=str,
+)
+def test_impossible_arguments_are_refused_before_anything_is_touched(
+    change: dict[str, Any],
+) -> None:
+    batch = Batch(USUAL)
+    assert batch.call(**change) == _batch.lib.GENEVE_BATCH_BAD_ARGUMENT
+    assert batch.buf == USUAL
+    assert batch.args["out"][0] == batch.args["todo"][0] == batch.args["fast"][0] == -7
+
+
+@pytest.mark.parametrize("lens", [[0, 3], [-1, 5], [2, 2, 0]])
+def test_empty_or_overrunning_needles_are_refused(lens: list[int]) -> None:
+    # An empty needle would match every payload in Python and none in C: neither takes one.
+    ffi = _batch.ffi
+    batch = Batch(USUAL)
+    rc = batch.call(needle_lens=ffi.new("int32_t[]", lens), n_needles=len(lens))
+    assert rc == _batch.lib.GENEVE_BATCH_BAD_ARGUMENT
+    assert batch.buf == USUAL
+
+
+def test_recv_and_send_check_slot_sizes_and_counts() -> None:
+    ffi, lib = _batch.ffi, _batch.lib
+    bad = lib.GENEVE_BATCH_BAD_ARGUMENT
+    buf = bytearray(USUAL)
+    slots = ffi.new("uint8_t *[]", [ffi.from_buffer("uint8_t[]", buf, require_writable=True)])
+    lens, sources = ffi.new("int32_t[]", [len(buf)]), ffi.new("uint32_t[]", 1)
+    for slot_size, n, port in ((28, 1, 6081), (100, 0, 6081), (100, 65, 6081), (100, 1, -1)):
+        assert lib.geneve_recv_batch(-1, slots, slot_size, n, port, lens, sources) == bad
+    # Sound arguments reach the kernel, which refuses the descriptor.
+    assert lib.geneve_recv_batch(-1, slots, len(buf), 1, 6081, lens, sources) < 0
+    last_errno = ffi.new("int32_t *")
+    for slot_size, n in ((len(buf) - 1, 1), (len(buf), -1), (len(buf), 65)):
+        assert lib.geneve_send_batch(-1, slots, slot_size, lens, n, last_errno) == bad
+    assert last_errno[0] == 0  # nothing was sent
+    assert lib.geneve_send_batch(-1, slots, len(buf), lens, 1, last_errno) == 1  # EBADF
+    assert buf == USUAL
