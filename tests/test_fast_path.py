@@ -252,3 +252,38 @@ def test_recv_and_send_check_slot_sizes_and_counts() -> None:
     assert last_errno[0] == 0  # nothing was sent
     assert lib.geneve_send_batch(-1, slots, len(buf), lens, 1, last_errno) == 1  # EBADF
     assert buf == USUAL
+
+
+# -- Interest: what Python says it means, and the tables C reads -------------------------------
+
+small_bytes = st.binary(min_size=1, max_size=3).map(lambda b: bytes(x % 3 for x in b))
+port_sets = st.one_of(st.none(), st.frozensets(st.sampled_from([53, 80, 3000, 4000]), max_size=3))
+interests = st.builds(
+    Interest, port_sets, port_sets, st.one_of(st.none(), st.frozensets(small_bytes, max_size=3))
+)
+
+
+def of_interest(interest: Interest, l4: str, sport: int, dport: int, payload: bytes) -> bool:
+    """Interest's docstring, stated in Python for an inner UDP or TCP packet."""
+    ports = interest.udp_ports if l4 == "udp" else interest.tcp_ports
+    if ports is not None and sport not in ports and dport not in ports:
+        return False
+    return interest.needles is None or any(n in payload for n in interest.needles)
+
+
+@given(
+    interests,
+    st.sampled_from([4, 6]),
+    st.sampled_from(["udp", "tcp"]),
+    st.sampled_from([53, 80, 3000, 4000, 40000]),
+    st.sampled_from([53, 80, 3000, 4000, 40000]),
+    st.binary(max_size=12).map(lambda b: bytes(x % 3 for x in b)),
+)
+def test_interest_and_the_c_tables_agree(
+    interest: Interest, version: int, l4: str, sport: int, dport: int, payload: bytes
+) -> None:
+    frame = bytes(build_frame(make_inner(version, l4, payload, sport=sport, dport=dport)))
+    taken = fast_forward(frame, interest=interest)
+    assert (taken is None) == of_interest(interest, l4, sport, dport, payload)
+    if taken is not None:
+        assert agrees(frame, interest=interest)
