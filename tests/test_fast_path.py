@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 
-from geneve import Interest, Stats, build_frame, process
+from geneve import Interest, Packet, Stats, build_frame, process
 from geneve._appliance import _interest_tables
 
 _batch = pytest.importorskip("geneve._batch_cffi", reason="the C batch module is not built")
@@ -62,11 +62,11 @@ def fast_forward(
     return bytes(buf[: len(frame)])
 
 
-def python_forward(frame: bytes) -> tuple[bytes | None, Stats]:
+def python_forward(frame: bytes, max_inner: int = 8500) -> tuple[bytes | None, Stats]:
     """What the pipeline sends back for a modifier that changes nothing."""
     buf = bytearray(frame)
     stats = Stats()
-    packet = process(buf, len(buf), lambda packet: None, stats)
+    packet = process(buf, len(buf), lambda packet: None, stats, max_inner_length=max_inner)
     return (None if packet is None else bytes(packet.data)), stats
 
 
@@ -75,9 +75,11 @@ def agrees(frame: bytes, **kwargs: Any) -> bool:
     got = fast_forward(frame, **kwargs)
     if got is None:
         return False
-    expected, stats = python_forward(frame)
-    assert expected is not None, f"C forwarded what Python refuses: {stats.malformed_reasons}"
+    expected, stats = python_forward(frame, kwargs.get("max_inner", 8500))
+    assert expected is not None, f"C forwarded what Python refuses: {stats.as_dict()}"
     assert stats.modified == 0 and got == expected
+    # The reply is the frame with its outer addresses swapped, nothing else.
+    assert got == frame[:12] + frame[16:20] + frame[12:16] + frame[20:]
     return True
 
 
@@ -287,3 +289,78 @@ def test_interest_and_the_c_tables_agree(
     assert (taken is None) == of_interest(interest, l4, sport, dport, payload)
     if taken is not None:
         assert agrees(frame, interest=interest)
+
+
+# -- the fast path's promise over many kinds of frames and damage ------------------------------
+
+
+def _u16(data: bytearray, at: int, value: int) -> None:
+    if at + 2 <= len(data):
+        struct.pack_into("!H", data, at, value & 0xFFFF)
+
+
+def damage(frame: bytearray, rng: random.Random, kind: str) -> bytearray:
+    """One kind of damage a frame from the wire may carry, or an edit that keeps it valid."""
+    data = bytearray(frame)
+    if len(data) < 70:  # cut short already: only more bits to flip
+        kind = "bits"
+    ip6 = len(data) > 68 and data[68] >> 4 == 6
+    l4 = 108 if ip6 else 68 + (data[68] & 0x0F) * 4 if len(data) > 68 else 88
+    if kind == "bits":
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    elif kind == "truncate":
+        del data[rng.randrange(1, len(data)) :]
+        if rng.random() < 0.5:  # with outer lengths that agree, so the cut is further in
+            _u16(data, 2, len(data))
+            _u16(data, 24, len(data) - 20)
+    elif kind == "pad":  # bytes after the inner packet, with the outer lengths grown to match
+        data += rng.randbytes(rng.randint(1, 8))
+        _u16(data, 2, len(data))
+        _u16(data, 24, len(data) - 20)
+    elif kind == "length":
+        at = rng.choice([2, 24, 72 if ip6 else 70, l4 + 4])
+        old = struct.unpack_from("!H", data, at)[0] if at + 2 <= len(data) else 0
+        _u16(data, at, rng.choice([old + rng.randint(-9, 9), 0, 0xFFFF, rng.randrange(65536)]))
+    elif kind == "options":
+        at = rng.choice([28, 29, 36, 37, 38, 39, 48, 50, 51, 60, 62, 63])
+        data[at] = rng.choice([data[at] ^ 0x80, data[at] ^ 0x40, data[at] ^ 1, rng.randrange(256)])
+    elif kind == "protocol":  # Geneve protocol type or the inner IP protocol
+        if rng.random() < 0.5:
+            _u16(data, 30, rng.choice([0x0800, 0x86DD, 0x6558, 0x0806]))
+        else:
+            data[74 if ip6 else 77] = rng.choice([1, 6, 17, 58, 0, 43, 44, 60])
+    elif kind == "tcp-offset" and l4 + 13 <= len(data):
+        data[l4 + 12] = rng.randrange(16) << 4
+    return data
+
+
+@given(
+    gwlb_frames(l4s=("udp", "tcp", "icmp"), max_payload=60),
+    st.lists(
+        st.sampled_from(["bits", "truncate", "pad", "length", "options", "protocol", "tcp-offset"]),
+        max_size=3,
+    ),
+    st.randoms(use_true_random=False),
+    st.one_of(st.none(), interests),
+    st.sampled_from([8500, 0, 40, 60, 100]),
+)
+def test_the_fast_path_forwards_only_what_python_forwards_unchanged(
+    frame: bytearray,
+    kinds: list[str],
+    rng: random.Random,
+    interest: Interest | None,
+    max_inner: int,
+) -> None:
+    data = frame
+    for kind in kinds:
+        data = damage(data, rng, kind)
+    interest = interest or Interest(frozenset(), frozenset())
+    if not agrees(bytes(data), interest=interest, max_inner=max_inner):
+        return
+    # What C took is, for Python too, a UDP or TCP packet outside the interest.
+    packet = Packet.parse(bytes(data))
+    ports, payload = packet.ports, packet.payload
+    assert ports is not None and payload is not None
+    l4 = {17: "udp", 6: "tcp"}[packet.l4_protocol]
+    assert not of_interest(interest, l4, *ports, bytes(payload))
