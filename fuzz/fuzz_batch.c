@@ -27,7 +27,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int32_t lens[GENEVE_BATCH_MAX], send_lens[GENEVE_BATCH_MAX], last_errno = 0;
     uint32_t sources[GENEVE_BATCH_MAX];
     size_t dlen[8], pos = 6;
-    int n, slot_size, port, sent = 0, i, got, bad, expect_failed = 0;
+    int n, slot_size, port, sent = 0, i, got, bad, expect_failed = 0, slot_count;
     if (pair[0] < 0 && socketpair(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK, 0, pair))
         abort();
     if (size < 6)
@@ -45,12 +45,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         dlen[sent++] = len;
         pos += len;
     }
+    /* n slots (one when n is out of range, which both functions must refuse unread). */
+    slot_count = n >= 1 && n <= GENEVE_BATCH_MAX ? n : 1;
     for (i = 0; i < GENEVE_BATCH_MAX; i++) {
+        slots[i] = NULL;
+        lens[i] = send_lens[i] = 0;
+    }
+    for (i = 0; i < slot_count; i++) {
         slots[i] = malloc(slot_size > 0 ? (size_t)slot_size : 1);
         if (!slots[i])
             abort();
         memset(slots[i], 0xa5, slot_size > 0 ? (size_t)slot_size : 1);
-        lens[i] = send_lens[i] = 0;
     }
     got = geneve_recv_batch(pair[0], slots, slot_size, n, port, lens, sources);
     bad = n <= 0 || n > GENEVE_BATCH_MAX || slot_size <= 28 || port > 0xffff;
@@ -83,7 +88,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     got = geneve_send_batch(-1, slots, slot_size, send_lens, n, &last_errno);
     if (bad ? got != GENEVE_BATCH_BAD_ARGUMENT : got != expect_failed)
         abort();
-    for (i = 0; i < GENEVE_BATCH_MAX; i++)
+    for (i = 0; i < slot_count; i++)
         free(slots[i]);
     return 0;
 }
