@@ -231,10 +231,10 @@ def floor_cycle(request: bytes, *, views_once: bool = True) -> Cycle:
             u16(buf, 2, end)  # outer IPv4 total length
             u16(buf, 24, end - 20)  # outer UDP length
         if views_once:
-            if fix(cbuf, end, 68, 88, 17, 0) != 0:
+            if fix(cbuf, len(buf), end, 68, 88, 17, 0) != 0:
                 raise ValueError("checksums not fixed")
             return view[:end]
-        if fix(from_buffer(buf), end, 68, 88, 17, 0) != 0:
+        if fix(from_buffer(buf), len(buf), end, 68, 88, 17, 0) != 0:
             raise ValueError("checksums not fixed")
         return memoryview(buf)[:end]
 
@@ -289,7 +289,7 @@ def floor_header_walk_cycle(request: bytes) -> Cycle:
             u16(buf, l4 + 4, end - l4)
             u16(buf, 2, end)
             u16(buf, ihl + 4, end - ihl)
-        if fix(cbuf, end, inner, l4, 17, 0) != 0:
+        if fix(cbuf, len(buf), end, inner, l4, 17, 0) != 0:
             raise ValueError("checksums not fixed")
         return view[:end]
 
@@ -343,7 +343,7 @@ class _Bare:
             self.length = self.ip_end = end
 
     def reply(self) -> memoryview:
-        if self.fix(self.cview, self.length, 68, 88, 17, 0) != 0:
+        if self.fix(self.cview, len(self.buf), self.length, 68, 88, 17, 0) != 0:
             raise ValueError("checksums not fixed")
         buf = self.buf
         src, dst = _SWAP.unpack_from(buf, 12)

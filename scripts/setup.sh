@@ -18,6 +18,10 @@ if command -v python3 >/dev/null; then
     || need_apt+=(python3-dev)
 fi
 command -v setpriv >/dev/null || need_apt+=(util-linux)
+# The fuzz targets (scripts/fuzz.sh): clang, and its sanitizer and libFuzzer runtime, which is
+# only a recommendation of clang on Debian 12.
+command -v clang >/dev/null || need_apt+=(clang)
+dpkg -s libclang-rt-14-dev >/dev/null 2>&1 || need_apt+=(libclang-rt-14-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up, then run every test (codec, pipeline, appliance in network namespaces), the checksum
-# tests again under the pure-Python fallback, and the type and lint checks.
+# tests again under the pure-Python fallback, the type and lint checks, and every fuzz target
+# for 25 s (any finding fails).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,3 +10,4 @@ GENEVE_PURE_PYTHON=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/tes
 .venv/bin/mypy --strict src
 .venv/bin/mypy --strict tests benchmarks
 .venv/bin/ruff check src tests benchmarks
+bash scripts/fuzz.sh 25

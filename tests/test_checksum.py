@@ -445,3 +445,21 @@ def test_unusable_buffers_and_initial_sums_raise_the_same_in_both_implementation
     for call in (checksum.internet_checksum, checksum.ones_complement_sum):
         with pytest.raises(TypeError):
             call(b"\x01\x02", 1.0)  # type: ignore[arg-type]
+
+
+@needs_c
+@given(gwlb_frames(max_payload=100), st.data())
+def test_c_fix_never_passes_the_size_it_is_given(frame: bytearray, data: st.DataObject) -> None:
+    # geneve_fix(frame, size, len, ...): a len past size is TRUNCATED, and nothing is written,
+    # whatever the length fields say; within the size, it agrees with the fallback.
+    ffi, lib = checksum.ffi, checksum.lib
+    ip, l4, proto = offsets_of(frame)
+    size = data.draw(st.integers(0, len(frame)))
+    length = data.draw(st.integers(0, len(frame) + 8))
+    buf = bytearray(frame)
+    window = memoryview(buf)[:size]
+    rc = lib.geneve_fix(ffi.from_buffer("uint8_t[]", window, True), size, length, ip, l4, proto, 0)
+    expected = _pychecksum.fix(bytearray(frame[:size]), size, length, ip, l4, proto, 0)
+    assert rc == expected
+    if length > size:
+        assert rc == lib.GENEVE_FIX_TRUNCATED and buf == frame

@@ -33,7 +33,14 @@ def sdist(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 def test_sdist_carries_the_c_sources(sdist: pathlib.Path) -> None:
     with tarfile.open(sdist) as tar:
         names = {pathlib.PurePosixPath(n).name for n in tar.getnames()}
-    needed_files = ("_checksum.c", "_checksum.h", "_checksum_cffi.pyi", "_batch.c", "_batch.h")
+    needed_files = (
+        "_checksum.c",
+        "_checksum.h",
+        "_checksum_cffi.pyi",
+        "_batch.c",
+        "_batch.h",
+        "_layout.h",
+    )
     for needed in (*needed_files, "_batch_cffi.pyi", "py.typed", "setup.py"):
         assert needed in names
 

@@ -1043,3 +1043,35 @@ def test_unknown_outer_udp_policy_is_a_value_error() -> None:
         arp.fix_checksums("bogus")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="outer_udp"):
         fix_frame(p.buf, p.ip_offset, p.l4_offset, 17, outer_udp="bogus")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("l4", ["udp", "tcp", "icmp"])
+@pytest.mark.parametrize("call", ["fix_checksums", "reply"])
+@pytest.mark.parametrize("keep", [0, 20, 40, 69, 100, 120])
+def test_a_buffer_shortened_under_the_frame_is_truncated(
+    version: int, l4: str, call: str, keep: int
+) -> None:
+    # A modifier that cuts packet.buf below packet.length: both implementations raise the same
+    # TruncatedError (C checks the length against the buffer's size, never reading past it).
+    frame = frame_of(make_inner(version, l4, b"x" * 200, dport=4000))
+    packet = Packet.parse(bytearray(frame))
+    del packet.buf[keep:]
+    packet.mark_modified()
+    with pytest.raises(TruncatedError):
+        getattr(packet, call)()
+    assert len(packet.buf) == keep
+
+
+@given(gwlb_frames(max_payload=200), st.data())
+def test_any_cut_of_the_buffer_raises_only_codec_errors(
+    frame: bytearray, data: st.DataObject
+) -> None:
+    packet = Packet.parse(frame)
+    if data.draw(st.booleans()):
+        packet.parse_inner()
+    keep = data.draw(st.integers(0, len(frame) - 1))
+    del packet.buf[keep:]
+    packet.mark_modified()
+    with pytest.raises(TruncatedError):
+        packet.fix_checksums()

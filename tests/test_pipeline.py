@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support.frames import check_frame, gwlb_frames, make_inner, naive_sum
 
-from geneve import MAX_INNER_LENGTH, Packet, Stats, Verdict, build_frame, process
+from geneve import MAX_INNER_LENGTH, Interest, Packet, Stats, Verdict, build_frame, process
 
 
 def frame_udp(payload: bytes = b"payload", **kwargs: Any) -> bytearray:
@@ -320,3 +320,10 @@ def test_counters_are_exact(script: list[tuple[bytearray, str, int]], on_error: 
         expected["forwarded"], expected["dropped"], expected["malformed"], expected["errors"]
     )  # fmt: skip
     assert stats.modified == expected["modified"]
+
+
+@pytest.mark.parametrize("needles", [frozenset({b""}), frozenset({b"a", b""})])
+def test_an_interest_with_an_empty_needle_is_refused(needles: frozenset[bytes]) -> None:
+    # An empty needle is in every payload; C refuses one too (GENEVE_BATCH_BAD_ARGUMENT).
+    with pytest.raises(ValueError, match="non-empty"):
+        Interest(frozenset({53}), None, needles)

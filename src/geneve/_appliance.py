@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ._headers import GENEVE_PORT
 from ._health import HealthReport, HealthServer
 from ._packet import MAX_INNER_LENGTH, Packet, ReceiveBuffer
-from ._pipeline import ErrorPolicy, Modifier, Stats, interest_of, process
+from ._pipeline import ErrorPolicy, Interest, Modifier, Stats, interest_of, process
 
 if TYPE_CHECKING:
     from _cffi_backend import FFI
@@ -113,14 +113,33 @@ def _addresses() -> tuple[frozenset[str], frozenset[str]]:
     return frozenset(local), frozenset(broadcast)
 
 
-def _port_table(ffi: FFI, ports: frozenset[int] | None) -> FFI.CData:
-    """65536 flags, one per port, for the C fast path; NULL means every port is of interest."""
+def _port_table(ffi: FFI, ports: frozenset[int] | None) -> tuple[FFI.CData, int]:
+    """65536 flags, one per port, for the C fast path, and their size; NULL: every port."""
     if ports is None:
-        return ffi.NULL
+        return ffi.NULL, 0
     table = ffi.new("uint8_t[]", 65536)
     for port in ports:
         table[port] = 1
-    return table
+    return table, 65536
+
+
+_Tables = tuple["FFI.CData", int, "FFI.CData", int, "FFI.CData", int, "FFI.CData", int]
+
+
+def _interest_tables(ffi: FFI, interest: Interest) -> _Tables:
+    """The arguments of geneve_fast_forward that state ``interest``, in its order.
+
+    Each port table (NULL: every port) and its size, then the needles (concatenated), their
+    size, their lengths and their count (-1: no content filter).
+    """
+    udp = _port_table(ffi, interest.udp_ports)
+    tcp = _port_table(ffi, interest.tcp_ports)
+    needle_list = sorted(interest.needles) if interest.needles is not None else []
+    joined = b"".join(needle_list)
+    needles = ffi.new("uint8_t[]", joined or b"\0")
+    needle_lens = ffi.new("int32_t[]", [len(x) for x in needle_list] or [0])
+    n_needles = -1 if interest.needles is None else len(needle_list)
+    return (*udp, *tcp, needles, len(joined), needle_lens, n_needles)
 
 
 def _raw_addresses() -> tuple[frozenset[bytes], frozenset[bytes]]:
@@ -403,14 +422,7 @@ class _Worker:
         interest = interest_of(modifier)
         fast_path = self.fast_path and not interest.everything
         fast_forward = lib.geneve_fast_forward
-        udp_table, tcp_table = (
-            _port_table(ffi, interest.udp_ports),
-            _port_table(ffi, interest.tcp_ports),
-        )
-        needle_list = sorted(interest.needles) if interest.needles is not None else []
-        needles = ffi.new("uint8_t[]", b"".join(needle_list) or b"\0")
-        needle_lens = ffi.new("int32_t[]", [len(x) for x in needle_list] or [0])
-        n_needles = -1 if interest.needles is None else len(needle_list)
+        tables = _interest_tables(ffi, interest)
         todo = ffi.new("int32_t[]", n)
         todo_of = memoryview(ffi.buffer(todo)).cast("i")
         fast = ffi.new("int32_t *")
@@ -423,14 +435,17 @@ class _Worker:
         while not stop.is_set():
             got = recv_batch(udp_fd, slots, BUFFER_SIZE, n, port, lens, sources)
             if got < 0:
+                if got == lib.GENEVE_BATCH_BAD_ARGUMENT:
+                    raise ValueError("geneve_recv_batch: the batch's arguments disagree")
                 if -got not in (errno.EAGAIN, errno.EINTR):
                     raise OSError(-got, os.strerror(-got))
                 got = 0
             indices: Iterable[int] = range(got)
             if fast_path and got:
-                left = fast_forward(slots, lens, sources, got, trusted, n_trusted, udp_table,
-                                    tcp_table, needles, needle_lens, n_needles, max_inner, port,
-                                    out, todo, fast)  # fmt: skip
+                left = fast_forward(slots, BUFFER_SIZE, lens, sources, got, trusted, n_trusted,
+                                    *tables, max_inner, port, out, todo, fast)  # fmt: skip
+                if left < 0:
+                    raise ValueError("geneve_fast_forward: the batch's arguments disagree")
                 done = fast[0]
                 stats.received += done
                 stats.forwarded += done
@@ -469,7 +484,9 @@ class _Worker:
                 if packet is not None and packet.buf is bufs[i]:
                     out_of[i] = packet.length
             if got:
-                failed = send_batch(raw_fd, slots, out, got, last_errno)
+                failed = send_batch(raw_fd, slots, BUFFER_SIZE, out, got, last_errno)
+                if failed < 0:
+                    raise ValueError("geneve_send_batch: the batch's arguments disagree")
                 if failed:
                     err = last_errno[0]
                     self._send_failed(OSError(err, os.strerror(err)), failed)

@@ -10,6 +10,10 @@
  * writes an equivalent outer header in front of it (source = GWLB, destination = the local
  * address the datagram was sent to, GWLB's source port, the Geneve port, UDP checksum 0 as
  * GWLB sends it). The Python pipeline then sees the frame exactly as it was on the wire.
+ *
+ * Every entry point is told the size of each buffer and the length of each array it gets, and
+ * checks every length, count and size against them before it reads or writes anything: an
+ * impossible argument returns GENEVE_BATCH_BAD_ARGUMENT, never reaches memory it was not given.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,6 +24,7 @@
 #include <sys/uio.h>
 
 #include "_batch.h"
+#include "_layout.h"
 
 static void put16(uint8_t *p, uint32_t v)
 {
@@ -40,10 +45,13 @@ int geneve_recv_batch(int fd, uint8_t **slots, int slot_size, int n, int port,
     } control[GENEVE_BATCH_MAX];
     int i, got;
 
-    if (n > GENEVE_BATCH_MAX)
-        n = GENEVE_BATCH_MAX;
-    if (n <= 0 || slot_size <= 28)
-        return -EINVAL;
+    /* Each slot holds the outer IPv4 and UDP headers (28 bytes) this code writes, and more. */
+    if (n <= 0 || n > GENEVE_BATCH_MAX || slot_size <= GENEVE_LAYOUT_GENEVE || port < 0 ||
+        port > 0xffff || !slots || !lens || !sources)
+        return GENEVE_BATCH_BAD_ARGUMENT;
+    for (i = 0; i < n; i++)
+        if (!slots[i])
+            return GENEVE_BATCH_BAD_ARGUMENT;
     memset(msgs, 0, sizeof(msgs[0]) * (size_t)n);
     for (i = 0; i < n; i++) {
         iov[i].iov_base = slots[i] + 28;
@@ -102,15 +110,20 @@ int geneve_recv_batch(int fd, uint8_t **slots, int slot_size, int n, int port,
     return got;
 }
 
-int geneve_send_batch(int fd, uint8_t **frames, const int32_t *lens, int n, int32_t *last_errno)
+int geneve_send_batch(int fd, uint8_t **frames, int slot_size, const int32_t *lens, int n,
+                      int32_t *last_errno)
 {
     struct mmsghdr msgs[GENEVE_BATCH_MAX];
     struct iovec iov[GENEVE_BATCH_MAX];
     struct sockaddr_in to[GENEVE_BATCH_MAX];
     int i, count = 0, done = 0, failed = 0;
 
-    if (n > GENEVE_BATCH_MAX)
-        n = GENEVE_BATCH_MAX;
+    if (n < 0 || n > GENEVE_BATCH_MAX || slot_size < 0 || (n && (!frames || !lens)))
+        return GENEVE_BATCH_BAD_ARGUMENT;
+    /* Checked for the whole batch first: a bad length sends nothing. */
+    for (i = 0; i < n; i++)
+        if (lens[i] > slot_size || (lens[i] >= 20 && !frames[i]))
+            return GENEVE_BATCH_BAD_ARGUMENT;
     for (i = 0; i < n; i++) {
         if (lens[i] < 20)
             continue; /* dropped, or not a frame */
@@ -147,8 +160,10 @@ int geneve_send_batch(int fd, uint8_t **frames, const int32_t *lens, int n, int3
 
 static uint32_t be16p(const uint8_t *p) { return ((uint32_t)p[0] << 8) | p[1]; }
 
-/* The three GWLB option headers: class 0x0108, types 1 and 2 with 8 data bytes, 3 with 4. */
-static const uint8_t GWLB_OPTS[3][4] = {{1, 8, 1, 2}, {1, 8, 2, 2}, {1, 8, 3, 1}};
+static uint32_t be32p(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
 
 static int interesting(const uint8_t *table, const uint8_t *l4)
 {
@@ -156,17 +171,54 @@ static int interesting(const uint8_t *table, const uint8_t *l4)
     return table == NULL || table[be16p(l4)] || table[be16p(l4 + 2)];
 }
 
-/* Whether [p, p+n) contains one of the needles (concatenated, with their lengths). */
+/* Whether [p, p+n) contains one of the needles (concatenated, with their lengths, each at
+ * least 1 and all inside the needles buffer: geneve_fast_forward checked). */
 static int contains_any(const uint8_t *p, size_t n, const uint8_t *needles,
                         const int32_t *needle_lens, int n_needles)
 {
     int k;
     for (k = 0; k < n_needles; k++) {
         size_t m = (size_t)needle_lens[k];
-        if (m > 0 && m <= n && memmem(p, n, needles, m) != NULL)
+        if (m <= n && memmem(p, n, needles, m) != NULL)
             return 1;
         needles += m;
     }
+    return 0;
+}
+
+/* The arguments' own consistency, checked before any frame is read (0: sound). */
+static int check_arguments(uint8_t **slots, int slot_size, const int32_t *lens,
+                           const uint32_t *sources, int n, const uint32_t *admitted,
+                           int n_admitted, const uint8_t *udp_interest, size_t udp_interest_size,
+                           const uint8_t *tcp_interest, size_t tcp_interest_size,
+                           const uint8_t *needles, size_t needles_size,
+                           const int32_t *needle_lens, int n_needles, int max_inner, int port,
+                           const int32_t *out, const int32_t *todo, const int32_t *fast)
+{
+    int i;
+    size_t used = 0;
+    if (n < 0 || n > GENEVE_BATCH_MAX || slot_size < 0 || n_admitted < 0 || n_needles < -1 ||
+        max_inner < 0 || port < 0 || port > 0xffff || !fast)
+        return GENEVE_BATCH_BAD_ARGUMENT;
+    if (n && (!slots || !lens || !sources || !out || !todo))
+        return GENEVE_BATCH_BAD_ARGUMENT;
+    if (n_admitted && !admitted)
+        return GENEVE_BATCH_BAD_ARGUMENT;
+    /* A table has one flag per port, or is NULL (every port is of interest). */
+    if ((udp_interest && udp_interest_size != 65536) ||
+        (tcp_interest && tcp_interest_size != 65536))
+        return GENEVE_BATCH_BAD_ARGUMENT;
+    if (n_needles > 0 && (!needles || !needle_lens))
+        return GENEVE_BATCH_BAD_ARGUMENT;
+    for (i = 0; i < n_needles; i++) {
+        /* An empty needle would match every payload: Interest refuses one, and so does C. */
+        if (needle_lens[i] <= 0 || (size_t)needle_lens[i] > needles_size - used)
+            return GENEVE_BATCH_BAD_ARGUMENT;
+        used += (size_t)needle_lens[i];
+    }
+    for (i = 0; i < n; i++)
+        if (!slots[i] || lens[i] > slot_size)
+            return GENEVE_BATCH_BAD_ARGUMENT;
     return 0;
 }
 
@@ -181,17 +233,29 @@ static int contains_any(const uint8_t *p, size_t n, const uint8_t *needles,
  * the IP header's) or TCP (data offset inside the packet) on ports absent from the interest
  * tables, or on ports in them but with a payload containing none of the needles
  * (n_needles < 0: no content filter, every payload counts); and its source must be one Python
- * has admitted.
+ * has admitted. The offsets are those of the usual GWLB layout (_layout.h).
  * Such a frame gets its outer addresses swapped and out[i] set to its length; the index of
- * every other frame goes to todo[] for the Python pipeline. Returns how many went to todo.
+ * every other frame goes to todo[] for the Python pipeline. Returns how many went to todo, or
+ * GENEVE_BATCH_BAD_ARGUMENT (nothing read or written) when the arguments contradict each other.
  */
-int geneve_fast_forward(uint8_t **slots, const int32_t *lens, const uint32_t *sources, int n,
-                        const uint32_t *admitted, int n_admitted, const uint8_t *udp_interest,
-                        const uint8_t *tcp_interest, const uint8_t *needles,
-                        const int32_t *needle_lens, int n_needles, int max_inner, int port,
-                        int32_t *out, int32_t *todo, int32_t *fast)
+int geneve_fast_forward(uint8_t **slots, int slot_size, const int32_t *lens,
+                        const uint32_t *sources, int n, const uint32_t *admitted, int n_admitted,
+                        const uint8_t *udp_interest, size_t udp_interest_size,
+                        const uint8_t *tcp_interest, size_t tcp_interest_size,
+                        const uint8_t *needles, size_t needles_size, const int32_t *needle_lens,
+                        int n_needles, int max_inner, int port, int32_t *out, int32_t *todo,
+                        int32_t *fast)
 {
+    enum {
+        UDP = GENEVE_LAYOUT_OUTER_UDP,
+        GENEVE = GENEVE_LAYOUT_GENEVE,
+        INNER = GENEVE_LAYOUT_INNER
+    };
     int i, k, left = 0, done = 0;
+    if (check_arguments(slots, slot_size, lens, sources, n, admitted, n_admitted, udp_interest,
+                        udp_interest_size, tcp_interest, tcp_interest_size, needles,
+                        needles_size, needle_lens, n_needles, max_inner, port, out, todo, fast))
+        return GENEVE_BATCH_BAD_ARGUMENT;
     for (i = 0; i < n; i++) {
         const int32_t len = lens[i];
         uint8_t *f = slots[i];
@@ -201,35 +265,42 @@ int geneve_fast_forward(uint8_t **slots, const int32_t *lens, const uint32_t *so
         out[i] = 0;
         for (k = 0; k < n_admitted && !ok; k++)
             ok = admitted[k] == sources[i];
-        if (!ok || len < 68 + 28)
+        /* Every header byte read below lies in the first 96 (and len <= slot_size). */
+        if (!ok || len < GENEVE_LAYOUT_INNER_IPV4_PAYLOAD)
             goto slow;
         total = be16p(f + 2);
+        /* Outer IPv4: version 4, IHL 5, UDP, not a fragment, total length = the datagram. */
         if (f[0] != 0x45 || f[9] != 17 || (be16p(f + 6) & 0x3fff) || total != (uint32_t)len)
             goto slow;
-        if (be16p(f + 22) != (uint32_t)port || be16p(f + 24) != total - 20)
+        /* Outer UDP: the destination port and the length. */
+        if (be16p(f + UDP + 2) != (uint32_t)port || be16p(f + UDP + 4) != total - UDP)
             goto slow;
-        if (f[28] != 0x08 || (f[29] & 0xc0) || total - 68 > (uint32_t)max_inner)
+        /* Geneve: version 0 and 8 words of options, no O or C bit, the inner packet in bounds. */
+        if (f[GENEVE] != GENEVE_LAYOUT_GENEVE_BYTE0 || (f[GENEVE + 1] & 0xc0) ||
+            total - INNER > (uint32_t)max_inner)
             goto slow;
-        if (memcmp(f + 36, GWLB_OPTS[0], 4) || memcmp(f + 48, GWLB_OPTS[1], 4) ||
-            memcmp(f + 60, GWLB_OPTS[2], 4))
+        if (be32p(f + GENEVE_LAYOUT_OPTION1) != GENEVE_LAYOUT_OPTION1_WORD ||
+            be32p(f + GENEVE_LAYOUT_OPTION2) != GENEVE_LAYOUT_OPTION2_WORD ||
+            be32p(f + GENEVE_LAYOUT_OPTION3) != GENEVE_LAYOUT_OPTION3_WORD)
             goto slow;
-        ptype = be16p(f + 30);
+        ptype = be16p(f + GENEVE + 2);
         if (ptype == 0x0800) {
-            uint32_t itotal = be16p(f + 70);
-            if (f[68] != 0x45 || (be16p(f + 74) & 0x3fff) || itotal < 20)
+            /* Inner IPv4: IHL 5, not a fragment, its total length, protocol. */
+            uint32_t itotal = be16p(f + INNER + 2);
+            if (f[INNER] != 0x45 || (be16p(f + INNER + 6) & 0x3fff) || itotal < 20)
                 goto slow;
-            ip_end = 68 + itotal;
+            ip_end = INNER + itotal;
             room = itotal - 20;
-            proto = f[77];
-            l4 = f + 88;
+            proto = f[INNER + 9];
+            l4 = f + GENEVE_LAYOUT_INNER_IPV4_L4;
         } else if (ptype == 0x86dd) {
-            /* len >= 96 covers the payload length and next header fields (72-74). */
-            if ((f[68] >> 4) != 6)
+            /* Inner IPv6: its payload length and next header (bytes 4-6, inside the 96). */
+            if ((f[INNER] >> 4) != 6)
                 goto slow;
-            room = be16p(f + 72);
-            ip_end = 68 + 40 + room;
-            proto = f[74];
-            l4 = f + 108;
+            room = be16p(f + INNER + 4);
+            ip_end = GENEVE_LAYOUT_INNER_IPV6_L4 + room;
+            proto = f[INNER + 6];
+            l4 = f + GENEVE_LAYOUT_INNER_IPV6_L4;
         } else {
             goto slow;
         }

@@ -11,6 +11,7 @@ class _Lib:
     GENEVE_BATCH_MAX: Final[int]
     GENEVE_RECV_TOO_LONG: Final[int]
     GENEVE_RECV_NOT_UNICAST: Final[int]
+    GENEVE_BATCH_BAD_ARGUMENT: Final[int]
     @staticmethod
     def geneve_recv_batch(
         fd: int,
@@ -24,19 +25,29 @@ class _Lib:
     ) -> int: ...
     @staticmethod
     def geneve_send_batch(
-        fd: int, frames: FFI.CData, lens: FFI.CData, n: int, last_errno: FFI.CData, /
+        fd: int,
+        frames: FFI.CData,
+        slot_size: int,
+        lens: FFI.CData,
+        n: int,
+        last_errno: FFI.CData,
+        /,
     ) -> int: ...
     @staticmethod
     def geneve_fast_forward(
         slots: FFI.CData,
+        slot_size: int,
         lens: FFI.CData,
         sources: FFI.CData,
         n: int,
         admitted: FFI.CData,
         n_admitted: int,
         udp_interest: FFI.CData,
+        udp_interest_size: int,
         tcp_interest: FFI.CData,
+        tcp_interest_size: int,
         needles: FFI.CData,
+        needles_size: int,
         needle_lens: FFI.CData,
         n_needles: int,
         max_inner: int,

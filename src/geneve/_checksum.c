@@ -10,7 +10,8 @@
  * outer IPv4 | outer UDP | Geneve | inner IPv4 or IPv6 | inner UDP/TCP/ICMP: at GWLB sizes the cost
  * of crossing from Python into C dominates, so one crossing per packet is the point. The caller
  * (the Python codec) has already located the inner IP and L4 headers; this code re-checks every
- * offset and length against the frame before it writes, so bad arguments cannot overrun it.
+ * offset and length against the frame, and the frame's length against the buffer's size, before
+ * it writes, so no argument can make it read or write outside the buffer.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -206,13 +207,14 @@ static int fix_inner(uint8_t *frame, size_t total, size_t ip_off, long l4_off, i
     return GENEVE_FIX_MALFORMED;
 }
 
-int geneve_fix(uint8_t *frame, size_t len, size_t ip_off, long l4_off, int l4_proto,
-               int outer_udp_mode)
+int geneve_fix(uint8_t *frame, size_t size, size_t len, size_t ip_off, long l4_off,
+               int l4_proto, int outer_udp_mode)
 {
     size_t ihl, total, ulen;
     uint8_t *udp;
     int rc;
-    if (len < 28)
+    /* size is the buffer's, len the frame's: a frame said to run past its buffer is truncated. */
+    if (len > size || len < 28)
         return GENEVE_FIX_TRUNCATED;
     ihl = (size_t)(frame[0] & 0x0f) * 4;
     total = be16(frame + 2);

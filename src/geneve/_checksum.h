@@ -13,7 +13,8 @@
 #define GENEVE_OUTER_COMPUTE 2
 
 uint32_t geneve_sum(const uint8_t *data, size_t len, uint32_t initial);
-int geneve_fix(uint8_t *frame, size_t len, size_t ip_off, long l4_off, int l4_proto,
-               int outer_udp_mode);
+/* frame holds size bytes, of which the first len are the frame (len > size: TRUNCATED). */
+int geneve_fix(uint8_t *frame, size_t size, size_t len, size_t ip_off, long l4_off,
+               int l4_proto, int outer_udp_mode);
 
 #endif

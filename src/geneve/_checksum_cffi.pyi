@@ -19,6 +19,7 @@ class _Lib:
     @staticmethod
     def geneve_fix(
         frame: FFI.CData,
+        size: int,
         len: int,
         ip_off: int,
         l4_off: int,

@@ -72,7 +72,7 @@ def fix_frame(
     mode = OUTER_MODES.get(outer_udp)
     if mode is None:
         raise ValueError(f"outer_udp must be 'keep', 'zero' or 'compute', not {outer_udp!r}")
-    rc: int = _fix(_fix_target(buf), n, ip_offset, l4_offset, l4_protocol, mode)
+    rc: int = _fix(_fix_target(buf), len(buf), n, ip_offset, l4_offset, l4_protocol, mode)
     if rc < 0:
         raise_fix_error(rc)
     if rc == 0 and l4_offset >= 0:

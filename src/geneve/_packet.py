@@ -753,11 +753,12 @@ class Packet:
             self.modified = False
             return True
         # What fix_frame does, minus its argument checks and one call level: the fused routine
-        # (C or Python, as geneve.checksum chose), on a ReceiveBuffer's target made once.
+        # (C or Python, as geneve.checksum chose), on a ReceiveBuffer's target made once. It
+        # checks self.length against the buffer's real size: a modifier may have shortened buf.
         buf = self.buf
         target = buf._target if type(buf) is ReceiveBuffer else _fix_target(buf)
         l4 = self.l4_offset
-        rc = _fix(target, self.length, ip, l4, self.l4_protocol, mode)
+        rc = _fix(target, len(buf), self.length, ip, l4, self.l4_protocol, mode)
         if rc < 0:
             raise_fix_error(rc)
         if rc == 0 and l4 - ip > 20:  # IPv4 options or IPv6 extension headers: a route?
@@ -794,7 +795,7 @@ class Packet:
         if self.modified:
             if self._usual_layout:  # fix_checksums() for the usual frame, at its offsets
                 target = buf._target if held else _fix_target(buf)  # type: ignore[attr-defined]
-                rc = _fix(target, self.length, 68, 88, 17, 0)
+                rc = _fix(target, len(buf), self.length, 68, 88, 17, 0)
                 if rc < 0:
                     raise_fix_error(rc)
                 self.modified = False

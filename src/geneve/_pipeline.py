@@ -44,10 +44,11 @@ ErrorPolicy = Literal["drop", "forward"]
 class Interest:
     """Which inner packets a modifier wants to see (the rest it would forward untouched).
 
-    An inner UDP or TCP packet is of interest when a source or destination port is in
-    ``udp_ports`` / ``tcp_ports`` (``None``: every port) **and**, where ``needles`` is given, its
-    payload contains at least one of them. Anything else (ICMP, IPv6, fragments, non-IP) is
-    always of interest. The appliance forwards a packet of no interest without calling the
+    An inner UDP or TCP packet, over IPv4 or IPv6, is of interest when a source or destination
+    port is in ``udp_ports`` / ``tcp_ports`` (``None``: every port) **and**, where ``needles``
+    is given, its payload contains at least one of them (each a non-empty byte string).
+    Anything else (ICMP, IPv6 extension headers, fragments, non-IP) is always of interest.
+    The appliance forwards a packet of no interest without calling the
     modifier at all (checked, swapped and sent in C, in batches), which is what makes traffic
     that no rule touches cheap. A modifier that declares nothing sees every packet.
 
@@ -61,6 +62,9 @@ class Interest:
     needles: frozenset[bytes] | None = None
 
     def __post_init__(self) -> None:
+        # An empty needle is in every payload: it would make needles mean nothing.
+        if self.needles is not None and not all(self.needles):
+            raise ValueError("needles must be non-empty byte strings")
         # With no UDP or TCP port of interest the needles can never apply: make that explicit,
         # so that combining with another interest does not widen its needles.
         if self.udp_ports == frozenset() and self.tcp_ports == frozenset():

@@ -121,14 +121,15 @@ def _fix_inner(buf: bytearray | memoryview, total: int, ip: int, l4: int, proto:
 
 def fix(
     buf: bytearray | memoryview,
+    size: int,
     length: int,
     ip_off: int,
     l4_off: int,
     l4_proto: int,
     outer_udp_mode: int,
 ) -> int:
-    """Same contract as ``geneve_fix`` in _checksum.c."""
-    if length < 28 or len(buf) < length:
+    """Same contract as ``geneve_fix`` in _checksum.c (``size``: the buffer's, at most)."""
+    if length < 28 or length > size or len(buf) < length:
         return FIX_TRUNCATED
     ihl = (buf[0] & 0x0F) * 4
     total = (buf[2] << 8) | buf[3]

@@ -35,7 +35,7 @@ lib: Any = None
 # The fused frame fix-up (geneve_fix in _checksum.c, or _pychecksum.fix) and what it takes for
 # a buffer (cffi's view of it, or the buffer itself): the codec calls them directly, one call
 # per packet, and keeps a ReceiveBuffer's target made once. Same arguments, same results.
-_fix: Callable[[Any, int, int, int, int, int], int]
+_fix: Callable[[Any, int, int, int, int, int, int], int]
 _fix_target: Callable[[bytearray | memoryview], Any]
 
 if os.environ.get("GENEVE_PURE_PYTHON", "") not in ("", "0"):

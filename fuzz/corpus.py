@@ -1,0 +1,248 @@
+"""Seed corpora for the libFuzzer targets in fuzz/ (standalone: the standard library only).
+
+``python fuzz/corpus.py synthetic`` rewrites fuzz/seeds/<target>/ (committed): small frames
+built here, valid and damaged. ``python fuzz/corpus.py build OUT [VECTORS]`` fills
+OUT/<target>/ with those seeds plus seeds made at run time from the IPv4 frames of the pcap and
+pcapng captures in VECTORS (default ../shared/vectors); the captures themselves, and bytes taken
+from them, are never committed. Each target reads its own input format (see the top comment of
+fuzz/<target>.c); ``wrap`` makes one from a frame.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import struct
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+SEEDS = HERE / "seeds"
+TARGETS = ("fuzz_sum", "fuzz_fix", "fuzz_fast_forward", "fuzz_batch")
+PER_CAPTURE = 40  # frames taken from one capture at most: seeds, not a copy of the captures
+
+
+# -- frames -------------------------------------------------------------------------------------
+
+
+def checksum(data: bytes, initial: int = 0) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total: int = initial + sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ipv4(proto: int, body: bytes, *, options: bytes = b"", frag: int = 0) -> bytes:
+    ihl = 5 + len(options) // 4
+    head = struct.pack(
+        "!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(body), 1, frag, 64, proto, 0,
+        bytes([192, 0, 2, 1]), bytes([198, 51, 100, 2]),
+    ) + options  # fmt: skip
+    head = head[:10] + struct.pack("!H", checksum(head)) + head[12:]
+    return head + body
+
+
+def ipv6(nh: int, body: bytes) -> bytes:
+    src, dst = (
+        bytes.fromhex("20010db8" + "00" * 11 + "01"),
+        bytes.fromhex("20010db8" + "00" * 11 + "02"),
+    )
+    return struct.pack("!IHBB", 0x60000000, len(body), nh, 64) + src + dst + body
+
+
+def udp(sport: int, dport: int, payload: bytes) -> bytes:
+    return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+
+
+def tcp(sport: int, dport: int, payload: bytes) -> bytes:
+    return struct.pack("!HHIIBBHHH", sport, dport, 1000, 2000, 0x50, 0x18, 512, 0, 0) + payload
+
+
+def gwlb(inner: bytes, ptype: int = 0x0800) -> bytes:
+    """GWLB's frame around ``inner``: outer IPv4, UDP to 6081, Geneve with the three options."""
+    options = (
+        struct.pack("!HBBQ", 0x0108, 1, 2, 0x0123456789ABCDEF)
+        + struct.pack("!HBBQ", 0x0108, 2, 2, 0x0FEDCBA987654321)
+        + struct.pack("!HBBI", 0x0108, 3, 1, 0x11223344)
+    )
+    geneve = struct.pack("!BBHI", len(options) // 4, 0, ptype, 0) + options
+    outer_udp = udp(50000, 6081, geneve + inner)
+    frame = ipv4(17, outer_udp)
+    return frame[:12] + bytes([10, 0, 0, 1, 10, 0, 0, 2]) + frame[20:]
+
+
+def synthetic_frames() -> dict[str, bytes]:
+    """Frames that reach every branch of the targets: the usual ones, the rarer, the broken."""
+    frames = {
+        "udp4": gwlb(ipv4(17, udp(40000, 3000, b"weakly typed, drop me"))),
+        "tcp4": gwlb(ipv4(6, tcp(40000, 443, b"\x16\x03\x01 hello"))),
+        "icmp4": gwlb(ipv4(1, struct.pack("!BBHHH", 8, 0, 0, 7, 5) + b"ping")),
+        "udp6": gwlb(ipv6(17, udp(53, 40000, b"dns answer")), 0x86DD),
+        "tcp6": gwlb(ipv6(6, tcp(80, 40000, b"HTTP/1.1 200")), 0x86DD),
+        "hop6": gwlb(ipv6(0, bytes([17, 0]) + bytes(6) + udp(9, 9, b"x")), 0x86DD),
+        "frag4": gwlb(ipv4(17, udp(1, 2, b"first"), frag=0x2000)),
+        "options4": gwlb(ipv4(17, udp(5, 3000, b"opt"), options=b"\x01\x01\x01\x00")),
+        "arp": gwlb(bytes(28), 0x0806),
+    }
+    usual = bytearray(frames["udp4"])
+    usual[29] |= 0x80  # the O bit: a control packet
+    frames["control"] = bytes(usual)
+    usual = bytearray(frames["udp4"])
+    usual[38] |= 0x80  # a critical option
+    frames["critical"] = bytes(usual)
+    frames["truncated"] = frames["tcp4"][:90]
+    return frames
+
+
+# -- each target's input -------------------------------------------------------------------------
+
+
+def wrap(target: str, frame: bytes, variant: int = 0) -> bytes:
+    if target == "fuzz_sum":
+        return struct.pack("<I", variant * 0x1234) + frame
+    if target == "fuzz_fix":
+        # Outer UDP mode, length delta, IP and L4 offset deltas, protocol (0: the frame's).
+        return bytes([variant % 3, 0, 0, 0, 0]) + frame
+    if target == "fuzz_fast_forward":
+        # Admitted, tables with port 3000, the needle "drop" (variant 1: no content filter).
+        flags = 1 | 2 | 8 | (4 if variant == 0 else 0)
+        head = struct.pack("!BHHBBB", flags, 8500, 3000, 1, 3, 0) + b"drop"
+        return head + struct.pack("!H", len(frame)) + frame
+    if target == "fuzz_batch":
+        # Four slots of 9000 bytes, the Geneve port; what a UDP socket receives (no outer
+        # IPv4 and UDP headers), then send lengths.
+        datagram = frame[28:]
+        head = struct.pack("!bHHB", 4, 9000 + 64, 6081, 0)
+        return (
+            head + struct.pack("!H", len(datagram)) + datagram + struct.pack("!4h", 96, 0, 20, -1)
+        )
+    raise ValueError(target)
+
+
+def write_synthetic() -> None:
+    for target in TARGETS:
+        folder = SEEDS / target
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.iterdir():
+            old.unlink()
+        for name, frame in synthetic_frames().items():
+            for variant in (0, 1) if target in ("fuzz_fix", "fuzz_fast_forward") else (0,):
+                (folder / f"{name}-{variant}").write_bytes(wrap(target, frame, variant))
+
+
+# -- captures -------------------------------------------------------------------------------------
+
+
+def _ipv4_of(linktype: int, data: bytes) -> bytes | None:
+    """The IPv4 packet in one link-layer frame (cut to its total length), or None."""
+    if linktype == 1:  # Ethernet, with any VLAN tags
+        pos, etype = 14, struct.unpack_from("!H", data, 12)[0] if len(data) >= 14 else 0
+        while etype in (0x8100, 0x88A8) and len(data) >= pos + 4:
+            etype, pos = struct.unpack_from("!H", data, pos + 2)[0], pos + 4
+        data = data[pos:] if etype == 0x0800 else b""
+    elif linktype == 113:  # Linux cooked capture
+        data = data[16:] if data[14:16] == b"\x08\x00" else b""
+    elif linktype == 276:  # Linux cooked capture v2
+        data = data[20:] if data[0:2] == b"\x08\x00" else b""
+    elif linktype == 0:  # BSD loopback
+        data = data[4:]
+    elif linktype not in (12, 101, 228):  # raw IP
+        return None
+    if len(data) < 20 or data[0] >> 4 != 4:
+        return None
+    total = struct.unpack_from("!H", data, 2)[0]
+    return bytes(data[: total or len(data)])
+
+
+def capture_frames(path: pathlib.Path) -> list[bytes]:
+    """The IPv4 packets of a pcap or pcapng file (a minimal reader: enough for seeds)."""
+    raw = path.read_bytes()
+    found: list[bytes] = []
+    if raw[:4] in (
+        b"\xd4\xc3\xb2\xa1",
+        b"\x4d\x3c\xb2\xa1",
+        b"\xa1\xb2\xc3\xd4",
+        b"\xa1\xb2\x3c\x4d",
+    ):
+        order = "<" if raw[0] in (0xD4, 0x4D) else ">"
+        linktype = struct.unpack_from(order + "I", raw, 20)[0] & 0xFFFF
+        pos = 24
+        while pos + 16 <= len(raw):
+            caplen = struct.unpack_from(order + "I", raw, pos + 8)[0]
+            packet = _ipv4_of(linktype, raw[pos + 16 : pos + 16 + caplen])
+            if packet:
+                found.append(packet)
+            pos += 16 + caplen
+    elif raw[:4] == b"\x0a\x0d\x0d\x0a":
+        order = "<" if raw[8:12] == b"\x4d\x3c\x2b\x1a" else ">"
+        links: list[int] = []
+        pos = 0
+        while pos + 12 <= len(raw):
+            btype, length = struct.unpack_from(order + "II", raw, pos)
+            if length < 12:
+                break
+            body = raw[pos + 8 : pos + length - 4]
+            if btype == 0x0A0D0D0A:
+                links = []
+            elif btype == 1:
+                links.append(struct.unpack_from(order + "H", body)[0])
+            elif btype == 6 and len(body) >= 20:
+                iface, _hi, _lo, caplen = struct.unpack_from(order + "IIII", body)
+                if iface < len(links):
+                    packet = _ipv4_of(links[iface], body[20 : 20 + caplen])
+                    if packet:
+                        found.append(packet)
+            elif btype == 3 and links and len(body) >= 4:
+                packet = _ipv4_of(links[0], body[4:])
+                if packet:
+                    found.append(packet)
+            pos += length
+    return found[:PER_CAPTURE]
+
+
+def as_gwlb(frame: bytes) -> bytes | None:
+    """A capture's Geneve frame with three options of GWLB's shape given GWLB's class."""
+    if len(frame) < 68 or frame[0] != 0x45 or frame[28] & 0x3F != 8:
+        return None
+    shape = [(frame[at + 2], frame[at + 3] & 0x1F) for at in (36, 48, 60)]
+    if shape != [(1, 2), (2, 2), (3, 1)]:
+        return None
+    out = bytearray(frame)
+    for at in (36, 48, 60):
+        out[at : at + 2] = b"\x01\x08"
+    return bytes(out)
+
+
+def build(out: pathlib.Path, vectors: pathlib.Path) -> None:
+    frames: list[bytes] = []
+    if vectors.is_dir():
+        for path in sorted(vectors.iterdir()):
+            if path.suffix in (".pcap", ".pcapng"):
+                frames += capture_frames(path)
+        print(f"corpus: {len(frames)} IPv4 frames from the captures in {vectors}", file=sys.stderr)
+    else:
+        print(f"corpus: no captures at {vectors}; synthetic seeds only", file=sys.stderr)
+    frames += [g for g in map(as_gwlb, frames) if g]
+    for target in TARGETS:
+        folder = out / target
+        folder.mkdir(parents=True, exist_ok=True)
+        for seed in (SEEDS / target).iterdir():
+            (folder / seed.name).write_bytes(seed.read_bytes())
+        for frame in frames:
+            for variant in (0, 1):
+                data = wrap(target, frame, variant)
+                name = "capture-" + hashlib.sha1(data).hexdigest()[:16]
+                (folder / name).write_bytes(data)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["synthetic"]:
+        write_synthetic()
+    elif sys.argv[1:2] == ["build"] and len(sys.argv) in (3, 4):
+        default = HERE.parent.parent / "shared" / "vectors"
+        build(
+            pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]) if len(sys.argv) == 4 else default
+        )
+    else:
+        sys.exit("usage: corpus.py synthetic | corpus.py build OUT [VECTORS]")
