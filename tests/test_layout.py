@@ -44,3 +44,33 @@ def test_the_offsets_add_up() -> None:
 def test_the_codec_agrees_with_the_layout() -> None:
     assert _packet.GWLB_ENCAP_LENGTH == _layout.INNER_OFFSET
     assert _packet._GWLB_OPT_WORDS == _layout.GWLB_OPTION_WORDS
+
+
+def test_the_codec_reads_the_usual_frame_where_the_layout_says() -> None:
+    # Each byte holds its own offset: every field _USUAL unpacks names where it was read from.
+    buf = bytes(range(_layout.INNER_IPV4_PAYLOAD_OFFSET))
+    fields = _packet._USUAL.unpack_from(buf)
+    assert _packet._USUAL.size == _layout.INNER_IPV4_PAYLOAD_OFFSET
+
+    def u16(at: int) -> int:
+        return int.from_bytes(buf[at : at + 2], "big")
+
+    def u32(at: int) -> int:
+        return int.from_bytes(buf[at : at + 4], "big")
+
+    udp, geneve, inner, l4 = (
+        _layout.OUTER_UDP_OFFSET,
+        _layout.GENEVE_OFFSET,
+        _layout.INNER_OFFSET,
+        _layout.INNER_IPV4_L4_OFFSET,
+    )
+    o1, o2, o3 = _layout.GWLB_OPTION_OFFSETS
+    expected = (
+        buf[0], u16(2), u16(6), buf[9],  # outer IPv4: version/IHL, length, flags, protocol
+        u16(udp + 2), u16(udp + 4),  # outer UDP: destination port, length
+        buf[geneve], u16(geneve + 2),  # Geneve: byte 0, protocol type
+        u32(o1), u32(o2), u32(o3),  # the three option headers
+        buf[inner], u16(inner + 2), u16(inner + 6), buf[inner + 9],  # inner IPv4
+        u16(l4 + 4),  # inner UDP length
+    )  # fmt: skip
+    assert fields == expected

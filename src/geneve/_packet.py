@@ -49,6 +49,11 @@ from ._headers import (
     IPv4,
     IPv6,
 )
+from ._layout import GENEVE_BYTE0, GWLB_OPTION_WORDS
+from ._layout import INNER_IPV4_L4_OFFSET as L4
+from ._layout import INNER_IPV4_PAYLOAD_OFFSET as PAYLOAD
+from ._layout import INNER_OFFSET as INNER
+from ._layout import OUTER_UDP_OFFSET as UDP_AT
 from .checksum import _fix, _fix_target, internet_checksum, ones_complement_sum
 
 __all__ = ["MAX_FRAME_LENGTH", "MAX_INNER_LENGTH", "Packet", "ReceiveBuffer", "build_frame"]
@@ -56,7 +61,7 @@ __all__ = ["MAX_FRAME_LENGTH", "MAX_INNER_LENGTH", "Packet", "ReceiveBuffer", "b
 #: GWLB sends inner packets of up to 8500 bytes (AWS GWLB docs, "MTU").
 MAX_INNER_LENGTH = 8500
 #: outer IPv4 (20) + UDP (8) + Geneve (8) + the three GWLB options (32) = 68 bytes.
-GWLB_ENCAP_LENGTH = 68
+GWLB_ENCAP_LENGTH = INNER
 #: The largest frame GWLB sends; a receive buffer must hold at least this much.
 MAX_FRAME_LENGTH = MAX_INNER_LENGTH + GWLB_ENCAP_LENGTH
 
@@ -66,12 +71,13 @@ _U16 = struct.Struct("!H")
 _IP6_LEN_NH = struct.Struct("!HB")
 # The option headers of the GWLB layout: class 0x0108 type 1 and 2 with 2 words, type 3 with 1.
 _GWLB_OPTS = struct.Struct("!I8xI8xI4x")
-_GWLB_OPT_WORDS = (0x01080102, 0x01080202, 0x01080301)
-_GWLB_OPT1, _GWLB_OPT2, _GWLB_OPT3 = _GWLB_OPT_WORDS
+_GWLB_OPT_WORDS = GWLB_OPTION_WORDS
+_OPT1, _OPT2, _OPT3 = GWLB_OPTION_WORDS
 _GWLB_VALUES = struct.Struct("!4xQ4xQ4xI")
-# The usual GWLB frame, 96 bytes read in one unpack: outer IPv4 without options (_IP4's fields);
-# UDP destination port and length; Geneve byte 0 and protocol type; the three option headers;
-# inner IPv4 without options (_IP4's fields again) and its UDP length.
+# The usual GWLB frame (geneve._layout, which C's fast path follows too), read in one unpack up
+# to the inner payload: outer IPv4 without options (_IP4's fields); UDP destination port and
+# length; Geneve byte 0 and protocol type; the three option headers; inner IPv4 without options
+# (_IP4's fields again) and its UDP length. tests/test_layout.py holds the format to the layout.
 _USUAL = struct.Struct("!BxHxxHxB10x" + "2xHH2xBxH4xI8xI8xI4x" + "BxHxxHxB10x4xH2x")
 _usual = _USUAL.unpack_from
 _new = object.__new__
@@ -209,22 +215,22 @@ class Packet:
         # not a fragment, UDP to the Geneve port with a length that agrees, Geneve version 0
         # with exactly GWLB's three options (none critical). The test proves 68 <= total <=
         # length, so every field it uses is inside the frame. Anything else, valid or not, goes
-        # through _parse_outer, which checks one field at a time and says what is wrong.
-        # (Literal numbers rather than the named constants: this runs for every packet.) A
-        # frame shorter than _USUAL (96 bytes) cannot hold the usual inner packet either.
-        if 96 <= length <= len(buf):
+        # through _parse_outer, which checks one field at a time and says what is wrong. The
+        # offsets and words are geneve._layout's (module constants: one description for Python
+        # and C). A frame shorter than _USUAL cannot hold the usual inner packet either.
+        if PAYLOAD <= length <= len(buf):
             (vihl, total, frag, proto, dport, ulen, b0, ptype, o1, o2, o3,
              ivihl, itotal, ifrag, iproto, iulen) = _usual(buf)  # fmt: skip
             if (
                 vihl == 0x45
                 and proto == 17  # IPPROTO_UDP
                 and dport == port
-                and b0 == 8  # version 0, 8 words of options
-                and o1 == 0x01080102  # _GWLB_OPT_WORDS
-                and o2 == 0x01080202
-                and o3 == 0x01080301
-                and 68 <= total <= length
-                and ulen == total - 20
+                and b0 == GENEVE_BYTE0  # version 0, 8 words of options
+                and o1 == _OPT1
+                and o2 == _OPT2
+                and o3 == _OPT3
+                and INNER <= total <= length
+                and ulen == total - UDP_AT
                 and not frag & 0x3FFF
             ):
                 self.buf = buf
@@ -233,30 +239,30 @@ class Packet:
                 self.max_inner_length = 0xFFFF
                 # The usual inner packet, UDP in IPv4 without options, is parsed here too,
                 # setting what _parse_inner would; anything else goes through _parse_inner.
-                # itotal >= 28 and 68 + itotal <= total put these fields in the frame.
+                # itotal >= 28 and INNER + itotal <= total put these fields in the frame.
                 if (
                     ptype == 0x0800  # ETH_P_IPV4
                     and ivihl == 0x45
                     and iproto == 17
                     and not ifrag & 0x3FFF
-                    and 28 <= itotal <= total - 68
+                    and 28 <= itotal <= total - INNER
                     and iulen == itotal - 20
                 ):
-                    self.ip_end = 68 + itotal
+                    self.ip_end = INNER + itotal
                     # A packet re-filled from a ReceiveBuffer keeps these from the last usual
                     # frame: only this block sets _usual_layout, every other path clears it.
                     if not usual_layout:
-                        self.udp_offset = 20
-                        self.inner_offset = 68
+                        self.udp_offset = UDP_AT
+                        self.inner_offset = INNER
                         self.ip_version = 4
-                        self.ip_offset = 68
+                        self.ip_offset = INNER
                         self.l4_protocol = 17
-                        self.l4_offset = 88
-                        self.payload_offset = 96
+                        self.l4_offset = L4
+                        self.payload_offset = PAYLOAD
                         self._usual_layout = True
                     return self
-                self.udp_offset = 20
-                self.inner_offset = 68
+                self.udp_offset = UDP_AT
+                self.inner_offset = INNER
                 self._usual_layout = False
                 self._parse_inner_or_keep_error()
                 return self
@@ -666,24 +672,24 @@ class Packet:
         """
         buf = self.buf
         if self._usual_layout:
-            # The usual frame, at constant offsets: inner IPv4 at 68, its UDP at 88, payload at
-            # 96. The same steps as below, for the rewrite appliances do most.
+            # The usual frame, at the layout's offsets: inner IPv4 at INNER, its UDP at L4, the
+            # payload at PAYLOAD. The same steps as below, for the rewrite appliances do most.
             end = self.ip_end
-            if not old or buf.find(old, 96, end) < 0:
+            if not old or buf.find(old, PAYLOAD, end) < 0:
                 return 0
-            data = buf[96:end].replace(old, new, count)
-            new_end = 96 + len(data)
-            if new_end == end or new_end > 0xFFFF or new_end - 68 > self.max_inner_length:
-                return self._replace_other(96, end, data, old, count)
+            data = buf[PAYLOAD:end].replace(old, new, count)
+            new_end = PAYLOAD + len(data)
+            if new_end == end or new_end > 0xFFFF or new_end - INNER > self.max_inner_length:
+                return self._replace_other(PAYLOAD, end, data, old, count)
             try:
-                buf[96:new_end] = data
+                buf[PAYLOAD:new_end] = data
             except BufferError:
                 self._write_payload(data)
             else:
-                _u16(buf, 70, new_end - 68)  # inner IPv4 total length
-                _u16(buf, 92, new_end - 88)  # inner UDP length
+                _u16(buf, INNER + 2, new_end - INNER)  # inner IPv4 total length
+                _u16(buf, L4 + 4, new_end - L4)  # inner UDP length
                 _u16(buf, 2, new_end)  # outer IPv4 total length
-                _u16(buf, 24, new_end - 20)  # outer UDP length
+                _u16(buf, UDP_AT + 4, new_end - UDP_AT)  # outer UDP length
                 self.length = self.ip_end = new_end
                 self.modified = True
             return (new_end - end) // (len(new) - len(old))
@@ -795,7 +801,7 @@ class Packet:
         if self.modified:
             if self._usual_layout:  # fix_checksums() for the usual frame, at its offsets
                 target = buf._target if held else _fix_target(buf)  # type: ignore[attr-defined]
-                rc = _fix(target, len(buf), self.length, 68, 88, 17, 0)
+                rc = _fix(target, len(buf), self.length, INNER, L4, 17, 0)
                 if rc < 0:
                     raise_fix_error(rc)
                 self.modified = False
