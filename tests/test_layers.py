@@ -87,3 +87,29 @@ def test_the_codec_and_pipeline_do_no_io() -> None:
                     and node.value.id == "socket"
                 ):
                     assert node.attr not in SOCKET_MAKERS, f"{name} opens a socket"
+
+
+def test_frame_counters_are_written_by_the_pipeline_only() -> None:
+    # A complement to the appliance tests that check the counters' values: no module of the
+    # appliance layer writes a Stats counter itself; it asks the Pipeline (count_*) instead.
+    from geneve import Stats
+
+    fields = set(Stats.COUNTERS) | {"drops", "malformed_reasons", "last_error"}
+    for path in SRC.rglob("*.py"):
+        name = _module_name(path)
+        if LAYERS.get(name) != 2:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[ast.expr] = []
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, ast.AugAssign):
+                targets = [node.target]
+            for target in targets:
+                if isinstance(target, ast.Subscript):
+                    target = target.value
+                assert not (isinstance(target, ast.Attribute) and target.attr in fields), (
+                    f"{name}:{target.lineno} writes a Stats counter"
+                )
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                assert node.func.attr != "drop", f"{name}:{node.func.lineno} counts a drop"
