@@ -21,7 +21,6 @@ from geneve._transport import (
     FrameSender,
     RawReceiver,
     Receiver,
-    Slots,
     UdpReceiver,
     open_transport,
     outer_header,
@@ -105,11 +104,10 @@ def test_raw_receiver_keeps_the_geneve_port_and_sends_back(ns: Pair) -> None:
         sender.sendto(inner(), (ns.ap_addr, PORT))
         length, frame, source = receive_one(receiver)
         assert frame[28:] == inner() and source == socket.inet_aton(ns.gw_addr)
-        # The sender sends a slot's bytes to the address in its bytes 16:20.
+        # The sender sends a frame to the address in its bytes 16:20.
         buf = receiver.slots.bufs[0]
         buf[12:16], buf[16:20] = buf[16:20], buf[12:16]
-        receiver.slots.out[0] = length
-        assert frame_sender.send_slots(1) == 0
+        assert frame_sender.send(memoryview(buf)[:length]) == 0
         back.settimeout(2.0)
         while True:
             got = back.recv(65535)
@@ -127,8 +125,7 @@ def test_a_refused_send_is_counted_not_raised() -> None:
         def sendto(self, data: object, address: object) -> int:
             raise OSError(90, "Message too long")
 
-    slots = Slots(1)
-    sender = FrameSender(Refusing(), slots)  # type: ignore[arg-type]
+    sender = FrameSender(Refusing())  # type: ignore[arg-type]
     frame = build_frame(b"\x45" + bytes(19))
     assert sender.send(memoryview(frame)) == 1
     assert isinstance(sender.error, OSError) and sender.error.errno == 90

@@ -3,8 +3,9 @@
 Every receiver fills the same :class:`Slots`: a receive buffer per frame, and for each its
 length (or a negative status: :data:`TOO_LONG`, :data:`NOT_UNICAST`) and its outer source (a
 hashable key; :meth:`address_of` gives the 4 bytes). ``receive()`` returns how many slots it
-filled, 0 when the wait timed out. The worker runs the pipeline over the batch and writes in
-``slots.out[i]`` how many bytes of slot i to send back; the sender sends them. Receivers:
+filled, 0 when the wait timed out. The worker runs the pipeline over the batch; with the batch
+sender it writes in ``slots.out[i]`` how many bytes of slot i to send back, and the sender
+sends them all in one call. Receivers:
 
 - :class:`UdpBatchReceiver`: a batch per ``recvmmsg`` call, in C (``_batch_cffi``), which also
   writes the 28-byte outer header the kernel stripped;
@@ -12,8 +13,9 @@ filled, 0 when the wait timed out. The worker runs the pipeline over the batch a
   writing the same header with :func:`outer_header`;
 - :class:`RawReceiver`: whole frames from a raw socket, one per call (outer UDP unchecked).
 
-Senders: :class:`BatchSender` (``sendmmsg``, in C) and :class:`FrameSender` (``sendto`` per
-frame). Both also send a frame from anywhere (``send``), addressed by its bytes 16:20.
+Senders: :class:`BatchSender` (``sendmmsg``, in C, with the C receiver) and
+:class:`FrameSender` (``sendto`` per frame). Both send a frame from anywhere (``send``),
+addressed by its bytes 16:20.
 :class:`FastPath` forwards, in C over a whole batch, the frames outside the modifier's interest
 before Python sees any frame of the batch.
 """
@@ -68,7 +70,10 @@ TRUSTED_MAX = 64
 
 _OUTER_HEADER = struct.Struct("!BBHHHBBH4s4sHHHH")
 _PKTINFO_ADDR = struct.Struct("=i4s4s")
+_ADDRESS_AT = struct.Struct("=I")
 _NATIVE = sys.byteorder
+_SOL_IP = int(socket.SOL_IP)
+_MSG_TRUNC = int(socket.MSG_TRUNC)  # an int: "flags & socket.MSG_TRUNC" takes the enum's slow way
 
 
 def outer_header(
@@ -171,9 +176,10 @@ class UdpReceiver(Receiver):
     """One datagram per ``recvmsg`` call, in Python; the outer header by :func:`outer_header`."""
 
     def __init__(self, sock: socket.socket, port: int) -> None:
-        self.slots = Slots(1)
+        self.slots = s = Slots(1)
+        self._buf, self._lens, self._sources = s.bufs[0], s.lens, s.sources
         self._recvmsg_into = sock.recvmsg_into
-        self._payload = [memoryview(self.slots.bufs[0])[28:]]
+        self._payload = [memoryview(self._buf)[28:]]
         self._anc_size = socket.CMSG_SPACE(_PKTINFO_ADDR.size)
         self._port = port
         self._aton: dict[str, bytes] = {}
@@ -183,22 +189,21 @@ class UdpReceiver(Receiver):
             n, anc, flags, (host, source_port) = self._recvmsg_into(self._payload, self._anc_size)
         except (TimeoutError, InterruptedError):
             return 0
-        s = self.slots
-        s.sources[0] = host
+        self._sources[0] = host
         local = spec_dst = b"\0\0\0\0"
         for level, kind, data in anc:
-            if level == socket.SOL_IP and kind == IP_PKTINFO:
+            if level == _SOL_IP and kind == IP_PKTINFO:
                 _ifindex, spec_dst, local = _PKTINFO_ADDR.unpack_from(data)
-        if flags & socket.MSG_TRUNC or n + 28 > 0xFFFF:
-            s.lens[0] = TOO_LONG
+        if flags & _MSG_TRUNC or n + 28 > 0xFFFF:
+            self._lens[0] = TOO_LONG
         elif local != spec_dst:
             # The kernel gives a datagram to one of our addresses that address as spec_dst,
             # and a broadcast or multicast one the address of the interface instead.
-            s.lens[0] = NOT_UNICAST
+            self._lens[0] = NOT_UNICAST
         else:
             source = self._aton.get(host) or self.address_of(host)
-            outer_header(s.bufs[0], n + 28, source, source_port, local, self._port)
-            s.lens[0] = n + 28
+            outer_header(self._buf, n + 28, source, source_port, local, self._port)
+            self._lens[0] = n + 28
         return 1
 
     def address_of(self, source: str) -> bytes:
@@ -244,42 +249,44 @@ class RawReceiver(Receiver):
 class FrameSender:
     """Replies one ``sendto`` each. ``error``: the last refusal (the send calls count them)."""
 
-    def __init__(self, sock: socket.socket, slots: Slots) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self._sendto = sock.sendto
-        self.slots = slots
         self.error: OSError | None = None
-
-    def send_slots(self, count: int) -> int:
-        """Send ``slots.out[i]`` bytes of each of the first ``count`` slots; how many failed."""
-        s = self.slots
-        failed = 0
-        for i in range(count):
-            length = s.out[i]
-            if length > 0:
-                failed += self.send(s.views[i][:length])
-        return failed
+        # Destination addresses as sendto() wants them, by their 4 bytes: inet_ntoa costs more
+        # than a look-up, and replies go to a handful of GWLB addresses.
+        self._names: dict[tuple[int], str] = {}
 
     def send(self, frame: memoryview) -> int:
         """Send one frame to the address in its bytes 16:20; 1 if the kernel refused it."""
+        key = _ADDRESS_AT.unpack_from(frame, 16)
+        name = self._names.get(key) or self._name(frame, key)
         try:
-            self._sendto(frame, (socket.inet_ntoa(frame[16:20]), 0))
+            self._sendto(frame, (name, 0))
         except OSError as err:
             self.error = err
             return 1
         return 0
 
+    def _name(self, frame: memoryview, key: tuple[int]) -> str:
+        if len(self._names) >= 4096:  # whatever frames say, memory stays bounded
+            self._names.clear()
+        name = self._names[key] = socket.inet_ntoa(frame[16:20])
+        return name
+
 
 class BatchSender(FrameSender):
-    """Replies a batch per ``sendmmsg`` call, in C; a frame from elsewhere by ``sendto``."""
+    """Replies a batch per ``sendmmsg`` call, in C, from their slots; others by ``sendto``."""
 
     def __init__(self, sock: socket.socket, slots: Slots) -> None:
-        super().__init__(sock, slots)
+        super().__init__(sock)
         assert _batch is not None
+        self.slots = slots
         self._send_batch = _batch.lib.geneve_send_batch
         self._fd = sock.fileno()
         self._errno = _batch.ffi.new("int32_t *")
 
     def send_slots(self, count: int) -> int:
+        """Send ``slots.out[i]`` bytes of each of the first ``count`` slots; how many failed."""
         s = self.slots
         failed: int = self._send_batch(self._fd, s.c_slots, s.c_out, count, self._errno)
         if failed:
@@ -364,10 +371,10 @@ def open_transport(
     if sockets.mode == "raw":
         assert sockets.raw_recv is not None
         receiver = RawReceiver(sockets.raw_recv, sockets.port)
-        return receiver, FrameSender(sockets.raw_send, receiver.slots), None
+        return receiver, FrameSender(sockets.raw_send), None
     if _batch is None or batch <= 1:
         receiver = UdpReceiver(sockets.udp, sockets.port)
-        return receiver, FrameSender(sockets.raw_send, receiver.slots), None
+        return receiver, FrameSender(sockets.raw_send), None
     receiver = UdpBatchReceiver(sockets.udp, sockets.port, batch)
     fast = None
     if interest is not None and not interest.everything:

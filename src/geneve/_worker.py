@@ -23,7 +23,14 @@ from typing import Any
 
 from ._pipeline import ErrorPolicy, Modifier, Pipeline, Stats
 from ._sockets import Sockets, own_addresses
-from ._transport import NOT_UNICAST, FastPath, FrameSender, Receiver, open_transport
+from ._transport import (
+    NOT_UNICAST,
+    BatchSender,
+    FastPath,
+    FrameSender,
+    Receiver,
+    open_transport,
+)
 
 __all__ = ["ADMIT_CACHE", "BATCH", "ERROR_LOG_INTERVAL", "HEARTBEAT", "Worker", "process_main"]
 
@@ -103,7 +110,9 @@ class Worker:
         slots = receiver.slots
         bufs, lens, sources, out = slots.bufs, slots.lens, slots.sources, slots.out
         receive, address_of = receiver.receive, receiver.address_of
-        send_slots, send = sender.send_slots, sender.send
+        send = sender.send
+        # A batch sender sends each slot's reply with the batch; otherwise each goes at once.
+        send_slots = sender.send_slots if isinstance(sender, BatchSender) else None
         admitted: dict[Any, bytes] = {}
         next_beat = self._beat(admitted, receiver, fast)
         last_logged, logged = 0.0, 0
@@ -138,15 +147,16 @@ class Worker:
                     frames = handle(buf, length)
                     if frames:
                         reply = frames[0]
-                        if len(frames) == 1 and reply.obj is buf:  # sent with the batch
-                            out[i] = len(reply)
+                        if send_slots and len(frames) == 1 and reply.obj is buf:
+                            out[i] = len(reply)  # in its slot: sent with the batch
                         else:
                             for frame in frames:
                                 if send(frame):
                                     self._send_failed(sender.error)
-                failed = send_slots(got)
-                if failed:
-                    self._send_failed(sender.error, failed)
+                if send_slots:
+                    failed = send_slots(got)
+                    if failed:
+                        self._send_failed(sender.error, failed)
                 if stats.modifier_errors != logged:
                     last_logged, logged = self._log_error(last_logged, logged)
             if time.monotonic() >= next_beat:
