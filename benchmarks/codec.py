@@ -158,19 +158,18 @@ def geneve_steps_cycle(request: bytes) -> Cycle:
 
 
 def geneve_process_cycle(request: bytes) -> Cycle:
-    """The appliance's own path: geneve.process with the reference rules (drop/replace/ICMP)."""
-    from geneve import Stats, process
+    """The appliance's own path: a geneve.Pipeline, reference rules (drop/replace/ICMP)."""
+    from geneve import Pipeline
     from geneve.rules.reference import modifier
 
     n = len(request)
     buf = ReceiveBuffer(RECEIVE_BUFFER)
-    stats = Stats()
+    handle = Pipeline(modifier).handle
 
     def cycle() -> object:
         buf[:n] = request
-        packet = process(buf, n, modifier, stats)
-        assert packet is not None
-        return packet.data
+        (frame,) = handle(buf, n)
+        return frame
 
     return cycle
 
@@ -610,7 +609,7 @@ ROWS = (
     ("geneve", "geneve, C, in a bytearray"),
     ("geneve-steps", "geneve, C, ReceiveBuffer, a call per step"),
     ("geneve-python", "geneve, pure-Python fallback (GENEVE_PURE_PYTHON=1)"),
-    ("geneve-process", "geneve.process() + reference rules, C"),
+    ("geneve-process", "geneve.Pipeline + reference rules, C"),
     ("dpkt", "dpkt"),
     ("scapy", "scapy"),
 )

@@ -19,7 +19,7 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from support.frames import gwlb_frames, make_inner
 
 from geneve import Interest, Packet, Stats, build_frame, process
-from geneve._appliance import _interest_tables
+from geneve._transport import _interest_tables
 
 _batch = pytest.importorskip("geneve._batch_cffi", reason="the C batch module is not built")
 

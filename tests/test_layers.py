@@ -13,7 +13,7 @@ LAYERS: dict[str, int] = {
     "_errors": 0, "_layout": 0, "_pychecksum": 0, "checksum": 0, "_checksum_cffi": 0,
     "_headers": 0, "_fixup": 0, "_packet": 0, "_pcap": 0,
     "_pipeline": 1, "rules": 1, "rules.reference": 1, "_loader": 1,
-    "_health": 2, "_appliance": 2, "_batch_cffi": 2,
+    "_health": 2, "_batch_cffi": 2, "_sockets": 2, "_transport": 2, "_worker": 2, "_appliance": 2,
     "appliance": 3, "replay": 3, "emulator": 3, "_emulator": 3,
     "_emulator.namespaces": 3, "_emulator.checker": 3, "_emulator.flows": 3,
     "_emulator.topology": 3, "_emulator.dataplane": 3, "_emulator.emulator": 3,
@@ -127,3 +127,29 @@ def test_the_emulator_checker_imports_nothing_of_the_codec() -> None:
     assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
     outside = {name.split(".")[0] for name in _imports(path)} - set(sys.stdlib_module_names)
     assert not outside, f"_emulator.checker imports {outside}"
+
+
+def test_frame_counters_are_written_by_the_pipeline_only() -> None:
+    # A complement to the appliance tests that check the counters' values: no module of the
+    # appliance layer writes a Stats counter itself; it asks the Pipeline (count_*) instead.
+    from geneve import Stats
+
+    fields = set(Stats.COUNTERS) | {"drops", "malformed_reasons", "last_error"}
+    for path in SRC.rglob("*.py"):
+        name = _module_name(path)
+        if LAYERS.get(name) != 2:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[ast.expr] = []
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, ast.AugAssign):
+                targets = [node.target]
+            for target in targets:
+                if isinstance(target, ast.Subscript):
+                    target = target.value
+                assert not (isinstance(target, ast.Attribute) and target.attr in fields), (
+                    f"{name}:{target.lineno} writes a Stats counter"
+                )
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                assert node.func.attr != "drop", f"{name}:{node.func.lineno} counts a drop"

@@ -1,4 +1,4 @@
-"""geneve.process: verdicts, error policies, control packets, size limits and exact counters."""
+"""geneve.process and the bound Pipeline: verdicts, policies, control packets, limits, counters."""
 
 from __future__ import annotations
 
@@ -10,7 +10,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support.frames import check_frame, gwlb_frames, make_inner, naive_sum
 
-from geneve import MAX_INNER_LENGTH, Interest, Packet, Stats, Verdict, build_frame, process
+from geneve import (
+    MAX_INNER_LENGTH,
+    Interest,
+    Packet,
+    ReceiveBuffer,
+    Stats,
+    Verdict,
+    build_frame,
+    process,
+)
+from geneve._pipeline import Pipeline, declare_interest
 
 
 def frame_udp(payload: bytes = b"payload", **kwargs: Any) -> bytearray:
@@ -327,3 +337,92 @@ def test_an_interest_with_an_empty_needle_is_refused(needles: frozenset[bytes]) 
     # An empty needle is in every payload; C refuses one too (GENEVE_BATCH_BAD_ARGUMENT).
     with pytest.raises(ValueError, match="non-empty"):
         Interest(frozenset({53}), None, needles)
+
+
+# -- the bound pipeline -------------------------------------------------------------------------
+
+
+def test_pipeline_returns_the_reply_in_the_callers_buffer() -> None:
+    frame = frame_udp(b"weakly")
+    original = bytes(frame)
+    buf = ReceiveBuffer()
+    buf[: len(frame)] = frame
+    pipeline = Pipeline(lambda p: None)
+    (reply,) = pipeline.handle(buf, len(frame))
+    assert reply.obj is buf and bytes(reply) == bytes(buf[: len(frame)])
+    # A whole outer IPv4 datagram, addressed by its bytes 16:20: back to GWLB.
+    assert bytes(reply[16:20]) == original[12:16] and bytes(reply[12:16]) == original[16:20]
+    assert pipeline.stats.received == pipeline.stats.forwarded == 1
+
+
+@pytest.mark.parametrize(
+    ("length", "modifier", "outcome"),
+    [
+        (None, lambda p: Verdict.DROP, {"drops": {"rule": 1}}),
+        (20, lambda p: None, {"malformed_reasons": {"outer-truncated": 1}}),
+        (None, lambda p: 1 / 0, {"drops": {"modifier-error": 1}}),
+    ],
+)
+def test_pipeline_returns_nothing_to_send(
+    length: int | None, modifier: Callable[[Packet], Any], outcome: dict[str, object]
+) -> None:
+    frame = frame_udp()
+    pipeline = Pipeline(modifier)
+    assert pipeline.handle(frame, len(frame) if length is None else length) == ()
+    assert_consistent(pipeline.stats)
+    assert {k: v for k, v in counters(pipeline.stats).items() if isinstance(v, dict)} == outcome
+
+
+def test_pipeline_binds_the_policies_once() -> None:
+    def grow(p: Packet) -> None:
+        p.replace_in_payload(b"a", b"aaaa")
+
+    frame = frame_udp(b"a")
+    limit = len(frame) - 68  # exactly what arrives, so growing by 3 bytes is too large
+    pipeline = Pipeline(grow, on_too_large="forward", max_inner_length=limit, port=6081)
+    assert len(pipeline.handle(bytearray(frame), len(frame))) == 1
+    assert pipeline.stats.too_large_forwarded == 1
+    bad = bytearray(frame)
+    bad[26:28] = b"\x12\x34"  # a wrong outer UDP checksum: seen only with verify_outer_udp
+    assert len(Pipeline(lambda p: None).handle(bytearray(bad), len(bad))) == 1
+    checking = Pipeline(lambda p: None, verify_outer_udp=True)
+    assert checking.handle(bad, len(bad)) == ()
+    assert checking.stats.malformed_reasons == {"outer-udp-checksum": 1}
+
+
+@given(frame=gwlb_frames())
+def test_pipeline_agrees_with_process(frame: bytes) -> None:
+    def edit(p: Packet) -> None:
+        if p.l4_protocol == 17:
+            p.replace_in_payload(b"a", b"bb")
+
+    stats = Stats()
+    packet = process(bytearray(frame), len(frame), edit, stats)
+    pipeline = Pipeline(edit)
+    frames = pipeline.handle(bytearray(frame), len(frame))
+    assert [bytes(f) for f in frames] == ([] if packet is None else [bytes(packet.data)])
+    assert pipeline.stats.as_dict() == stats.as_dict()
+
+
+def test_pipeline_counts_what_the_receiver_refused() -> None:
+    pipeline = Pipeline(lambda p: None)
+    pipeline.count_not_unicast()
+    pipeline.count_too_long()
+    pipeline.count_fast_forwarded(5)
+    assert_consistent(pipeline.stats)
+    assert counters(pipeline.stats) == {
+        "received": 7,
+        "forwarded": 5,
+        "dropped": 1,
+        "malformed": 1,
+        "drops": {"not-unicast": 1},
+        "malformed_reasons": {"oversized": 1},
+    }
+
+
+def test_pipeline_holds_the_modifiers_interest() -> None:
+    modifier = declare_interest(lambda p: None, udp_ports=[53])
+    assert Pipeline(modifier).interest.udp_ports == frozenset({53})
+    assert Pipeline(lambda p: None).interest.everything
+    stats = Stats()
+    assert Pipeline(modifier, stats).stats is stats

@@ -3,7 +3,8 @@
 Layers, lowest first; nothing imports a layer above it:
 
 - the codec (sans-I/O): :mod:`geneve.checksum`, header views, :class:`Packet`, errors;
-- the pipeline: :func:`process` (parse, modifier, verdict, swap, fix) and :mod:`geneve.rules`;
+- the pipeline: :class:`Pipeline` and :func:`process` (parse, modifier, verdict, reply) and
+  :mod:`geneve.rules`;
 - the appliance: :class:`Appliance` (sockets, workers, signals, health);
 - entry points: ``python -m geneve.appliance``, ``python -m geneve.replay``, the emulator.
 """
@@ -44,6 +45,7 @@ from ._pipeline import (
     ErrorPolicy,
     Interest,
     Modifier,
+    Pipeline,
     Stats,
     Verdict,
     declare_interest,
@@ -100,6 +102,7 @@ __all__ = [
     "NotGeneveError",
     "Packet",
     "PacketTooLargeError",
+    "Pipeline",
     "ReceiveBuffer",
     "Stats",
     "TruncatedError",

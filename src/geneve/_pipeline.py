@@ -1,8 +1,11 @@
-"""The pipeline: one function that takes a received frame to the frame to send back.
+"""The pipeline: what takes a received frame to the frames to send back.
 
-parse -> modifier -> verdict -> swap -> fix. Shared by the appliance and the replay, so what the
-replay shows on a capture is what the appliance does on the wire. Sans-I/O: it reads and writes
-a caller's buffer and a :class:`Stats` object, nothing else.
+parse -> modifier -> verdict -> reply (fix-up when edited, outer swap), each step a call down to
+:class:`Packet`. :class:`Pipeline` binds a modifier and its policies once and runs frame after
+frame; :func:`process` runs one. Shared by the appliance and the replay, so what the replay
+shows on a capture is what the appliance does on the wire. Sans-I/O: it reads and writes a
+caller's buffer and a :class:`Stats` object, nothing else, and it is the one writer of those
+counters.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ __all__ = [
     "ErrorPolicy",
     "Interest",
     "Modifier",
+    "Pipeline",
     "Stats",
     "Verdict",
     "declare_interest",
@@ -231,6 +235,165 @@ _FORWARD = Verdict.FORWARD
 _DROP = Verdict.DROP
 
 
+class Pipeline:
+    """A modifier and its policies, bound once: a received frame in, the frames to send out.
+
+    :meth:`handle` takes one received frame and returns the frames to send for it, each a
+    whole outer IPv4 datagram addressed by its bytes 16:20 (usually the frame itself turned
+    into GWLB's reply, in the caller's buffer; none when it is dropped). It is a tuple rather
+    than one frame because a frame may answer with more than itself (a reply injected beside
+    it, segments held earlier released with it). Every outcome is counted in :attr:`stats`,
+    here and nowhere else: a receiver that refuses a datagram before the pipeline sees it
+    says so through the ``count_*`` methods.
+
+    The policies are those of :func:`process`. :attr:`interest` is what the modifier declared
+    (:func:`declare_interest`): a caller may forward frames outside it without the pipeline,
+    as the appliance's C fast path does, and count them with :meth:`count_fast_forwarded`.
+    """
+
+    __slots__ = (
+        "interest",
+        "max_inner_length",
+        "modifier",
+        "on_error",
+        "on_too_large",
+        "port",
+        "stats",
+        "verify_outer_udp",
+    )
+
+    def __init__(
+        self,
+        modifier: Modifier,
+        stats: Stats | None = None,
+        *,
+        on_error: ErrorPolicy = "drop",
+        on_too_large: ErrorPolicy = "drop",
+        max_inner_length: int = MAX_INNER_LENGTH,
+        port: int = GENEVE_PORT,
+        verify_outer_udp: bool = False,
+    ) -> None:
+        self.modifier = modifier
+        self.stats = Stats() if stats is None else stats
+        self.on_error = on_error
+        self.on_too_large = on_too_large
+        self.max_inner_length = max_inner_length
+        self.port = port
+        self.verify_outer_udp = verify_outer_udp
+        self.interest = interest_of(modifier)
+
+    def handle(self, buf: bytearray, length: int) -> tuple[memoryview, ...]:
+        """The frames to send for the received frame ``buf[:length]``: ``()`` or its reply.
+
+        Never raises for a bad frame or a failing modifier (see :func:`process`).
+        """
+        packet = self._decide(buf, length)
+        if packet is None:
+            return ()
+        reply = self._reply(packet)
+        return () if reply is None else (reply,)
+
+    def packet(self, buf: bytearray, length: int) -> Packet | None:
+        """One frame as :func:`process` runs it: the packet turned into its reply, or None."""
+        packet = self._decide(buf, length)
+        if packet is None or self._reply(packet) is None:
+            return None
+        return packet
+
+    def _decide(self, buf: bytearray, length: int) -> Packet | None:
+        """Parse and check the frame, run the modifier: the packet to send back, or None."""
+        stats = self.stats
+        stats.received += 1
+        max_inner_length = self.max_inner_length
+        try:
+            packet = Packet.parse(buf, length, self.port)  # positional: CPython specialises it
+            if type(packet) is not Packet:  # its inner packet is malformed: raise its error
+                packet.parse_inner()
+        except NotGeneveError:
+            stats.skipped += 1
+            return None
+        except GeneveError as err:
+            self._malformed(err.reason)
+            return None
+        # GWLB never sends more than max_inner_length bytes after the Geneve header.
+        if packet.length - packet.inner_offset > max_inner_length:
+            self._malformed("oversized")
+            return None
+        if self.verify_outer_udp and not packet.outer_udp_checksum_ok():
+            self._malformed("outer-udp-checksum")
+            return None
+        # RFC 8926 3.4: a control (O bit) packet's payload must not be forwarded as data.
+        if packet.is_control:
+            stats.drop("control")
+            return None
+        packet.max_inner_length = max_inner_length
+        try:
+            verdict = self.modifier(packet)
+            if verdict is not None and verdict is not _FORWARD and verdict is not _DROP:
+                raise TypeError(f"modifier returned {verdict!r}, not a Verdict or None")
+        except PacketTooLargeError:
+            # A rewrite past the inner MTU was refused before it changed anything.
+            if self.on_too_large != "forward" or packet.modified:
+                stats.drop("too-large")
+                return None
+            stats.too_large_forwarded += 1
+            verdict = _FORWARD
+        except Exception as exc:  # a user's bug must not stop the appliance
+            stats.modifier_errors += 1
+            stats.last_error = exc
+            # "forward" means forward unchanged; an edit already made cannot be undone: drop.
+            if self.on_error != "forward" or packet.modified:
+                stats.drop("modifier-error")
+                return None
+            verdict = _FORWARD
+        if verdict is _DROP:
+            stats.drop("rule")
+            return None
+        if packet.modified and packet.length - packet.inner_offset > max_inner_length:
+            stats.drop("too-large")
+            return None
+        return packet
+
+    def _reply(self, packet: Packet) -> memoryview | None:
+        """Turn a packet to forward into GWLB's reply (:meth:`Packet.reply`); its bytes."""
+        stats = self.stats
+        modified = packet.modified
+        try:
+            reply = packet.reply()  # checksums fixed when edited, outer addresses swapped
+        except GeneveError as err:  # the modifier broke a length field
+            stats.modifier_errors += 1
+            stats.last_error = err
+            stats.drop("modifier-error")
+            return None
+        if modified:
+            stats.modified += 1
+        stats.forwarded += 1
+        return reply
+
+    def _malformed(self, reason: str) -> None:
+        stats = self.stats
+        stats.malformed += 1
+        reasons = stats.malformed_reasons
+        reasons[reason] = reasons.get(reason, 0) + 1
+
+    # -- outcomes decided before the pipeline saw the frame ----------------------------------
+
+    def count_not_unicast(self) -> None:
+        """A datagram to a broadcast or multicast address (every socket got it): not answered."""
+        self.stats.received += 1
+        self.stats.drop("not-unicast")
+
+    def count_too_long(self) -> None:
+        """A datagram the receiver could not take whole (longer than any IPv4 packet)."""
+        self.stats.received += 1
+        self._malformed("oversized")
+
+    def count_fast_forwarded(self, count: int) -> None:
+        """``count`` frames outside :attr:`interest`, forwarded unchanged without the pipeline."""
+        self.stats.received += count
+        self.stats.forwarded += count
+
+
 def process(
     buf: bytearray,
     length: int,
@@ -257,71 +420,16 @@ def process(
 
     Never raises for a bad frame or a failing
     modifier: every outcome is counted in ``stats``. (A ``length`` outside ``buf`` is the
-    caller's mistake, not the frame's: ``ValueError``.)
+    caller's mistake, not the frame's: ``ValueError``.) For frame after frame with the same
+    modifier, bind them once in a :class:`Pipeline`: this is ``Pipeline(...).packet(buf, length)``.
     """
-    stats.received += 1
-    try:
-        packet = Packet.parse(buf, length, port)  # positional: a call CPython can specialise
-        packet.parse_inner()  # raises the inner packet's error, if it has one
-    except NotGeneveError:
-        stats.skipped += 1
-        return None
-    except GeneveError as err:
-        stats.malformed += 1
-        reasons = stats.malformed_reasons
-        reasons[err.reason] = reasons.get(err.reason, 0) + 1
-        return None
-    # GWLB never sends more than max_inner_length bytes after the Geneve header.
-    if packet.length - packet.inner_offset > max_inner_length:
-        stats.malformed += 1
-        reasons = stats.malformed_reasons
-        reasons["oversized"] = reasons.get("oversized", 0) + 1
-        return None
-    if verify_outer_udp and not packet.outer_udp_checksum_ok():
-        stats.malformed += 1
-        reasons = stats.malformed_reasons
-        reasons["outer-udp-checksum"] = reasons.get("outer-udp-checksum", 0) + 1
-        return None
-    # RFC 8926 3.4: a control (O bit) packet's payload must not be forwarded as data.
-    if packet.is_control:
-        stats.drop("control")
-        return None
-    packet.max_inner_length = max_inner_length
-    try:
-        verdict = modifier(packet)
-        if verdict is not None and verdict is not _FORWARD and verdict is not _DROP:
-            raise TypeError(f"modifier returned {verdict!r}, not a Verdict or None")
-    except PacketTooLargeError:
-        # A rewrite past the inner MTU was refused before it changed anything.
-        if on_too_large != "forward" or packet.modified:
-            stats.drop("too-large")
-            return None
-        stats.too_large_forwarded += 1
-        verdict = _FORWARD
-    except Exception as exc:  # a user's bug must not stop the appliance
-        stats.modifier_errors += 1
-        stats.last_error = exc
-        # "forward" means forward unchanged; an edit already made cannot be undone, so drop.
-        if on_error != "forward" or packet.modified:
-            stats.drop("modifier-error")
-            return None
-        verdict = _FORWARD
-    if verdict is _DROP:
-        stats.drop("rule")
-        return None
-    if packet.modified:
-        if packet.length - packet.inner_offset > max_inner_length:
-            stats.drop("too-large")
-            return None
-        try:
-            packet.fix_checksums()
-        except GeneveError as err:  # the modifier broke a length field
-            stats.modifier_errors += 1
-            stats.last_error = err
-            stats.drop("modifier-error")
-            return None
-        stats.modified += 1
-    packet.swap_outer()
-    stats.forwarded += 1
-    return packet
-
+    pipeline = Pipeline(
+        modifier,
+        stats,
+        on_error=on_error,
+        on_too_large=on_too_large,
+        max_inner_length=max_inner_length,
+        port=port,
+        verify_outer_udp=verify_outer_udp,
+    )
+    return pipeline.packet(buf, length)

@@ -1,6 +1,6 @@
 """``python -m geneve.replay IN OUT [--rules MODULE:CALLABLE]``: a capture through the pipeline.
 
-Every Geneve packet of IN goes through the same :func:`geneve.process` as in the appliance;
+Every Geneve packet of IN goes through the same :class:`geneve.Pipeline` as in the appliance;
 the forwarded ones are written to OUT (classic pcap) in input order with the input's link type
 (Ethernet headers get their MAC addresses swapped, as a reply would). A pcapng may mix link
 types, one per interface, where a pcap has one: OUT then takes the link type of the first
@@ -32,7 +32,7 @@ from ._pcap import (
     link_header,
     read_capture,
 )
-from ._pipeline import ErrorPolicy, Modifier, Stats, process
+from ._pipeline import ErrorPolicy, Modifier, Pipeline, Stats
 
 __all__ = ["ReplayResult", "main", "replay"]
 
@@ -63,7 +63,7 @@ def replay(
     """Run every Geneve packet of the capture ``src`` through ``modifier``; write to ``dst``."""
     info, records = read_capture(src)
     writer: PcapWriter | None = None  # made at the first forwarded packet: see the docstring
-    stats = Stats()
+    pipeline = Pipeline(modifier, on_error=on_error)
     read = 0
     for record in records:
         read += 1
@@ -72,8 +72,8 @@ def replay(
         if off < 0:
             continue  # not IPv4 at all: skipped
         buf = bytearray(data[off:])
-        packet = process(buf, len(buf), modifier, stats, on_error=on_error)
-        if packet is None:
+        frames = pipeline.handle(buf, len(buf))
+        if not frames:
             continue
         if writer is None:
             writer = PcapWriter(dst, record.linktype, nanosecond=info.nanosecond)
@@ -83,10 +83,11 @@ def replay(
                 link[0:6], link[6:12] = data[6:12], data[0:6]
         else:  # ip_offset knows this link type, so link_header knows the writer's
             link = bytearray(link_header(writer.linktype) or b"")
-        writer.write(bytes(link) + bytes(packet.data), record.ts_ns)
+        for frame in frames:
+            writer.write(bytes(link) + bytes(frame), record.ts_ns)
     if writer is None:  # nothing forwarded: an empty capture of the input's link type
         PcapWriter(dst, info.linktype, nanosecond=info.nanosecond)
-    return ReplayResult(stats, read)
+    return ReplayResult(pipeline.stats, read)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

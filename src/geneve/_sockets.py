@@ -1,0 +1,123 @@
+"""The appliance's sockets, and the host's own addresses.
+
+Each worker owns a UDP socket bound to the Geneve port (``SO_REUSEPORT``: the kernel spreads
+flows over workers; ``IP_PKTINFO``: the local address each datagram was sent to) and a raw
+``IP_HDRINCL`` socket to send replies through, since a reply must keep GWLB's source port and
+go to port 6081, which a socket bound to 6081 cannot send. Binding 6081 also stops the kernel
+answering with ICMP port-unreachable. In raw receive mode a raw ``IPPROTO_UDP`` socket receives
+instead, and the UDP socket only holds the port (a filter drops everything it would get).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from typing import Literal
+
+__all__ = [
+    "IP_PKTINFO",
+    "ReceiveMode",
+    "Sockets",
+    "broadcast_addresses",
+    "local_addresses",
+    "own_addresses",
+]
+
+ReceiveMode = Literal["udp", "raw"]
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 does not export it
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+
+
+class Sockets:
+    """One worker's sockets: where it receives, and the raw socket it sends replies through.
+
+    ``receiver`` (the UDP socket, or the raw one in raw mode) waits at most ``timeout`` seconds
+    per receive, so that the worker can beat its heartbeat on an idle link.
+    """
+
+    def __init__(
+        self, mode: ReceiveMode, bind: str, port: int, *, reuse: bool, timeout: float
+    ) -> None:
+        self.mode = mode
+        self.port = port
+        self.timeout = timeout
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.raw_send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self.raw_recv: socket.socket | None = None
+        try:
+            if reuse:
+                self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            self.udp.setsockopt(socket.SOL_IP, IP_PKTINFO, 1)
+            self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            self.udp.bind((bind, port))
+            self.raw_send.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+            self.raw_send.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            if mode == "raw":
+                _drop_all(self.udp)
+                self.raw_recv = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+                self.raw_recv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            self.receiver = self.raw_recv if self.raw_recv is not None else self.udp
+            self.receiver.settimeout(timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for sock in (self.udp, self.raw_send, self.raw_recv):
+            if sock is not None:
+                sock.close()
+
+
+def _drop_all(sock: socket.socket) -> None:
+    """Attach a classic BPF filter that accepts nothing: the socket exists only to hold the port.
+
+    The kernel copies the program during setsockopt, so the buffer need not outlive the call.
+    """
+    import ctypes
+
+    insn = struct.pack("HBBI", 0x06, 0, 0, 0)  # BPF_RET | BPF_K, 0: drop
+    buf = ctypes.create_string_buffer(insn)
+    prog = struct.pack("HL", 1, ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
+
+
+def local_addresses() -> frozenset[str]:
+    """IPv4 addresses of this host (this network namespace), from /proc/net/fib_trie."""
+    return _addresses()[0]
+
+
+def broadcast_addresses() -> frozenset[str]:
+    """IPv4 broadcast addresses of this host's subnets (this network namespace)."""
+    return _addresses()[1]
+
+
+def own_addresses() -> tuple[frozenset[bytes], frozenset[bytes]]:
+    """:func:`local_addresses` and :func:`broadcast_addresses` as 4-byte addresses, in one read."""
+    local, broadcast = _addresses()
+    aton = socket.inet_aton
+    return frozenset(map(aton, local)), frozenset(map(aton, broadcast))
+
+
+def _addresses() -> tuple[frozenset[str], frozenset[str]]:
+    """This namespace's local (/32) and broadcast addresses, in one read of fib_trie."""
+    local, broadcast = {"127.0.0.1"}, {"255.255.255.255"}
+    # thread-self: /proc/net follows the main thread, whose namespace may differ from ours.
+    path = "/proc/thread-self/net/fib_trie"
+    if not os.path.exists(path):
+        path = "/proc/net/fib_trie"
+    try:
+        with open(path) as f:
+            last = ""
+            for line in f:
+                text = line.strip()
+                if text.startswith("|--"):
+                    last = text[3:].strip()
+                elif text.startswith("/32 host LOCAL") and last:
+                    local.add(last)
+                elif text.startswith("/32 link BROADCAST") and last:
+                    broadcast.add(last)
+    except OSError:
+        pass
+    return frozenset(local), frozenset(broadcast)

@@ -1,0 +1,256 @@
+"""One worker: receive a batch, run the bound pipeline over it, send the replies; repeat.
+
+The same loop serves every receive mode (the receiver and sender of ``_transport`` hide the
+system calls). Per batch: the C fast path first, when there is one, then for each frame left
+the source check (our own replies looped back, ``--allow-from``), what the receiver said of it
+(not unicast, too long) and the pipeline; then one send for the batch. Counters of frames are
+the pipeline's (``Stats``); the worker counts only what never reaches it: sources refused, and
+replies the kernel would not send. It runs in a thread or in a forked process, and publishes a
+snapshot of its counters and a heartbeat twice a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import multiprocessing.connection
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from ._pipeline import ErrorPolicy, Modifier, Pipeline, Stats
+from ._sockets import Sockets, own_addresses
+from ._transport import (
+    NOT_UNICAST,
+    BatchSender,
+    FastPath,
+    FrameSender,
+    Receiver,
+    open_transport,
+)
+
+__all__ = ["ADMIT_CACHE", "BATCH", "ERROR_LOG_INTERVAL", "HEARTBEAT", "Worker", "process_main"]
+
+log = logging.getLogger("geneve.appliance")
+
+#: How often a worker publishes counters and heartbeats.
+HEARTBEAT = 0.5
+#: Frames per recvmmsg/sendmmsg call when the C batch module is built.
+BATCH = 64
+#: Modifier errors logged at most this often per worker (the rest are counted).
+ERROR_LOG_INTERVAL = 1.0
+#: Sources whose admission is cached at once (the cache is emptied when full).
+ADMIT_CACHE = 4096
+
+_OWN = b"own"
+_DENIED = b"denied"
+
+
+class Worker:
+    """The receive-process-send loop of one worker (runs in a thread or a forked process)."""
+
+    def __init__(
+        self,
+        index: int,
+        sockets: Sockets,
+        modifier: Modifier,
+        *,
+        on_error: ErrorPolicy,
+        on_too_large: ErrorPolicy = "drop",
+        max_inner_length: int,
+        publish: Any,
+        allow_from: tuple[ipaddress.IPv4Network, ...] = (),
+        batch: int = BATCH,
+        fast_path: bool = True,
+    ) -> None:
+        self.index = index
+        self.batch = batch
+        self.fast_path = fast_path
+        self.allow = tuple((int(net.network_address), int(net.netmask)) for net in allow_from)
+        self.sockets = sockets
+        self.pipeline = Pipeline(
+            modifier,
+            on_error=on_error,
+            on_too_large=on_too_large,
+            max_inner_length=max_inner_length,
+            port=sockets.port,
+            # No kernel UDP socket checked it: a bad checksum stops in the pipeline.
+            verify_outer_udp=sockets.mode == "raw",
+        )
+        self.stats: Stats = self.pipeline.stats
+        self.publish = publish
+        self.parent = os.getpid()  # made in the daemon; a forked worker watches it
+        # What never reaches the pipeline: counted here, each in one place.
+        self.send_errors = 0
+        self.own_replies = 0
+        self.not_allowed = 0
+        self.stop = threading.Event()
+        self.failed: str | None = None
+        self.heartbeat = time.monotonic()
+        self.own: frozenset[bytes] = frozenset()
+
+    def run(self) -> None:
+        try:
+            interest = self.pipeline.interest if self.fast_path else None
+            max_inner = self.pipeline.max_inner_length
+            self._loop(*open_transport(self.sockets, self.batch, interest, max_inner))
+        except Exception as err:
+            self.failed = f"{type(err).__name__}: {err}"
+            log.error("worker %d stopped: %s", self.index, self.failed)
+        finally:
+            self._publish(final=True)
+
+    def _loop(self, receiver: Receiver, sender: FrameSender, fast: FastPath | None) -> None:
+        pipeline = self.pipeline
+        handle = pipeline.handle
+        stats = self.stats
+        slots = receiver.slots
+        bufs, lens, sources, out = slots.bufs, slots.lens, slots.sources, slots.out
+        receive, address_of = receiver.receive, receiver.address_of
+        send = sender.send
+        # A batch sender sends each slot's reply with the batch; otherwise each goes at once.
+        send_slots = sender.send_slots if isinstance(sender, BatchSender) else None
+        admitted: dict[Any, bytes] = {}
+        next_beat = self._beat(admitted, receiver, fast)
+        last_logged, logged = 0.0, 0
+        stop = self.stop
+        while not stop.is_set():
+            got = receive()
+            if got:
+                todo: Any = range(got)
+                if fast is not None:
+                    done, todo = fast.forward(got)
+                    if done:
+                        pipeline.count_fast_forwarded(done)
+                for i in todo:
+                    out[i] = 0
+                    src = sources[i]
+                    verdict = admitted.get(src)
+                    if verdict is None:
+                        verdict = self._admit(admitted, src, address_of(src))
+                        if fast is not None and len(verdict) == 4:
+                            fast.trust(src)
+                    if len(verdict) != 4:
+                        self._refused(verdict)
+                        continue
+                    length = lens[i]
+                    if length < 0:
+                        if length == NOT_UNICAST:
+                            pipeline.count_not_unicast()
+                        else:
+                            pipeline.count_too_long()
+                        continue
+                    buf = bufs[i]
+                    frames = handle(buf, length)
+                    if frames:
+                        reply = frames[0]
+                        if send_slots and len(frames) == 1 and reply.obj is buf:
+                            out[i] = len(reply)  # in its slot: sent with the batch
+                        else:
+                            for frame in frames:
+                                if send(frame):
+                                    self._send_failed(sender.error)
+                if send_slots:
+                    failed = send_slots(got)
+                    if failed:
+                        self._send_failed(sender.error, failed)
+                if stats.modifier_errors != logged:
+                    last_logged, logged = self._log_error(last_logged, logged)
+            if time.monotonic() >= next_beat:
+                next_beat = self._beat(admitted, receiver, fast)
+
+    def _admit(self, cache: dict[Any, bytes], key: object, src: bytes) -> bytes:
+        """Decide (on a cache miss) whether Geneve from ``src`` may be processed.
+
+        Returns ``src`` when it may, else _OWN or _DENIED, and caches the answer under ``key``
+        (each receiver keys its sources by what it has at hand without allocating).
+        """
+        if len(cache) >= ADMIT_CACHE:  # spoofed sources must not grow memory
+            cache.clear()
+        verdict = src
+        if src in self.own:
+            verdict = _OWN  # a reply of ours that looped back: never process it
+        elif self.allow:
+            value = int.from_bytes(src, "big")
+            if not any(value & mask == net for net, mask in self.allow):
+                verdict = _DENIED  # not a GWLB we serve: never bounce its packets anywhere
+        cache[key] = verdict
+        return verdict
+
+    def _refused(self, verdict: bytes) -> None:
+        if verdict is _OWN:
+            self.own_replies += 1
+        else:
+            self.not_allowed += 1
+
+    def _beat(self, cache: dict[Any, bytes], receiver: Receiver, fast: FastPath | None) -> float:
+        """Twice a second: publish counters, re-read our own addresses; the next beat's time."""
+        self.own, receiver.broadcast = own_addresses()
+        cache.clear()
+        if fast is not None:
+            # Keep only the sources still admitted against the fresh own addresses.
+            address_of = receiver.address_of
+            fast.keep_trusting(lambda t: len(self._admit(cache, t, address_of(t))) == 4)
+        self._publish()
+        return time.monotonic() + HEARTBEAT
+
+    def _log_error(self, last_logged: float, logged_count: int) -> tuple[float, int]:
+        now = time.monotonic()
+        if now - last_logged >= ERROR_LOG_INTERVAL:
+            err = self.stats.last_error
+            suppressed = self.stats.modifier_errors - logged_count - 1
+            log.warning(
+                "modifier error (%s policy): %s: %s%s",
+                self.pipeline.on_error,
+                type(err).__name__,
+                err,
+                f" ({suppressed} more not logged)" if suppressed > 0 else "",
+            )
+            return now, self.stats.modifier_errors
+        return last_logged, logged_count
+
+    def _send_failed(self, err: OSError | None, count: int = 1) -> None:
+        before = self.send_errors
+        self.send_errors += count
+        if before == 0 or before // 1000 != self.send_errors // 1000:
+            log.warning("send failed (%d so far): %s", self.send_errors, err)
+
+    def _publish(self, final: bool = False) -> None:
+        self.heartbeat = time.monotonic()
+        if self.publish is not None:
+            # A worker process whose daemon died (SIGKILL, the OOM killer) was given to another
+            # parent: it must not go on answering GWLB and holding the port.
+            if os.getppid() != self.parent and not self.stop.is_set():
+                log.error("worker %d: the daemon is gone, stopping", self.index)
+                self.stop.set()
+            with contextlib.suppress(OSError, ValueError):
+                self.publish(self.snapshot(final))
+
+    def snapshot(self, final: bool = False) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "stats": self.stats.as_dict(),
+            "send_errors": self.send_errors,
+            "own_replies": self.own_replies,
+            "not_allowed": self.not_allowed,
+            "failed": self.failed,
+            "final": final,
+            "time": time.time(),
+        }
+
+
+def process_main(worker: Worker, conn: multiprocessing.connection.Connection) -> None:
+    """Entry of a forked worker process: stop on SIGTERM/SIGINT, report through ``conn``."""
+
+    def on_signal(signum: int, frame: object) -> None:
+        worker.stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent stops on it, and then stops us
+    worker.publish = conn.send
+    worker.run()
+    conn.close()
