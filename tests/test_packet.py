@@ -1063,6 +1063,19 @@ def test_a_buffer_shortened_under_the_frame_is_truncated(
     assert len(packet.buf) == keep
 
 
+@pytest.mark.parametrize("call", ["fix_checksums", "reply"])
+@pytest.mark.parametrize("keep", [0, 25, 40, 60])
+def test_a_frame_without_inner_ip_cut_under_its_length_is_truncated(call: str, keep: int) -> None:
+    # The outer-only fix-up (ARP inside) goes through the same routine and the same size check.
+    frame = build_frame(bytes(Ether() / ARP()), protocol_type=ETH_P_TEB, udp_checksum=True)
+    packet = Packet.parse(bytearray(frame))
+    assert packet.ip_version == 0
+    del packet.buf[keep:]
+    packet.mark_modified()
+    with pytest.raises(TruncatedError):
+        getattr(packet, call)()
+
+
 @given(gwlb_frames(max_payload=200), st.data())
 def test_any_cut_of_the_buffer_raises_only_codec_errors(
     frame: bytearray, data: st.DataObject

@@ -226,8 +226,10 @@ int geneve_fix(uint8_t *frame, size_t size, size_t len, size_t ip_off, long l4_o
     ulen = be16(udp + 4);
     if (ulen < 8 || ihl + ulen > total)
         return GENEVE_FIX_MALFORMED;
-    /* The outer header is sound; fix_inner() checks the inner one before writing anything. */
-    rc = fix_inner(frame, total, ip_off, l4_off, l4_proto);
+    /* The outer header is sound; fix_inner() checks the inner one before writing anything.
+     * ip_off 0 (where the outer header is) means the frame carries no inner IP packet (ARP, an
+     * unknown protocol type): the outer checksums only. */
+    rc = ip_off == 0 ? 0 : fix_inner(frame, total, ip_off, l4_off, l4_proto);
     if (rc != 0 && rc != GENEVE_FIX_FRAGMENT)
         return rc;
     store_checksum(frame, ihl, 10, 0, 0);

@@ -22,7 +22,21 @@ from ._headers import IPV6_EXTENSION_HEADERS
 from .checksum import _fix, _fix_target, internet_checksum, ones_complement_sum
 from .checksum import _fold as fold
 
-__all__ = ["OUTER_MODES", "OuterUdpPolicy", "fix_frame", "fix_routed", "raise_fix_error"]
+__all__ = [
+    "OUTER_MODES",
+    "OuterUdpPolicy",
+    "fix_checksums",
+    "fix_frame",
+    "fix_routed",
+    "fix_routine",
+    "fix_target",
+    "raise_fix_error",
+]
+
+#: The fused routine, as geneve.checksum chose it (C or Python), and what it takes for a buffer.
+#: Packet.reply() calls it directly for the usual frame: the one shortcut past fix_checksums.
+fix_routine = _fix
+fix_target = _fix_target
 
 OuterUdpPolicy = Literal["keep", "zero", "compute"]
 #: The fused routine's outer UDP modes, by policy name.
@@ -46,7 +60,8 @@ def fix_frame(
 ) -> bool:
     """Recompute every checksum of a GWLB frame in one call (with C: one crossing into C).
 
-    ``ip_offset`` is where the inner IPv4/IPv6 header starts, ``l4_offset`` where its UDP (17),
+    ``ip_offset`` is where the inner IPv4/IPv6 header starts (0: the frame carries no inner IP
+    packet; the outer checksums only), ``l4_offset`` where its UDP (17),
     TCP (6), ICMP (1) or ICMPv6 (58) header starts (``-1``: no L4 to fix), ``l4_protocol`` which
     one. Fixes the outer IPv4 header checksum, the inner IPv4 header checksum and the L4
     checksum; the outer UDP checksum stays 0 when it was 0 and is recomputed otherwise
@@ -72,11 +87,31 @@ def fix_frame(
     mode = OUTER_MODES.get(outer_udp)
     if mode is None:
         raise ValueError(f"outer_udp must be 'keep', 'zero' or 'compute', not {outer_udp!r}")
-    rc: int = _fix(_fix_target(buf), len(buf), n, ip_offset, l4_offset, l4_protocol, mode)
+    return fix_checksums(buf, _fix_target(buf), n, ip_offset, l4_offset, l4_protocol, mode)
+
+
+def fix_checksums(
+    buf: bytearray | memoryview,
+    target: object,
+    length: int,
+    ip: int,
+    l4: int,
+    proto: int,
+    mode: int,
+) -> bool:
+    """Every checksum of the frame ``buf[:length]``: the one place that finishes a frame.
+
+    ``target`` is what the fused routine takes for ``buf`` (:data:`fix_target`; a
+    ReceiveBuffer keeps one). ``ip`` <= 0: no inner IP packet, the outer checksums only.
+    The routine checks ``length`` against the buffer's real size and every offset against
+    the frame before it writes. False when the inner IPv4 packet is a fragment (its L4 checksum
+    cannot be recomputed; the caller knows an IPv6 fragment by its missing L4 offset).
+    """
+    rc: int = _fix(target, len(buf), length, ip if ip > 0 else 0, l4, proto, mode)
     if rc < 0:
         raise_fix_error(rc)
-    if rc == 0 and l4_offset >= 0:
-        fix_routed(buf, ip_offset, l4_offset, l4_protocol)
+    if rc == 0 and l4 - ip > 20:  # IPv4 options or IPv6 extension headers: a route?
+        fix_routed(buf, ip, l4, proto)
     return rc == 0
 
 

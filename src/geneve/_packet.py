@@ -29,7 +29,8 @@ from ._errors import (
     TruncatedError,
     UnsupportedError,
 )
-from ._fixup import OUTER_MODES, OuterUdpPolicy, fix_routed, raise_fix_error
+from ._fixup import OUTER_MODES, OuterUdpPolicy, fix_routine, fix_target, raise_fix_error
+from ._fixup import fix_checksums as fix_frame_checksums
 from ._headers import (
     ETH_P_IPV4,
     ETH_P_IPV6,
@@ -54,7 +55,7 @@ from ._layout import INNER_IPV4_L4_OFFSET as L4
 from ._layout import INNER_IPV4_PAYLOAD_OFFSET as PAYLOAD
 from ._layout import INNER_OFFSET as INNER
 from ._layout import OUTER_UDP_OFFSET as UDP_AT
-from .checksum import _fix, _fix_target, internet_checksum, ones_complement_sum
+from .checksum import internet_checksum, ones_complement_sum
 
 __all__ = ["MAX_FRAME_LENGTH", "MAX_INNER_LENGTH", "Packet", "ReceiveBuffer", "build_frame"]
 
@@ -115,7 +116,7 @@ class ReceiveBuffer(bytearray):
     def __init__(self, size: int = MAX_FRAME_LENGTH) -> None:
         super().__init__(size)
         self._view = memoryview(self)
-        self._target = _fix_target(self)
+        self._target = fix_target(self)
         self._packet = None
 
 
@@ -753,39 +754,13 @@ class Packet:
                 raise ValueError(
                     f"outer_udp must be 'keep', 'zero' or 'compute', not {outer_udp!r}"
                 )
-        ip = self.ip_offset
-        if ip < 0:  # no inner IP (ARP, an unknown protocol type): the outer checksums only
-            self._fix_outer(outer_udp)
-            self.modified = False
-            return True
-        # What fix_frame does, minus its argument checks and one call level: the fused routine
-        # (C or Python, as geneve.checksum chose), on a ReceiveBuffer's target made once. It
-        # checks self.length against the buffer's real size: a modifier may have shortened buf.
         buf = self.buf
-        target = buf._target if type(buf) is ReceiveBuffer else _fix_target(buf)
-        l4 = self.l4_offset
-        rc = _fix(target, len(buf), self.length, ip, l4, self.l4_protocol, mode)
-        if rc < 0:
-            raise_fix_error(rc)
-        if rc == 0 and l4 - ip > 20:  # IPv4 options or IPv6 extension headers: a route?
-            fix_routed(buf, ip, l4, self.l4_protocol)
+        target = buf._target if type(buf) is ReceiveBuffer else fix_target(buf)
+        ip, l4 = self.ip_offset, self.l4_offset
+        fixed = fix_frame_checksums(buf, target, self.length, ip, l4, self.l4_protocol, mode)
         self.modified = False
-        # An IPv6 fragment's L4 offset is -1, so the fix-up itself cannot tell it is one.
-        return rc == 0 and l4 >= 0
-
-    def _fix_outer(self, outer_udp: OuterUdpPolicy) -> None:
-        buf = self.buf
-        udp = self.udp_offset
-        buf[10:12] = b"\0\0"
-        _U16.pack_into(buf, 10, internet_checksum(buf[:udp]))
-        was_zero = buf[udp + 6] == 0 and buf[udp + 7] == 0
-        buf[udp + 6 : udp + 8] = b"\0\0"
-        if outer_udp == "compute" or (outer_udp == "keep" and not was_zero):
-            ulen = self.length - udp
-            pseudo = ones_complement_sum(buf[12:20]) + IPPROTO_UDP + ulen
-            # RFC 768: a computed zero is sent as all ones.
-            csum = internet_checksum(buf[udp : self.length], pseudo)
-            _U16.pack_into(buf, udp + 6, csum or 0xFFFF)
+        # An IPv6 fragment's L4 offset is -1, so the routine itself cannot tell it is one.
+        return fixed and (l4 >= 0 or ip < 0)
 
     def reply(self) -> memoryview:
         """Turn the frame into GWLB's reply and return its bytes to send (a view; no copy).
@@ -800,8 +775,8 @@ class Packet:
         held = type(buf) is ReceiveBuffer  # then buf holds its routine target and memoryview
         if self.modified:
             if self._usual_layout:  # fix_checksums() for the usual frame, at its offsets
-                target = buf._target if held else _fix_target(buf)  # type: ignore[attr-defined]
-                rc = _fix(target, len(buf), self.length, INNER, L4, 17, 0)
+                target = buf._target if held else fix_target(buf)  # type: ignore[attr-defined]
+                rc = fix_routine(target, len(buf), self.length, INNER, L4, 17, 0)
                 if rc < 0:
                     raise_fix_error(rc)
                 self.modified = False

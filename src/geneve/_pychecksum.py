@@ -140,7 +140,8 @@ def fix(
     ulen = (buf[ihl + 4] << 8) | buf[ihl + 5]
     if ulen < 8 or ihl + ulen > total:
         return FIX_MALFORMED
-    rc = _fix_inner(buf, total, ip_off, l4_off, l4_proto)
+    # ip_off 0 (the outer header's place): no inner IP packet, the outer checksums only.
+    rc = 0 if ip_off == 0 else _fix_inner(buf, total, ip_off, l4_off, l4_proto)
     if rc not in (0, FIX_FRAGMENT):
         return rc
     _store(buf, 0, ihl, 10, 0, False)
