@@ -20,7 +20,7 @@ from geneve import (
     build_frame,
     process,
 )
-from geneve._pipeline import Pipeline, declare_interest
+from geneve._pipeline import Pipeline, declare_interest, interest_of
 
 
 def frame_udp(payload: bytes = b"payload", **kwargs: Any) -> bytearray:
@@ -426,3 +426,23 @@ def test_pipeline_holds_the_modifiers_interest() -> None:
     assert Pipeline(lambda p: None).interest.everything
     stats = Stats()
     assert Pipeline(modifier, stats).stats is stats
+
+
+@pytest.mark.parametrize("ports", [frozenset({70000}), frozenset({-1}), frozenset({True})])
+def test_an_interest_with_a_port_out_of_range_is_refused(ports: frozenset[int]) -> None:
+    # Python would never match it and C's 65536-flag tables have no place for it.
+    with pytest.raises(ValueError, match="65535"):
+        Interest(ports, None)
+    with pytest.raises(ValueError, match="65535"):
+        Interest(None, ports)
+
+
+def test_declare_interest_takes_an_interest_made_already() -> None:
+    def modifier(packet: Packet) -> None:
+        return None
+
+    interest = Interest(frozenset({53}), frozenset())
+    assert declare_interest(modifier, interest=interest) is modifier
+    assert interest_of(modifier) is interest
+    with pytest.raises(ValueError, match="alone"):
+        declare_interest(modifier, interest=interest, udp_ports=[53])

@@ -69,6 +69,10 @@ class Interest:
         # An empty needle is in every payload: it would make needles mean nothing.
         if self.needles is not None and not all(self.needles):
             raise ValueError("needles must be non-empty byte strings")
+        # A port outside 0-65535 matches nothing in Python and has no place in C's tables.
+        for ports in (self.udp_ports, self.tcp_ports):
+            if ports is not None and not all(type(p) is int and 0 <= p <= 0xFFFF for p in ports):
+                raise ValueError("ports must be integers from 0 to 65535")
         # With no UDP or TCP port of interest the needles can never apply: make that explicit,
         # so that combining with another interest does not widen its needles.
         if self.udp_ports == frozenset() and self.tcp_ports == frozenset():
@@ -120,26 +124,30 @@ def declare_interest(
     udp_ports: Iterable[int] | None = None,
     tcp_ports: Iterable[int] | None = None,
     payload_contains: Iterable[bytes] | None = None,
+    interest: Interest | None = None,
 ) -> _F:
     """Say that ``modifier`` only needs some inner UDP/TCP packets (and all the others).
 
     ``udp_ports`` / ``tcp_ports``: ``None`` means every port, an empty list none.
-    ``payload_contains``: the modifier acts only on payloads containing one of these. Returns
-    the same callable, so ``modifier = declare_interest(fn, udp_ports=[53])`` works. The promise
-    is the modifier's: a packet outside its interest is forwarded as if it returned None
-    without changing anything.
+    ``payload_contains``: the modifier acts only on payloads containing one of these. Or give
+    an :class:`Interest` made already (``interest=``), alone. Returns the same callable, so
+    ``modifier = declare_interest(fn, udp_ports=[53])`` works. The promise is the modifier's:
+    a packet outside its interest is forwarded as if it returned None without changing
+    anything.
     """
-    needles = None if payload_contains is None else frozenset(bytes(n) for n in payload_contains)
-    if needles is not None and not all(needles):
-        raise ValueError("payload_contains needs non-empty byte strings")
-    interest = Interest(
-        None if udp_ports is None else frozenset(udp_ports),
-        None if tcp_ports is None else frozenset(tcp_ports),
-        needles,
-    )
-    for ports in (interest.udp_ports, interest.tcp_ports):
-        if ports is not None and not all(isinstance(p, int) and 0 <= p <= 0xFFFF for p in ports):
-            raise ValueError("ports must be integers from 0 to 65535")
+    if interest is None:
+        needles = (
+            None if payload_contains is None else frozenset(bytes(n) for n in payload_contains)
+        )
+        if needles is not None and not all(needles):
+            raise ValueError("payload_contains needs non-empty byte strings")
+        interest = Interest(
+            None if udp_ports is None else frozenset(udp_ports),
+            None if tcp_ports is None else frozenset(tcp_ports),
+            needles,
+        )
+    elif udp_ports is not None or tcp_ports is not None or payload_contains is not None:
+        raise ValueError("give interest= alone, or the ports and payload_contains")
     setattr(modifier, _INTEREST_ATTR, interest)
     return modifier
 
@@ -147,7 +155,9 @@ def declare_interest(
 class Stats:
     """Counters per outcome. Plain attributes, so the hot path pays one add each.
 
-    ``received`` counts every frame handed to :func:`process`; each then ends in exactly one of
+    ``received`` counts every frame a :class:`Pipeline` was handed or told of (``handle()``,
+    ``process()``, and the ``count_*`` methods for frames decided before it); each then ends
+    in exactly one of
     ``forwarded`` (of which ``modified`` were edited), ``dropped`` (by reason in ``drops``),
     ``malformed`` (by reason in ``malformed_reasons``) or ``skipped`` (not Geneve).
     """

@@ -48,8 +48,7 @@ _NOTHING = Interest(frozenset(), frozenset(), frozenset())  # the identity of |
 
 
 def _declared(function: _T, interest: Interest) -> _T:
-    setattr(function, "geneve_interest", interest)  # noqa: B010  (a function attribute)
-    return function
+    return declare_interest(function, interest=interest)
 
 
 _ICMP_ECHO_TYPES = (0, 8)  # echo reply, echo request (RFC 792)
@@ -66,8 +65,8 @@ _PORTS = struct.Struct("!HH")
 _U16 = struct.Struct("!H")
 
 
-# The helpers below run once per packet. They use the packet's public offsets (the pipeline
-# has parsed the inner packet before any modifier runs; outside it the first read parses it)
+# The helpers below run once per packet. They use the packet's public offsets (plain slots
+# that Packet.parse filled; a packet whose inner packet is malformed raises on the first read)
 # and build no header views, so a packet a rule does not match costs a few attribute reads:
 # a modifier of your own can be written just as fast.
 #
