@@ -74,3 +74,18 @@ def test_the_codec_reads_the_usual_frame_where_the_layout_says() -> None:
         u16(l4 + 4),  # inner UDP length
     )  # fmt: skip
     assert fields == expected
+
+
+def test_the_layout_option_words_are_the_gwlb_options_the_headers_name() -> None:
+    # _headers names GWLB's options (class, types, data sizes); _layout's words must say the same.
+    from geneve import _headers
+
+    types = (
+        _headers.GWLB_OPT_ENDPOINT_ID,
+        _headers.GWLB_OPT_ATTACHMENT_ID,
+        _headers.GWLB_OPT_FLOW_COOKIE,
+    )
+    for word, otype, data_bytes in zip(_layout.GWLB_OPTION_WORDS, types, (8, 8, 4), strict=True):
+        assert word >> 16 == _headers.GWLB_OPTION_CLASS
+        assert (word >> 8) & 0xFF == otype
+        assert (word & 0x1F) * 4 == data_bytes

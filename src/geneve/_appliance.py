@@ -45,7 +45,7 @@ from typing import Any
 
 from ._headers import GENEVE_PORT
 from ._health import HealthReport, HealthServer
-from ._packet import MAX_INNER_LENGTH
+from ._packet import GWLB_ENCAP_LENGTH, MAX_INNER_LENGTH
 from ._pipeline import ErrorPolicy, Modifier, Stats
 from ._sockets import ReceiveMode, Sockets, broadcast_addresses, local_addresses
 from ._worker import BATCH, HEARTBEAT, Worker, process_main
@@ -129,8 +129,8 @@ class Appliance:
         if not 0 < port < 65536:
             raise ApplianceError(f"port {port} is out of range")
         # The 68 bytes of encapsulation around the inner packet must still fit in IPv4.
-        if not 0 < max_inner_length <= 0xFFFF - 68:
-            raise ApplianceError(f"max_inner_length must be 1 to {0xFFFF - 68}")
+        if not 0 < max_inner_length <= 0xFFFF - GWLB_ENCAP_LENGTH:
+            raise ApplianceError(f"max_inner_length must be 1 to {0xFFFF - GWLB_ENCAP_LENGTH}")
         self.modifier = modifier
         self.port = port
         self.bind = bind

@@ -51,6 +51,7 @@ from ._headers import (
     IPv6,
 )
 from ._layout import GENEVE_BYTE0, GWLB_OPTION_WORDS
+from ._layout import GENEVE_OFFSET as GENEVE_AT
 from ._layout import INNER_IPV4_L4_OFFSET as L4
 from ._layout import INNER_IPV4_PAYLOAD_OFFSET as PAYLOAD
 from ._layout import INNER_OFFSET as INNER
@@ -503,9 +504,8 @@ class Packet:
     def gwlb(self) -> GwlbMetadata | None:
         """GWLB endpoint id, attachment id and flow cookie, or None without GWLB options."""
         g = self.geneve_offset
-        if self.inner_offset - g == 40 and _GWLB_OPTS.unpack_from(self.buf, g + 8) == (
-            _GWLB_OPT_WORDS
-        ):
+        usual = self.inner_offset - g == INNER - GENEVE_AT  # GWLB's three options, 32 bytes
+        if usual and _GWLB_OPTS.unpack_from(self.buf, g + 8) == _GWLB_OPT_WORDS:
             endpoint, attachment, cookie = _GWLB_VALUES.unpack_from(self.buf, g + 8)
             return GwlbMetadata(endpoint, attachment, cookie, GWLB_OPTION_CLASS)
         return GwlbMetadata.from_geneve(self.geneve)
@@ -611,7 +611,7 @@ class Packet:
         """Replace the inner UDP or ICMP payload (TCP: only with the same length).
 
         Grows or shrinks the frame and rewrites the inner IP, inner UDP, outer IPv4 and outer UDP
-        lengths; checksums are fixed by :meth:`fix_checksums` (the pipeline calls it). Bytes after
+        lengths; checksums are fixed by :meth:`reply` (or :meth:`fix_checksums`). Bytes after
         the inner IP packet (padding) are dropped. Fragments are never rewritten.
         """
         if self.ip_version > 0 and self.l4_offset < 0:

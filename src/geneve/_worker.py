@@ -45,6 +45,8 @@ ERROR_LOG_INTERVAL = 1.0
 #: Sources whose admission is cached at once (the cache is emptied when full).
 ADMIT_CACHE = 4096
 
+# What _admit caches for a source: its 4 address bytes when it may be processed, else one of
+# these, whose length is not 4: the loop tells the cases apart by len() alone.
 _OWN = b"own"
 _DENIED = b"denied"
 
@@ -77,8 +79,6 @@ class Worker:
             on_too_large=on_too_large,
             max_inner_length=max_inner_length,
             port=sockets.port,
-            # No kernel UDP socket checked it: a bad checksum stops in the pipeline.
-            verify_outer_udp=sockets.mode == "raw",
         )
         self.stats: Stats = self.pipeline.stats
         self.publish = publish
@@ -96,7 +96,11 @@ class Worker:
         try:
             interest = self.pipeline.interest if self.fast_path else None
             max_inner = self.pipeline.max_inner_length
-            self._loop(*open_transport(self.sockets, self.batch, interest, max_inner))
+            receiver, sender, fast = open_transport(self.sockets, self.batch, interest, max_inner)
+            # The receiver knows whether a kernel UDP socket checked the outer UDP checksum
+            # (raw receive: none did, so a bad one stops in the pipeline).
+            self.pipeline.verify_outer_udp = receiver.verify_outer_udp
+            self._loop(receiver, sender, fast)
         except Exception as err:
             self.failed = f"{type(err).__name__}: {err}"
             log.error("worker %d stopped: %s", self.index, self.failed)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from ._appliance import Appliance, ApplianceError, ReceiveMode
 from ._loader import RulesError, load_modifier
+from ._packet import GWLB_ENCAP_LENGTH
 
 __all__ = ["Appliance", "main"]
 
@@ -50,8 +51,9 @@ def _positive(text: str) -> int:
 def _inner_length(text: str) -> int:
     value = _positive(text)
     # The frame around it (68 bytes of encapsulation) must still fit IPv4's 65535.
-    if value > 0xFFFF - 68:
-        raise argparse.ArgumentTypeError(f"{value} is over the {0xFFFF - 68} bytes IPv4 allows")
+    most = 0xFFFF - GWLB_ENCAP_LENGTH
+    if value > most:
+        raise argparse.ArgumentTypeError(f"{value} is over the {most} bytes IPv4 allows")
     return value
 
 
