@@ -1,4 +1,5 @@
-"""Seed corpora for the libFuzzer targets in fuzz/ (standalone: the standard library only).
+"""Seed corpora for the libFuzzer targets in fuzz/ (run with the project's venv: it reads the
+captures with geneve's own reader and takes the usual layout from geneve._layout).
 
 ``python fuzz/corpus.py synthetic`` rewrites fuzz/seeds/<target>/ (committed): small frames
 built here, valid and damaged. ``python fuzz/corpus.py build OUT [VECTORS]`` fills
@@ -134,83 +135,43 @@ def write_synthetic() -> None:
 # -- captures -------------------------------------------------------------------------------------
 
 
-def _ipv4_of(linktype: int, data: bytes) -> bytes | None:
-    """The IPv4 packet in one link-layer frame (cut to its total length), or None."""
-    if linktype == 1:  # Ethernet, with any VLAN tags
-        pos, etype = 14, struct.unpack_from("!H", data, 12)[0] if len(data) >= 14 else 0
-        while etype in (0x8100, 0x88A8) and len(data) >= pos + 4:
-            etype, pos = struct.unpack_from("!H", data, pos + 2)[0], pos + 4
-        data = data[pos:] if etype == 0x0800 else b""
-    elif linktype == 113:  # Linux cooked capture
-        data = data[16:] if data[14:16] == b"\x08\x00" else b""
-    elif linktype == 276:  # Linux cooked capture v2
-        data = data[20:] if data[0:2] == b"\x08\x00" else b""
-    elif linktype == 0:  # BSD loopback
-        data = data[4:]
-    elif linktype not in (12, 101, 228):  # raw IP
-        return None
-    if len(data) < 20 or data[0] >> 4 != 4:
-        return None
-    total = struct.unpack_from("!H", data, 2)[0]
-    return bytes(data[: total or len(data)])
-
-
 def capture_frames(path: pathlib.Path) -> list[bytes]:
-    """The IPv4 packets of a pcap or pcapng file (a minimal reader: enough for seeds)."""
-    raw = path.read_bytes()
+    """The IPv4 packets of a pcap or pcapng file, read by the project's own capture reader."""
+    from geneve._pcap import CaptureError, ip_offset, read_capture
+
     found: list[bytes] = []
-    if raw[:4] in (
-        b"\xd4\xc3\xb2\xa1",
-        b"\x4d\x3c\xb2\xa1",
-        b"\xa1\xb2\xc3\xd4",
-        b"\xa1\xb2\x3c\x4d",
-    ):
-        order = "<" if raw[0] in (0xD4, 0x4D) else ">"
-        linktype = struct.unpack_from(order + "I", raw, 20)[0] & 0xFFFF
-        pos = 24
-        while pos + 16 <= len(raw):
-            caplen = struct.unpack_from(order + "I", raw, pos + 8)[0]
-            packet = _ipv4_of(linktype, raw[pos + 16 : pos + 16 + caplen])
-            if packet:
-                found.append(packet)
-            pos += 16 + caplen
-    elif raw[:4] == b"\x0a\x0d\x0d\x0a":
-        order = "<" if raw[8:12] == b"\x4d\x3c\x2b\x1a" else ">"
-        links: list[int] = []
-        pos = 0
-        while pos + 12 <= len(raw):
-            btype, length = struct.unpack_from(order + "II", raw, pos)
-            if length < 12:
-                break
-            body = raw[pos + 8 : pos + length - 4]
-            if btype == 0x0A0D0D0A:
-                links = []
-            elif btype == 1:
-                links.append(struct.unpack_from(order + "H", body)[0])
-            elif btype == 6 and len(body) >= 20:
-                iface, _hi, _lo, caplen = struct.unpack_from(order + "IIII", body)
-                if iface < len(links):
-                    packet = _ipv4_of(links[iface], body[20 : 20 + caplen])
-                    if packet:
-                        found.append(packet)
-            elif btype == 3 and links and len(body) >= 4:
-                packet = _ipv4_of(links[0], body[4:])
-                if packet:
-                    found.append(packet)
-            pos += length
-    return found[:PER_CAPTURE]
+    try:
+        with path.open("rb") as stream:
+            _info, records = read_capture(stream)
+            for record in records:
+                at = ip_offset(record.linktype, record.data)
+                packet = record.data[at:] if at >= 0 else b""
+                if len(packet) >= 20 and packet[0] >> 4 == 4:
+                    total = struct.unpack_from("!H", packet, 2)[0]
+                    found.append(bytes(packet[: total or len(packet)]))
+                if len(found) >= PER_CAPTURE:
+                    break
+    except CaptureError as err:  # a damaged capture (some are, on purpose): what was read
+        print(f"corpus: {path.name}: {err}", file=sys.stderr)
+    return found
 
 
 def as_gwlb(frame: bytes) -> bytes | None:
     """A capture's Geneve frame with three options of GWLB's shape given GWLB's class."""
-    if len(frame) < 68 or frame[0] != 0x45 or frame[28] & 0x3F != 8:
+    from geneve import _layout
+
+    at = _layout.GWLB_OPTION_OFFSETS
+    if len(frame) < _layout.INNER_OFFSET or frame[0] != 0x45:
         return None
-    shape = [(frame[at + 2], frame[at + 3] & 0x1F) for at in (36, 48, 60)]
-    if shape != [(1, 2), (2, 2), (3, 1)]:
+    if frame[_layout.GENEVE_OFFSET] != _layout.GENEVE_BYTE0:
+        return None
+    shape = [frame[pos + 2 : pos + 4] for pos in at]
+    wanted = [word.to_bytes(4, "big")[2:] for word in _layout.GWLB_OPTION_WORDS]
+    if [(s[0], s[1] & 0x1F) for s in shape] != [(w[0], w[1]) for w in wanted]:
         return None
     out = bytearray(frame)
-    for at in (36, 48, 60):
-        out[at : at + 2] = b"\x01\x08"
+    for pos, word in zip(at, _layout.GWLB_OPTION_WORDS, strict=True):
+        out[pos : pos + 2] = (word >> 16).to_bytes(2, "big")
     return bytes(out)
 
 

@@ -13,7 +13,7 @@ command -v clang >/dev/null || { echo "fuzz.sh: clang is missing: run scripts/se
 out=build/fuzz
 mkdir -p "$out/artifacts"
 rm -rf "$out/corpus"
-python3 fuzz/corpus.py build "$out/corpus"
+.venv/bin/python fuzz/corpus.py build "$out/corpus"
 flags=(-g -O1 -std=c99 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
        -Isrc/geneve)
 declare -A sources=(
