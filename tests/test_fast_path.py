@@ -18,7 +18,7 @@ from scapy.layers.inet import UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from support.frames import gwlb_frames, make_inner
 
-from geneve import Interest, Packet, Stats, build_frame, process
+from geneve import Interest, Packet, Stats, _layout, build_frame, process
 from geneve._transport import _interest_tables
 
 _batch = pytest.importorskip("geneve._batch_cffi", reason="the C batch module is not built")
@@ -133,6 +133,42 @@ def test_what_the_fast_path_forwards_python_forwards_unchanged(
     data = mutate(frame, rng, edits) if edits else frame
     ports = {rng.randrange(65536) for _ in range(3)} | {4000}
     agrees(bytes(data), ports=ports, needles=needles)
+
+
+def in_the_usual_layout(frame: bytes) -> bool:
+    """Whether a frame has the shape the C path claims (docs/appliance.md), from _layout."""
+    if len(frame) < _layout.INNER_OFFSET + 20 or frame[0] != 0x45 or frame[6] & 0x3F:
+        return False
+    g = _layout.GENEVE_OFFSET
+    if frame[g] != _layout.GENEVE_BYTE0 or frame[g + 1] & 0xC0:  # version 0, no O or C bit
+        return False
+    words = [int.from_bytes(frame[at : at + 4], "big") for at in _layout.GWLB_OPTION_OFFSETS]
+    if tuple(words) != _layout.GWLB_OPTION_WORDS:
+        return False
+    inner, ptype = _layout.INNER_OFFSET, int.from_bytes(frame[g + 2 : g + 4], "big")
+    if ptype == 0x0800:  # inner IPv4 without options, not a fragment, UDP or TCP
+        frag = int.from_bytes(frame[inner + 6 : inner + 8], "big")
+        return frame[inner] == 0x45 and not frag & 0x3FFF and frame[inner + 9] in (6, 17)
+    if ptype == 0x86DD and len(frame) >= inner + 40:  # inner IPv6, UDP or TCP right after
+        return frame[inner] >> 4 == 6 and frame[inner + 6] in (6, 17)
+    return False
+
+
+@given(
+    gwlb_frames(l4s=("udp", "tcp", "icmp"), max_payload=80),
+    st.randoms(use_true_random=False),
+    st.integers(0, 3),
+)
+def test_python_forwards_unchanged_in_the_usual_layout_the_fast_path_takes(
+    frame: bytearray, rng: random.Random, edits: int
+) -> None:
+    # The converse of the test above: with nothing of interest, a frame of the usual layout
+    # that Python forwards unchanged never waits for Python. Together: exactly those frames.
+    data = bytes(mutate(frame, rng, edits) if edits else frame)
+    expected, stats = python_forward(data)
+    if expected is None or stats.modified or not in_the_usual_layout(data):
+        return
+    assert fast_forward(data) == expected
 
 
 @pytest.mark.parametrize("version", [4, 6])
