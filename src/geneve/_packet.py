@@ -352,13 +352,8 @@ class Packet:
             ip_end = off + 40 + plen
             if ip_end > end:
                 raise TruncatedError("inner IPv6 runs past the frame", "inner-truncated")
-            pos = off + 40
-            while nh in IPV6_EXTENSION_HEADERS:
-                if pos + 8 > ip_end:
-                    raise TruncatedError("IPv6 extension header truncated", "inner-truncated")
-                nh, hlen = buf[pos], (buf[pos + 1] + 1) << 3
-                pos += hlen
-            if pos > ip_end:
+            nh, pos = _ip6_skip(buf, nh, off + 40, ip_end)
+            if pos < 0:
                 raise TruncatedError("IPv6 extension header truncated", "inner-truncated")
             if nh == _IP6_FRAGMENT:
                 if pos + 8 > ip_end:
@@ -428,9 +423,7 @@ class Packet:
                 return -1
             return ip + ((buf[ip] & 0x0F) << 2)
         # The parse has walked these extension headers up to the fragment header, checked.
-        pos, nh = ip + 40, buf[ip + 6]
-        while nh in IPV6_EXTENSION_HEADERS:
-            nh, pos = buf[pos], pos + ((buf[pos + 1] + 1) << 3)
+        pos = _ip6_skip(buf, buf[ip + 6], ip + 40, self.ip_end)[1]
         if _U16.unpack_from(buf, pos + 2)[0] & 0xFFF8:  # fragment offset
             return -1
         return _ip6_upper(buf, pos, self.ip_end)[1]
@@ -850,13 +843,23 @@ def _ip6_upper(buf: bytearray, fragment: int, end: int) -> tuple[int, int]:
     ``fragment`` is where the fragment header stands (it fits). A first fragment carries the
     extension headers after it (RFC 8200 4.5); a later one shows only the first's number.
     """
-    nh, pos = buf[fragment], fragment + 8
-    first = not _U16.unpack_from(buf, fragment + 2)[0] & 0xFFF8
-    while first and nh in IPV6_EXTENSION_HEADERS:
+    nh = buf[fragment]
+    if _U16.unpack_from(buf, fragment + 2)[0] & 0xFFF8:  # a later fragment
+        return nh, -1
+    return _ip6_skip(buf, nh, fragment + 8, end)
+
+
+def _ip6_skip(buf: bytearray, nh: int, pos: int, end: int) -> tuple[int, int]:
+    """Walk the IPv6 extension headers from ``pos`` (``nh`` names the first) up to ``end``.
+
+    Returns the next header after them and where it starts, or ``(nh, -1)`` when one of them
+    runs past ``end``. The one walk of extension headers in the codec's parse.
+    """
+    while nh in IPV6_EXTENSION_HEADERS:
         if pos + 8 > end:
             return nh, -1
         nh, pos = buf[pos], pos + ((buf[pos + 1] + 1) << 3)
-    return nh, pos if first and pos <= end else -1
+    return nh, pos if pos <= end else -1
 
 
 def _parse_outer(buf: bytearray, n: int, port: int) -> tuple[int, int, int]:
