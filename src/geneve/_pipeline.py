@@ -327,7 +327,8 @@ class Pipeline:
         self._on_flow_end: Callable[[Flow, EndReason], object] | None = getattr(
             modifier, "on_flow_end", None
         )
-        table = FlowTable() if flows is True else flows or None
+        # (not "flows or None": an empty table is falsy)
+        table = FlowTable() if flows is True else None if flows is False else flows
         if table is not None:
             table.bind(self.stats, self._flow_ended)
         self.flows: FlowTable | None = table
