@@ -553,8 +553,8 @@ class FlowTable:
     def end_all(self, reason: EndReason = "shutdown") -> int:
         """End every live flow with ``reason`` (oldest first); how many ended."""
         flows = list(self._flows.values())
+        self._heap = []  # every entry is about to be stale
+        self._tombstones.clear()
         for flow in flows:
             self._end(flow, reason)
-        self._heap = []
-        self._tombstones.clear()
         return len(flows)
