@@ -145,7 +145,7 @@ def test_key_is_compact_bytes_and_symmetric() -> None:
         (k1, low1), (k2, low2) = flow_key(out), flow_key(back)
         assert k1 == k2 and isinstance(k1, bytes) and low1 != low2
         assert len(k1) == (21 if ":" not in src else 45)
-        table = FlowTable()  # track() builds the same key inline
+        table = FlowTable()
         flow = table.track(out, 0.0)
         assert isinstance(flow, Flow) and flow.key == k1 and table.get(k1) is flow
 
