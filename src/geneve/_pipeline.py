@@ -13,18 +13,22 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from ._errors import GeneveError, NotGeneveError, PacketTooLargeError
+from ._flows import DROP_TOMBSTONE, EndReason, Flow, FlowTable, PipelinePacket
 from ._headers import GENEVE_PORT
 from ._packet import MAX_INNER_LENGTH, Packet
 
 __all__ = [
     "ALL_PACKETS",
     "ErrorPolicy",
+    "Flow",
+    "FlowTable",
     "Interest",
     "Modifier",
     "Pipeline",
+    "PipelinePacket",
     "Stats",
     "Verdict",
     "declare_interest",
@@ -160,11 +164,21 @@ class Stats:
     in exactly one of
     ``forwarded`` (of which ``modified`` were edited), ``dropped`` (by reason in ``drops``),
     ``malformed`` (by reason in ``malformed_reasons``) or ``skipped`` (not Geneve).
+
+    With flows on: ``flow_verdict_packets`` of those were decided by their flow's verdict
+    (or a tombstone) without the modifier; ``flows_active`` is a gauge, ``flows_created``
+    and ``flows_ended`` (by reason) count since the start, ``flows_early_dropped`` counts
+    flows that never saw a reply, ended to make room for new ones.
     """
 
     __slots__ = (
         "dropped",
         "drops",
+        "flow_verdict_packets",
+        "flows_active",
+        "flows_created",
+        "flows_early_dropped",
+        "flows_ended",
         "forwarded",
         "last_error",
         "malformed",
@@ -185,6 +199,11 @@ class Stats:
         self.skipped = 0
         self.modifier_errors = 0
         self.too_large_forwarded = 0
+        self.flow_verdict_packets = 0
+        self.flows_active = 0
+        self.flows_created = 0
+        self.flows_early_dropped = 0
+        self.flows_ended: dict[str, int] = {}
         self.drops: dict[str, int] = {}
         self.malformed_reasons: dict[str, int] = {}
         self.last_error: BaseException | None = None
@@ -203,11 +222,16 @@ class Stats:
             "skipped": self.skipped,
             "modifier_errors": self.modifier_errors,
             "too_large_forwarded": self.too_large_forwarded,
+            "flow_verdict_packets": self.flow_verdict_packets,
+            "flows_active": self.flows_active,
+            "flows_created": self.flows_created,
+            "flows_early_dropped": self.flows_early_dropped,
             "drops": dict(self.drops),
             "malformed_reasons": dict(self.malformed_reasons),
+            "flows_ended": dict(self.flows_ended),
         }
 
-    #: The integer counters (the two dicts of reasons come on top).
+    #: The integer counters (the three dicts of reasons come on top).
     COUNTERS = (
         "received",
         "forwarded",
@@ -217,6 +241,10 @@ class Stats:
         "skipped",
         "modifier_errors",
         "too_large_forwarded",
+        "flow_verdict_packets",
+        "flows_active",
+        "flows_created",
+        "flows_early_dropped",
     )
 
     @classmethod
@@ -227,6 +255,7 @@ class Stats:
             setattr(stats, name, int(data.get(name, 0)))
         stats.drops = dict(data.get("drops", {}))
         stats.malformed_reasons = dict(data.get("malformed_reasons", {}))
+        stats.flows_ended = dict(data.get("flows_ended", {}))
         return stats
 
     def merge(self, other: Stats) -> None:
@@ -236,6 +265,7 @@ class Stats:
         for mine, theirs in (
             (self.drops, other.drops),
             (self.malformed_reasons, other.malformed_reasons),
+            (self.flows_ended, other.flows_ended),
         ):
             for key, value in theirs.items():
                 mine[key] = mine.get(key, 0) + value
@@ -243,6 +273,8 @@ class Stats:
 
 _FORWARD = Verdict.FORWARD
 _DROP = Verdict.DROP
+# Packet.parse makes a packet of the class it is called on.
+_parse = cast(Callable[[bytearray, int, int], PipelinePacket], PipelinePacket.parse)
 
 
 class Pipeline:
@@ -259,9 +291,19 @@ class Pipeline:
     The policies are those of :func:`process`. :attr:`interest` is what the modifier declared
     (:func:`declare_interest`): a caller may forward frames outside it without the pipeline,
     as the appliance's C fast path does, and count them with :meth:`count_fast_forwarded`.
+
+    ``flows``: a :class:`FlowTable` (or True for one with GWLB's defaults) tracks the flows
+    of the frames handled (docs/flows.md); None (the default) tracks none. The modifier sees a
+    :class:`PipelinePacket`: its ``flow`` and ``timestamp`` (``now`` of :meth:`handle`). A flow
+    whose ``verdict`` is set has its later packets forwarded or dropped without the modifier.
+    The hooks the modifier object has (``on_start()``, ``on_stop()``, ``on_tick(now)``,
+    ``on_flow_end(flow, reason)``) run from :meth:`start`, :meth:`stop`, :meth:`tick` and the
+    table; one that raises is counted in ``modifier_errors`` and stops nothing.
     """
 
     __slots__ = (
+        "_on_flow_end",
+        "flows",
         "interest",
         "max_inner_length",
         "modifier",
@@ -282,6 +324,7 @@ class Pipeline:
         max_inner_length: int = MAX_INNER_LENGTH,
         port: int = GENEVE_PORT,
         verify_outer_udp: bool = False,
+        flows: FlowTable | bool | None = None,
     ) -> None:
         self.modifier = modifier
         self.stats = Stats() if stats is None else stats
@@ -291,33 +334,85 @@ class Pipeline:
         self.port = port
         self.verify_outer_udp = verify_outer_udp
         self.interest = interest_of(modifier)
+        self._on_flow_end: Callable[[Flow, EndReason], object] | None = getattr(
+            modifier, "on_flow_end", None
+        )
+        # (not "flows or None": an empty table is falsy)
+        table = FlowTable() if flows is True else None if flows is False else flows
+        if table is not None:
+            table.bind(self.stats, self._flow_ended)
+        self.flows: FlowTable | None = table
 
-    def handle(self, buf: bytearray, length: int) -> tuple[memoryview, ...]:
+    def handle(self, buf: bytearray, length: int, now: float = 0.0) -> tuple[memoryview, ...]:
         """The frames to send for the received frame ``buf[:length]``: ``()`` or its reply.
 
-        Never raises for a bad frame or a failing modifier (see :func:`process`).
+        ``now`` is the caller's time for the frame, in seconds (``packet.timestamp``; the
+        clock of the flow table). Never raises for a bad frame or a failing modifier (see
+        :func:`process`).
         """
-        packet = self._decide(buf, length)
+        packet = self._decide(buf, length, now)
         if packet is None:
             return ()
         reply = self._reply(packet)
         return () if reply is None else (reply,)
 
-    def packet(self, buf: bytearray, length: int) -> Packet | None:
+    def packet(self, buf: bytearray, length: int, now: float = 0.0) -> Packet | None:
         """One frame as :func:`process` runs it: the packet turned into its reply, or None."""
-        packet = self._decide(buf, length)
+        packet = self._decide(buf, length, now)
         if packet is None or self._reply(packet) is None:
             return None
         return packet
 
-    def _decide(self, buf: bytearray, length: int) -> Packet | None:
+    # -- the life cycle and the clock ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Call the modifier's ``on_start()``, if it has one (once, before the first frame)."""
+        self._hook("on_start")
+
+    def tick(self, now: float) -> None:
+        """End the flows idle (or lingering) past their time, then call ``on_tick(now)``.
+
+        About once a second on the caller's clock; the cost is that of the flows ending.
+        """
+        if self.flows is not None:
+            self.flows.sweep(now)
+        self._hook("on_tick", now)
+
+    def stop(self, now: float) -> None:
+        """End every live flow (reason ``"shutdown"``), then call ``on_stop()``."""
+        if self.flows is not None:
+            self.flows.sweep(now)  # those already over end for their own reason
+            self.flows.end_all("shutdown")
+        self._hook("on_stop")
+
+    def _hook(self, name: str, *args: object) -> None:
+        hook = getattr(self.modifier, name, None)
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception as exc:  # a user's bug must not stop the appliance
+            self.stats.modifier_errors += 1
+            self.stats.last_error = exc
+
+    def _flow_ended(self, flow: Flow, reason: EndReason) -> None:
+        hook = self._on_flow_end
+        if hook is None:
+            return
+        try:
+            hook(flow, reason)
+        except Exception as exc:
+            self.stats.modifier_errors += 1
+            self.stats.last_error = exc
+
+    def _decide(self, buf: bytearray, length: int, now: float) -> Packet | None:
         """Parse and check the frame, run the modifier: the packet to send back, or None."""
         stats = self.stats
         stats.received += 1
         max_inner_length = self.max_inner_length
         try:
-            packet = Packet.parse(buf, length, self.port)  # positional: CPython specialises it
-            if type(packet) is not Packet:  # its inner packet is malformed: raise its error
+            packet = _parse(buf, length, self.port)  # positional: CPython specialises it
+            if type(packet) is not PipelinePacket:  # its inner packet is malformed: raise it
                 packet.parse_inner()
         except NotGeneveError:
             stats.skipped += 1
@@ -336,6 +431,26 @@ class Pipeline:
         if packet.is_control:
             stats.drop("control")
             return None
+        packet.timestamp = now
+        flows = self.flows
+        if flows is None or not packet.ip_version:
+            packet.flow = None
+        else:
+            flow = flows.track(packet, now)
+            if isinstance(flow, str):
+                packet.flow = None
+                if flow is DROP_TOMBSTONE:
+                    stats.flow_verdict_packets += 1
+                stats.drop(flow)
+                return None
+            packet.flow = flow
+            decided = flow.verdict
+            if decided is not None:
+                stats.flow_verdict_packets += 1
+                if decided is _FORWARD:
+                    return packet
+                stats.drop("flow")
+                return None
         packet.max_inner_length = max_inner_length
         try:
             verdict = self.modifier(packet)

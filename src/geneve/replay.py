@@ -7,6 +7,12 @@ types, one per interface, where a pcap has one: OUT then takes the link type of 
 forwarded packet, and packets captured on another link type get a header of that type in
 front of their IPv4 packet. A summary goes to stdout.
 
+Flows are tracked on the capture's clock: each packet's ``now`` is its capture time, the
+pipeline ticks as that time passes each whole second, and at the end of the capture every flow
+still live ends (reason ``"shutdown"``). The modifier's hooks (``on_start``, ``on_tick``,
+``on_flow_end``, ``on_stop``) run as in the appliance, so replaying a capture twice gives the
+same flows and the same hook calls.
+
 OUT appears whole or not at all: it is written to a temporary file beside it and renamed into
 place on success, so a bad capture or a failing rule leaves any earlier OUT as it was. OUT may
 not be IN (nor a link to it). A device or a pipe (``/dev/null``) is written directly.
@@ -23,6 +29,7 @@ import sys
 from collections.abc import Sequence
 from typing import BinaryIO
 
+from ._flows import FlowTable
 from ._loader import RulesError, load_modifier
 from ._pcap import (
     LINKTYPE_ETHERNET,
@@ -58,21 +65,39 @@ class ReplayResult:
 
 
 def replay(
-    src: BinaryIO, dst: BinaryIO, modifier: Modifier, *, on_error: ErrorPolicy = "drop"
+    src: BinaryIO,
+    dst: BinaryIO,
+    modifier: Modifier,
+    *,
+    on_error: ErrorPolicy = "drop",
+    flows: FlowTable | bool = True,
 ) -> ReplayResult:
-    """Run every Geneve packet of the capture ``src`` through ``modifier``; write to ``dst``."""
+    """Run every Geneve packet of the capture ``src`` through ``modifier``; write to ``dst``.
+
+    ``flows``: a :class:`FlowTable` of one's own (timeouts, size), True for GWLB's defaults,
+    False for none.
+    """
     info, records = read_capture(src)
     writer: PcapWriter | None = None  # made at the first forwarded packet: see the docstring
-    pipeline = Pipeline(modifier, on_error=on_error)
+    pipeline = Pipeline(modifier, on_error=on_error, flows=flows)
+    pipeline.start()
     read = 0
+    now = 0.0
+    next_tick: float | None = None
     for record in records:
         read += 1
+        now = record.ts_ns / 1e9
+        if next_tick is None:
+            next_tick = float(record.ts_ns // 1_000_000_000 + 1)
+        elif now >= next_tick:
+            pipeline.tick(now)
+            next_tick = float(record.ts_ns // 1_000_000_000 + 1)
         data = record.data
         off = ip_offset(record.linktype, data)
         if off < 0:
             continue  # not IPv4 at all: skipped
         buf = bytearray(data[off:])
-        frames = pipeline.handle(buf, len(buf))
+        frames = pipeline.handle(buf, len(buf), now)
         if not frames:
             continue
         if writer is None:
@@ -85,6 +110,7 @@ def replay(
             link = bytearray(link_header(writer.linktype) or b"")
         for frame in frames:
             writer.write(bytes(link) + bytes(frame), record.ts_ns)
+    pipeline.stop(now)
     if writer is None:  # nothing forwarded: an empty capture of the input's link type
         PcapWriter(dst, info.linktype, nanosecond=info.nanosecond)
     return ReplayResult(pipeline.stats, read)

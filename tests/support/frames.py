@@ -286,3 +286,47 @@ def gwlb_frames(
         ttl=draw(st.integers(1, 255)),
         identification=draw(st.integers(0, 0xFFFF)),
     )
+
+
+# -- plain inner packets for flow tests (quick: no scapy, checksums left 0) ------------------
+
+TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+
+
+def flow_frame(
+    src: str,
+    dst: str,
+    proto: str = "tcp",
+    sport: int = 40000,
+    dport: int = 80,
+    *,
+    flags: int = TCP_ACK,
+    payload: bytes = b"",
+    cookie: int | None = 0x11223344,
+    endpoint_id: int | None = 0x0123456789ABCDEF,
+    icmp_type: int | None = None,
+) -> bytearray:
+    """A GWLB frame around an inner TCP, UDP or ICMP(v6) echo packet, built with struct.
+
+    The inner checksums are 0 (no pipeline check reads them); ``sport`` is the echo id for
+    ICMP. IPv6 when ``src`` has a colon.
+    """
+    a, b = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    v6 = a.version == 6
+    if proto == "tcp":
+        number = 6
+        l4 = struct.pack("!HHIIBBHHH", sport, dport, 1000, 2000, 5 << 4, flags, 8192, 0, 0)
+    elif proto == "udp":
+        number = 17
+        l4 = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0)
+    else:
+        number = 58 if v6 else 1
+        kind = icmp_type if icmp_type is not None else (128 if v6 else 8)
+        l4 = struct.pack("!BBHHH", kind, 0, 0, sport, 1)
+    body = l4 + payload
+    if v6:
+        inner = struct.pack("!IHBB", 0x60000000, len(body), number, 64) + a.packed + b.packed
+    else:
+        inner = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(body), 1, 0, 64, number, 0)
+        inner += a.packed + b.packed
+    return geneve.build_frame(inner + body, endpoint_id=endpoint_id, flow_cookie=cookie)

@@ -1,0 +1,536 @@
+"""Flows: the state a pipeline keeps for every inner connection, both directions together.
+
+Sans-I/O like the rest of the pipeline: time is the caller's (``now``, seconds on any clock that
+does not run backwards: wall-clock time in the appliance, capture time in the replay), so the
+same packets at the same times give the same flows, timeouts and hook calls every time.
+
+Strategy. A flow is found by a compact ``bytes`` key built with one ``struct`` pack from the
+inner packet: the GWLB endpoint id, the protocol, then the two (address, port) ends in sorted
+order, so both directions give the same key. The packet's direction is whether its source is
+the end that sent the flow's first packet. Per packet the table pays one dict lookup and a few
+slot writes; nothing is sorted or scanned. Timeouts are kept lazily in a heap of deadlines: a
+flow is pushed when it is made and when it starts to linger, and a sweep that pops one whose
+last packet came later pushes it back at its real deadline, so each flow costs O(log n) once
+per timeout period rather than anything per packet. A packet that finds a flow past its
+deadline (a sweep had not come yet) ends it first, so that what happens does not depend on how
+often the caller sweeps. Flows that never saw a reply sit in an insertion-ordered dict too:
+the early-drop candidates, oldest first.
+
+:class:`FlowTable`'s public methods are the contract a compiled table can provide later; this
+one stays as the pure-Python fallback and the reference.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import itertools
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._headers import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
+from ._packet import Packet
+
+if TYPE_CHECKING:
+    from ._pipeline import Stats, Verdict
+
+__all__ = [
+    "LINGER_SECONDS",
+    "OTHER_TIMEOUT",
+    "TCP_TIMEOUT",
+    "TOMBSTONE_SECONDS",
+    "EndReason",
+    "Flow",
+    "FlowTable",
+    "PipelinePacket",
+]
+
+#: GWLB's default TCP idle timeout (``tcp.idle_timeout.seconds``, 60-6000 s).
+TCP_TIMEOUT = 350.0
+#: GWLB's idle timeout for every other protocol.
+OTHER_TIMEOUT = 120.0
+#: How long a TCP flow stays after FIN in both directions or a RST, for the last ACKs and
+#: retransmissions (conntrack's CLOSE state lasts 10 s too). Its packets still count.
+LINGER_SECONDS = 10.0
+#: How long a flow that a verdict was discarding (DROP) is remembered after it ends idle: a
+#: packet carrying its cookie in that time is dropped rather than taken for a new flow seen
+#: mid-stream. GWLB gives a new flow a new cookie, so only stragglers of the old one match.
+TOMBSTONE_SECONDS = 60.0
+#: The default bound on live flows.
+MAX_FLOWS = 1_000_000
+
+EndReason = Literal["fin", "rst", "idle", "evicted", "shutdown"]
+
+IPPROTO_SCTP = 132
+_TCP_FIN, _TCP_SYN, _TCP_RST, _TCP_ACK = 0x01, 0x02, 0x04, 0x10
+# ICMP echo request/reply (RFC 792) and ICMPv6 echo request/reply (RFC 4443): their identifier
+# is the flow's "port".
+_ECHO = {(IPPROTO_ICMP, 8), (IPPROTO_ICMP, 0), (IPPROTO_ICMPV6, 128), (IPPROTO_ICMPV6, 129)}
+_PORTED = frozenset((IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP))
+
+# Keys: endpoint id (8), protocol (1), then the lower (address, port) end's address, the other
+# end's address, the lower end's port, the other's: 21 bytes for IPv4, 45 for IPv6.
+_KEY4 = struct.Struct("!QB4s4sHH")
+_KEY6 = struct.Struct("!QB16s16sHH")
+_pack4, _pack6 = _KEY4.pack, _KEY6.pack
+_ADDRS4 = struct.Struct("!4s4s").unpack_from
+_ADDRS6 = struct.Struct("!16s16s").unpack_from
+_PORTS = struct.Struct("!HH").unpack_from
+_U16 = struct.Struct("!H").unpack_from
+_heappush, _heappop = heapq.heappush, heapq.heappop
+
+#: What :meth:`FlowTable.track` returns instead of a flow for a packet to drop.
+DROP_TOMBSTONE = "flow"
+DROP_TABLE_FULL = "flow-table-full"
+
+
+class PipelinePacket(Packet):
+    """The packet a :class:`Pipeline` hands its modifier: a :class:`Packet` with two more slots.
+
+    :attr:`flow` is the packet's :class:`Flow` (None for a non-IP inner packet, and when the
+    pipeline tracks no flows); :attr:`timestamp` the caller's time for this frame.
+    """
+
+    __slots__ = ("flow", "timestamp")
+
+    flow: Flow | None
+    timestamp: float
+
+
+class Flow:
+    """One inner connection, both directions, as the flow table sees it.
+
+    ``key`` is direction-independent (see :class:`FlowTable`); ``direction`` is the current
+    packet's (``"original"``: the direction of the flow's first packet seen; ``"reply"``).
+    ``packets``, ``bytes`` (inner IP bytes) and ``cookies`` (the latest GWLB flow cookie, None
+    before one was seen) are ``(original, reply)`` pairs. ``state`` is a dict for the user.
+    ``tcp_state`` (TCP only, else None) is one of ``"syn_sent"``, ``"syn_recv"``,
+    ``"established"``, ``"fin_wait"`` (a FIN one way), ``"time_wait"`` (FIN both ways) or
+    ``"close"`` (a RST). Setting ``verdict`` to ``Verdict.FORWARD`` or ``Verdict.DROP`` decides
+    every later packet of the flow without the modifier.
+    """
+
+    __slots__ = (
+        "_bytes_o",
+        "_bytes_r",
+        "_cookie_o",
+        "_cookie_r",
+        "_end_at",
+        "_fins",
+        "_gone",
+        "_orig_low",
+        "_packets_o",
+        "_packets_r",
+        "_reason",
+        "_replied",
+        "_state",
+        "_timeout",
+        "direction",
+        "first_seen",
+        "key",
+        "last_seen",
+        "tcp_state",
+        "verdict",
+    )
+
+    key: bytes
+    direction: Literal["original", "reply"]
+    first_seen: float
+    last_seen: float
+    tcp_state: str | None
+    verdict: Verdict | None
+
+    def __init__(self, key: bytes, orig_low: bool, now: float, timeout: float) -> None:
+        self.key = key
+        self._orig_low = orig_low  # the original direction's source is the key's first end
+        self.direction = "original"
+        self.first_seen = self.last_seen = now
+        self._packets_o = self._packets_r = self._bytes_o = self._bytes_r = 0
+        self._cookie_o: int | None = None
+        self._cookie_r: int | None = None
+        self._state: dict[str, Any] | None = None  # made on first use: most flows never need it
+        self.tcp_state = None
+        self.verdict = None
+        self._fins = 0  # bit 1: FIN seen in the original direction, bit 2: in the reply
+        self._end_at = -1.0  # when FIN both ways or a RST ended it (it lingers); -1: not yet
+        self._reason: EndReason = "idle"
+        self._timeout = timeout
+        self._replied = False
+        self._gone = False
+
+    @property
+    def packets(self) -> tuple[int, int]:
+        return self._packets_o, self._packets_r
+
+    @property
+    def bytes(self) -> tuple[int, int]:
+        return self._bytes_o, self._bytes_r
+
+    @property
+    def cookies(self) -> tuple[int | None, int | None]:
+        return self._cookie_o, self._cookie_r
+
+    @property
+    def state(self) -> dict[str, Any]:
+        state = self._state
+        if state is None:
+            state = self._state = {}
+        return state
+
+    @property
+    def deadline(self) -> float:
+        """When the flow ends if no packet comes: idle timeout, or the end of its linger."""
+        if self._end_at >= 0:
+            return self._end_at + LINGER_SECONDS
+        return self.last_seen + self._timeout
+
+    # -- for humans (each call decodes the key) ------------------------------------------------
+
+    @property
+    def endpoint_id(self) -> int:
+        """The GWLB endpoint id of the flow (0 without GWLB options)."""
+        value: int = struct.unpack_from("!Q", self.key)[0]
+        return value
+
+    @property
+    def protocol(self) -> int:
+        return self.key[8]
+
+    def _ends(self) -> tuple[tuple[str, int], tuple[str, int]]:
+        key = self.key
+        size = 4 if len(key) == _KEY4.size else 16
+        a, b = key[9 : 9 + size], key[9 + size : 9 + 2 * size]
+        pa, pb = _PORTS(key, 9 + 2 * size)
+        low = (str(ipaddress.ip_address(a)), pa)
+        high = (str(ipaddress.ip_address(b)), pb)
+        return (low, high) if self._orig_low else (high, low)
+
+    @property
+    def src(self) -> str:
+        """The original direction's source address."""
+        return self._ends()[0][0]
+
+    @property
+    def dst(self) -> str:
+        return self._ends()[1][0]
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        """The original direction's (source, destination) ports; the echo id twice for ICMP
+        echo; 0s for other protocols and for fragments."""
+        (_s, sport), (_d, dport) = self._ends()
+        return sport, dport
+
+    def as_dict(self) -> dict[str, Any]:
+        """The flow as plain data (what a flow log writes)."""
+        (src, sport), (dst, dport) = self._ends()
+        return {
+            "endpoint_id": self.endpoint_id,
+            "cookies": list(self.cookies),
+            "protocol": self.protocol,
+            "src": src,
+            "dst": dst,
+            "sport": sport,
+            "dport": dport,
+            "packets": list(self.packets),
+            "bytes": list(self.bytes),
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "tcp_state": self.tcp_state,
+        }
+
+    def __repr__(self) -> str:
+        (src, sport), (dst, dport) = self._ends()
+        return (
+            f"<Flow proto={self.protocol} {src}:{sport} -> {dst}:{dport} "
+            f"packets={self.packets} tcp_state={self.tcp_state}>"
+        )
+
+
+def flow_key(packet: Packet) -> tuple[bytes, bool]:
+    """The flow key of an inner IPv4/IPv6 packet, and whether its source is the key's first end.
+
+    For humans and tests: what :meth:`FlowTable.track` makes, from a table of its own.
+    """
+    flow = FlowTable(max_flows=1).track(packet, 0.0)
+    assert isinstance(flow, Flow)  # a new table has room and no tombstones
+    return flow.key, flow._orig_low
+
+
+class FlowTable:
+    """Live flows by key, their timeouts, and the bound on their number.
+
+    - Key: the GWLB endpoint id (0 without GWLB options, so overlapping client ranges behind
+      different endpoints never share a flow), the protocol, the two addresses and, for
+      TCP/UDP/SCTP, the two ports (ICMP/ICMPv6 echo: the identifier; otherwise and for
+      fragments: 0).
+    - Idle timeouts as GWLB's: ``tcp_timeout`` (350 s), ``other_timeout`` (120 s).
+    - TCP: a flow first seen without a SYN is established (conntrack's ``tcp_loose``); FIN in
+      both directions or a RST ends it after :data:`LINGER_SECONDS`, reason ``"fin"`` /
+      ``"rst"``. A SYN (without ACK) whose cookie differs from the latest of its direction, a
+      SYN on a lingering flow, or any packet with a different cookie on a lingering flow,
+      starts a new flow (the old one ends with its reason, ``"idle"`` when it had none: GWLB
+      gave a new cookie because it had let the old flow go).
+    - A flow ended idle while its verdict discarded its packets leaves a tombstone for
+      :data:`TOMBSTONE_SECONDS`: its packets (no cookie, or a cookie it had) are dropped.
+    - At ``max_flows``, the oldest flow that never saw a reply is ended (``"evicted"``) for a
+      new one; without one, the new flow's packet is refused (:data:`DROP_TABLE_FULL`).
+
+    A :class:`Pipeline` binds the table to its counters and hooks (:meth:`bind`); it then
+    calls :meth:`track` per packet, :meth:`sweep` per tick and :meth:`end_all` at the stop.
+    """
+
+    __slots__ = (
+        "_flows",
+        "_heap",
+        "_on_end",
+        "_seq",
+        "_stats",
+        "_tombstones",
+        "_unreplied",
+        "max_flows",
+        "other_timeout",
+        "tcp_timeout",
+    )
+
+    def __init__(
+        self,
+        *,
+        tcp_timeout: float = TCP_TIMEOUT,
+        other_timeout: float = OTHER_TIMEOUT,
+        max_flows: int = MAX_FLOWS,
+    ) -> None:
+        if not tcp_timeout > 0 or not other_timeout > 0:
+            raise ValueError("flow timeouts must be positive")
+        if max_flows < 1:
+            raise ValueError("max_flows must be at least 1")
+        self.tcp_timeout = float(tcp_timeout)
+        self.other_timeout = float(other_timeout)
+        self.max_flows = max_flows
+        self._flows: dict[bytes, Flow] = {}
+        self._unreplied: OrderedDict[bytes, Flow] = OrderedDict()
+        self._tombstones: OrderedDict[bytes, tuple[float, tuple[int | None, int | None]]] = (
+            OrderedDict()
+        )
+        self._heap: list[tuple[float, int, Flow]] = []
+        self._seq = itertools.count()
+        self._stats: Stats | None = None
+        self._on_end: Callable[[Flow, EndReason], None] | None = None
+
+    def bind(self, stats: Stats, on_end: Callable[[Flow, EndReason], None] | None) -> None:
+        """Count into ``stats`` and call ``on_end(flow, reason)`` for each flow that ends."""
+        self._stats = stats
+        self._on_end = on_end
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def __iter__(self) -> Iterator[Flow]:
+        return iter(list(self._flows.values()))
+
+    def get(self, key: bytes) -> Flow | None:
+        return self._flows.get(key)
+
+    @property
+    def tombstones(self) -> int:
+        return len(self._tombstones)
+
+    # -- per packet ------------------------------------------------------------------------------
+
+    def track(self, packet: Packet, now: float) -> Flow | str:
+        """Count an inner IPv4/IPv6 packet into its flow (made if new); the flow.
+
+        Or, for a packet to drop before any modifier sees it, the drop reason:
+        :data:`DROP_TOMBSTONE` or :data:`DROP_TABLE_FULL`.
+        """
+        # The key (see the module's top comment), built inline: no call, no tuple.
+        buf = packet.buf
+        proto = packet.l4_protocol
+        l4 = packet.l4_offset
+        ip_end = packet.ip_end
+        sport = dport = flags = 0
+        tcp = proto == IPPROTO_TCP
+        if l4 >= 0:
+            if proto in _PORTED:
+                if l4 + 4 <= ip_end:
+                    sport, dport = _PORTS(buf, l4)
+                    if tcp and l4 + 14 <= ip_end:
+                        flags = buf[l4 + 13]
+            elif l4 + 8 <= ip_end and (proto, buf[l4]) in _ECHO:
+                sport = dport = _U16(buf, l4 + 4)[0]
+        endpoint, cookie = packet.gwlb_ids()
+        ip = packet.ip_offset
+        if packet.ip_version == 4:
+            src, dst = _ADDRS4(buf, ip + 12)
+            pack = _pack4
+        else:
+            src, dst = _ADDRS6(buf, ip + 8)
+            pack = _pack6
+        low = src < dst or (src == dst and sport <= dport)
+        if low:
+            key = pack(endpoint, proto, src, dst, sport, dport)
+        else:
+            key = pack(endpoint, proto, dst, src, dport, sport)
+        syn = flags & (_TCP_SYN | _TCP_ACK) == _TCP_SYN
+        flow = self._flows.get(key)
+        if flow is not None:
+            original = low is flow._orig_low
+            if flow._end_at >= 0:  # ended by FIN or RST, lingering
+                seen = flow._cookie_o if original else flow._cookie_r
+                if (
+                    now >= flow._end_at + LINGER_SECONDS
+                    or syn
+                    or (cookie is not None and seen is not None and cookie != seen)
+                ):
+                    self._end(flow, flow._reason)
+                    flow = None
+            elif now >= flow.last_seen + flow._timeout:
+                self._end(flow, "idle")
+                flow = None
+            elif syn and cookie is not None:
+                seen = flow._cookie_o if original else flow._cookie_r
+                if seen is not None and cookie != seen:
+                    self._end(flow, "idle")
+                    flow = None
+        if flow is None:
+            tombstone = self._tombstones.get(key)
+            if tombstone is not None:
+                expires, cookies = tombstone
+                if now < expires and (cookie is None or cookie in cookies):
+                    return DROP_TOMBSTONE
+                del self._tombstones[key]
+            if len(self._flows) >= self.max_flows:
+                if not self._unreplied:
+                    return DROP_TABLE_FULL
+                victim = self._unreplied.popitem(last=False)[1]
+                victim._replied = True  # out of _unreplied already
+                self._stats_of().flows_early_dropped += 1
+                self._end(victim, "evicted")
+            flow = Flow(key, low, now, self.tcp_timeout if tcp else self.other_timeout)
+            if tcp:
+                flow.tcp_state = "syn_sent" if syn else "established"
+            self._flows[key] = flow
+            self._unreplied[key] = flow
+            _heappush(self._heap, (now + flow._timeout, next(self._seq), flow))
+            stats = self._stats_of()
+            stats.flows_created += 1
+            stats.flows_active += 1
+            original = True
+        length = ip_end - ip
+        if original:
+            flow.direction = "original"
+            flow._packets_o += 1
+            flow._bytes_o += length
+            if cookie is not None:
+                flow._cookie_o = cookie
+        else:
+            flow.direction = "reply"
+            flow._packets_r += 1
+            flow._bytes_r += length
+            if cookie is not None:
+                flow._cookie_r = cookie
+            if not flow._replied:
+                flow._replied = True
+                del self._unreplied[key]
+        if now > flow.last_seen:
+            flow.last_seen = now
+        if tcp and flags and flow._end_at < 0:
+            self._tcp(flow, flags, original, now)
+        return flow
+
+    def _tcp(self, flow: Flow, flags: int, original: bool, now: float) -> None:
+        if flags & _TCP_RST:
+            flow.tcp_state = "close"
+            self._linger(flow, "rst", now)
+        elif flags & _TCP_FIN:
+            flow._fins |= 1 if original else 2
+            if flow._fins == 3:
+                flow.tcp_state = "time_wait"
+                self._linger(flow, "fin", now)
+            else:
+                flow.tcp_state = "fin_wait"
+        else:
+            handshake = flags & (_TCP_SYN | _TCP_ACK)
+            state = flow.tcp_state
+            if state == "syn_sent" and not original and handshake == _TCP_SYN | _TCP_ACK:
+                flow.tcp_state = "syn_recv"
+            elif state == "syn_recv" and original and handshake == _TCP_ACK:
+                flow.tcp_state = "established"
+
+    def _linger(self, flow: Flow, reason: EndReason, now: float) -> None:
+        flow._end_at = now
+        flow._reason = reason
+        _heappush(self._heap, (now + LINGER_SECONDS, next(self._seq), flow))
+
+    # -- ends --------------------------------------------------------------------------------------
+
+    def _stats_of(self) -> Stats:
+        stats = self._stats
+        if stats is None:  # a table used on its own counts into a Stats of its own
+            from ._pipeline import Stats
+
+            stats = self._stats = Stats()
+        return stats
+
+    def _end(self, flow: Flow, reason: EndReason) -> None:
+        key = flow.key
+        del self._flows[key]
+        if not flow._replied:
+            del self._unreplied[key]
+        flow._gone = True
+        stats = self._stats_of()
+        stats.flows_active -= 1
+        ended = stats.flows_ended
+        ended[reason] = ended.get(reason, 0) + 1
+        verdict = flow.verdict
+        # A verdict that discards (DROP) leaves a tombstone when GWLB may still send stragglers.
+        if reason == "idle" and verdict is not None and verdict.name != "FORWARD":
+            tombstones = self._tombstones
+            tombstones[key] = (flow.deadline + TOMBSTONE_SECONDS, flow.cookies)
+            if len(tombstones) > self.max_flows:
+                tombstones.popitem(last=False)
+        if len(self._heap) > 2 * len(self._flows) + 1024:
+            self._compact()
+        on_end = self._on_end
+        if on_end is not None:
+            on_end(flow, reason)
+
+    def _compact(self) -> None:
+        # Entries of ended flows wait for their deadline; drop them once they outnumber the rest.
+        heap = [entry for entry in self._heap if not entry[2]._gone]
+        heapq.heapify(heap)
+        self._heap = heap
+
+    def sweep(self, now: float) -> int:
+        """End every flow whose deadline is at or before ``now``; how many ended."""
+        heap = self._heap
+        ended = 0
+        while heap and heap[0][0] <= now:
+            flow = _heappop(heap)[2]
+            if flow._gone:
+                continue
+            deadline = flow.deadline
+            if deadline > now:  # a packet came since: wait for its real deadline
+                _heappush(heap, (deadline, next(self._seq), flow))
+                continue
+            self._end(flow, flow._reason)
+            ended += 1
+            heap = self._heap  # _end may have compacted it
+        tombstones = self._tombstones
+        while tombstones:
+            key, (expires, _cookies) = next(iter(tombstones.items()))
+            if expires > now:
+                break
+            del tombstones[key]
+        return ended
+
+    def end_all(self, reason: EndReason = "shutdown") -> int:
+        """End every live flow with ``reason`` (oldest first); how many ended."""
+        flows = list(self._flows.values())
+        self._heap = []  # every entry is about to be stale
+        self._tombstones.clear()
+        for flow in flows:
+            self._end(flow, reason)
+        return len(flows)
