@@ -72,7 +72,7 @@ def replay(
         if off < 0:
             continue  # not IPv4 at all: skipped
         buf = bytearray(data[off:])
-        frames = pipeline.handle(buf, len(buf))
+        frames = pipeline.handle(buf, len(buf), record.ts_ns / 1e9)
         if not frames:
             continue
         if writer is None:
