@@ -575,6 +575,82 @@ def test_data_plane_ignores_what_is_not_a_reply(plane: tuple[DataPlane, FakeSend
     assert s["failures"] == {"unknown-flow": 1}
 
 
+# -- refusals an appliance injects (REJECT) ----------------------------------------------------
+
+
+def refusal_of(frame: bytes) -> bytes:
+    """What the project's REJECT sends back for ``frame`` (the codec's reject_frame)."""
+    out = geneve.reject_frame(geneve.Packet.parse(bytearray(frame)))
+    assert out is not None
+    return bytes(out)
+
+
+def test_an_injected_refusal_is_checked_and_delivered(
+    plane: tuple[DataPlane, FakeSender, int],
+) -> None:
+    dp, sender, tun = plane
+    client, server = "10.200.1.2", "10.200.2.2"
+    client6, server6 = "fd00:200:1::2", "fd00:200:2::2"
+    dp._from_tun(bytes(IP(src=client, dst=server) / TCP(sport=40001, dport=8081, flags="S")))
+    dp._from_tun(bytes(IP(src=client, dst=server) / UDP(sport=40002, dport=9999) / (b"x" * 900)))
+    dp._from_tun(bytes(IPv6(src=client6, dst=server6) / UDP(sport=40003, dport=9999) / b"y"))
+    dp._from_tun(bytes(IPv6(src=client6, dst=server6) / TCP(sport=40004, dport=8081, flags="S")))
+    dp._from_tun(bytes(IP(src=client, dst=server) / ICMP(type=8, id=9, seq=1)))
+    for frame in sender.frames:
+        refusal = refusal_of(frame)
+        dp._from_appliance(refusal)
+        delivered = _delivered(tun)
+        assert delivered == refusal[68:]
+        assert delivered[12:16] == socket.inet_aton(server) or delivered[0] >> 4 == 6
+    s = dp.summary()
+    assert (s["injected"], s["delivered"], s["failed"], s["returned"]) == (5, 5, 0, 0)
+    assert s["not_returned"] == 5  # the refused packets themselves never came back
+    assert [f["injected"] for f in s["flows"]] == [1] * 5
+    assert "injected: 5 refusals" in format_summary(s)
+
+
+def test_a_broken_refusal_is_a_failure(plane: tuple[DataPlane, FakeSender, int]) -> None:
+    dp, sender, tun = plane
+    dp._from_tun(bytes(IP(src="10.200.1.2", dst="10.200.2.2") / TCP(dport=8081, flags="S")))
+    dp._from_tun(udp_inner(b"to be refused"))
+    rst, unreachable = (bytearray(refusal_of(frame)) for frame in sender.frames)
+    rst[-3] ^= 1  # the window: the TCP checksum goes stale
+    unreachable[28 + 12] ^= 1  # a byte of the endpoint id
+    dp._from_appliance(bytes(rst))
+    dp._from_appliance(bytes(unreachable))
+    assert _delivered(tun) == b""
+    s = dp.summary()
+    assert s["failures"] == {"geneve-changed": 1, "inner-tcp-checksum": 1}
+    assert s["injected"] == 0
+
+
+def test_a_refusal_must_answer_a_packet_of_the_flow(
+    plane: tuple[DataPlane, FakeSender, int],
+) -> None:
+    dp, sender, tun = plane
+    dp._from_tun(udp_inner(b"sent"))
+    g = sender.frames[0][28:68]
+    # An unreachable quoting a packet of the flow that was never sent.
+    other = bytearray(refusal_of(request(udp_inner(b"never sent"), geneve_bytes=g)))
+    other[20:22] = sender.frames[0][20:22]  # the flow's source port
+    dp._from_appliance(bytes(other))
+    # A RST travelling with the flow, not against it: not a refusal (an edited reply, here).
+    def tuple_of(packet: bytes) -> checker.FiveTuple:
+        t = checker.five_tuple(packet)
+        assert t is not None
+        return t
+
+    forward = bytes(IP(src="10.200.1.2", dst="10.200.2.2") / UDP(sport=40000, dport=3000))
+    assert checker.refuses(forward, {tuple_of(forward)}, lambda q: True) is False
+    rst = bytes(IP(src="10.200.1.2", dst="10.200.2.2") / TCP(sport=1, dport=2, flags="R"))
+    assert checker.refuses(rst, {tuple_of(rst)}, lambda q: True) is False
+    reverse = tuple_of(bytes(IP(src="10.200.2.2", dst="10.200.1.2") / TCP(sport=2, dport=1)))
+    assert checker.refuses(rst, {reverse}, lambda q: False) is True
+    assert _delivered(tun) == b""
+    s = dp.summary()
+    assert s["injected"] == 0 and s["failures"] == {"inner-flow-changed": 1}
+
+
 # -- in network namespaces ------------------------------------------------------------------
 
 
