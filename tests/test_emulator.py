@@ -776,6 +776,105 @@ def test_tcp_and_ipv6_through_the_real_appliance(tmp_path: Path, no_leftovers: N
     assert [(f["sent"], f["returned"], f["modified"]) for f in udp6] == [(1, 1, 1)], s["flows"]
 
 
+REJECT_RULES = """
+from geneve import rules
+
+modifier = rules.chain(
+    rules.when(rules.tcp_port(8081), rules.reject),
+    rules.when(rules.udp_port(9999), rules.reject),
+)
+"""
+
+# Servers that would answer: what the client sees comes from the appliance, not from them.
+SERVERS = r"""
+import socket, sys
+family = socket.AF_INET6 if sys.argv[1] == "6" else socket.AF_INET
+tcp = socket.socket(family, socket.SOCK_STREAM)
+tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 8081))
+tcp.listen()
+udp = socket.socket(family, socket.SOCK_DGRAM)
+udp.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 9999))
+while True:
+    data, peer = udp.recvfrom(2048)
+    udp.sendto(b"answer", peer)
+"""
+
+CLIENT = r"""
+import errno, socket, sys, time
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+server = sys.argv[1]
+out = []
+t0 = time.monotonic()
+tcp = socket.socket(family, socket.SOCK_STREAM)
+tcp.settimeout(5)
+try:
+    tcp.connect((server, 8081))
+    out.append("tcp connected")
+except OSError as err:
+    out.append(f"tcp {errno.errorcode.get(err.errno, err)} {time.monotonic() - t0:.3f}")
+udp = socket.socket(family, socket.SOCK_DGRAM)
+udp.settimeout(5)
+udp.connect((server, 9999))
+t0 = time.monotonic()
+udp.send(b"question")
+try:
+    out.append(f"udp answered {udp.recv(2048)!r}")
+except OSError as err:
+    out.append(f"udp {errno.errorcode.get(err.errno, err)} {time.monotonic() - t0:.3f}")
+print("\n".join(out))
+"""
+
+
+@needs_netns
+@pytest.mark.netns
+def test_reject_refuses_tcp_and_udp_through_the_real_appliance(
+    tmp_path: Path, no_leftovers: None
+) -> None:
+    """REJECT on the wire: a TCP connect is refused at once; a UDP send gets the ICMP error,
+    over IPv4 and IPv6, though servers listen; the emulator checks every injected packet."""
+    (tmp_path / "reject_rules.py").write_text(REJECT_RULES)
+    results: dict[int, list[str]] = {}
+    with Emulator() as emu:
+        a = emu.addressing
+        emu.start_appliance(
+            ["env", f"PYTHONPATH={tmp_path}", *emu.appliance_command("reject_rules:modifier")]
+        )
+        emu.wait_healthy()
+        for version, server in ((4, a.server), (6, a.server6)):
+            servers = emu.spawn("server", [sys.executable, "-c", SERVERS, str(version)])
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not emu.udp_port_bound("server", 9999):
+                time.sleep(0.05)
+            time.sleep(0.2)  # the TCP listener was made first
+            done = emu.run("client", [sys.executable, "-c", CLIENT, server], timeout=30)
+            assert done.returncode == 0, done.stderr
+            results[version] = done.stdout.split("\n")
+            servers.kill()
+            servers.wait(5)
+        time.sleep(0.2)
+        s = emu.summary()
+        # The workers publish their counters twice a second.
+        deadline = time.monotonic() + 5
+        metrics = ""
+        while time.monotonic() < deadline and "\ngeneve_rejects_total 4\n" not in metrics:
+            metrics = emu.http_get("/metrics").body.decode()
+            time.sleep(0.1)
+    for version, lines in results.items():
+        tcp, udp = lines[0].split(), lines[1].split()
+        # A RST|ACK answering the SYN: "connection refused", well under a second.
+        assert tcp[:2] == ["tcp", "ECONNREFUSED"], (version, lines)
+        assert float(tcp[2]) < 0.5, (version, lines)
+        # ICMP 3/13 on a connected UDP socket is EHOSTUNREACH on Linux; ICMPv6 1/1, EACCES.
+        want = "EHOSTUNREACH" if version == 4 else "EACCES"
+        assert udp[:2] == ["udp", want], (version, lines)
+        assert float(udp[2]) < 0.5, (version, lines)
+    assert s["failed"] == 0 and s["errors"] == {}, s
+    assert s["injected"] == 4, s
+    assert sum(f["injected"] for f in s["flows"]) == 4
+    assert "\ngeneve_rejects_total 4\n" in metrics, metrics
+
+
 def _tcp_listening(emu: Emulator, port: int) -> bool:
     with netns(emu.names.server), open("/proc/thread-self/net/tcp") as f:
         return any(f":{port:04X} " in line and " 0A " in line for line in f)
