@@ -25,8 +25,9 @@ from support.frames import check_frame, frame_of, gwlb_frames, make_inner
 import geneve
 from geneve import Packet, Pipeline, Stats, Verdict, reject_frame, rules
 from geneve._appliance import _prometheus
-from geneve._pcap import LINKTYPE_RAW, PcapWriter
+from geneve._pcap import LINKTYPE_RAW, PcapWriter, read_capture
 from geneve._pipeline import REJECT_FLOWS, REJECTS_PER_SECOND
+from geneve.replay import replay
 
 GWLB = "10.0.0.1"  # build_frame's outer source: GWLB
 APPLIANCE = "10.0.0.2"
@@ -461,3 +462,25 @@ def test_the_ipv6_syn_is_refused_through_the_pipeline() -> None:
     inner = IP(bytes(out))[UDP].payload.payload
     assert inner[TCP].flags == "RA" and inner[TCP].ack == 2
     assert struct.unpack_from("!H", out, 2)[0] == len(out) == 68 + 60
+
+
+def test_replay_writes_the_refusals_and_limits_them_by_capture_time(tmp_path: Path) -> None:
+    # Seven SYNs of one flow: six within one second of capture time, the last a second later.
+    times = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.2]
+    source = tmp_path / "in.pcap"
+    with source.open("wb") as f:
+        writer = PcapWriter(f, LINKTYPE_RAW)
+        for t in times:
+            writer.write(syn(), 1_700_000_000_000_000_000 + int(t * 1e9))
+    output = tmp_path / "out.pcap"
+    with source.open("rb") as src, output.open("wb") as dst:
+        result = replay(src, dst, rules.reject)
+    with output.open("rb") as f:
+        written = [bytes(r.data) for r in read_capture(f)[1]]
+    refusal = reject_frame(Packet.parse(syn()))
+    assert refusal is not None
+    assert written == [bytes(refusal)] * (REJECTS_PER_SECOND + 1)
+    assert result.stats.rejected == REJECTS_PER_SECOND + 1
+    assert result.stats.drops == {"rule": len(times) - REJECTS_PER_SECOND - 1}
+    assert result.summary().endswith(f", rejected {REJECTS_PER_SECOND + 1} (a RST or ICMP error "
+                                     "written instead)")  # fmt: skip
