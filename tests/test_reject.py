@@ -179,7 +179,7 @@ def test_other_protocols_get_an_unreachable(inner: ScapyPacket) -> None:
 # -- never a refusal --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("icmp_type", [3, 4, 5, 11, 12])
+@pytest.mark.parametrize("icmp_type", [3, 4, 5, 11, 12, 31, 40])
 def test_an_icmp_error_is_never_answered(icmp_type: int) -> None:
     quoted = bytes(ip4() / UDP(dport=53))
     assert refuse(IP(src=S4, dst=C4) / ICMP(type=icmp_type, code=1) / Raw(quoted)) is None

@@ -23,7 +23,8 @@ What is sent:
 When nothing may be sent, the answer is None (the caller drops the packet instead):
 
 - a TCP segment with RST set (RFC 9293: "a reset is never sent in response to a reset"),
-- an ICMP error message (RFC 1122 3.2.2; RFC 4443 2.4 (e)),
+- an ICMP error message (types 3, 4, 5, 11, 12, 31 and 40; RFC 1122 3.2.2) or an ICMPv6 one
+  (types 0-127; RFC 4443 2.4 (e)),
 - a fragment other than the first (RFC 1122 3.2.2), or one whose L4 header cannot be found,
 - a destination that is not one host: IPv4 224.0.0.0/4 or 255.255.255.255, IPv6 ff00::/8
   (RFC 1122 3.2.2, RFC 4443 2.4 (e)), and likewise a source that names no single host (the
@@ -59,9 +60,11 @@ ICMPV6_QUOTE_LIMIT = 1280
 #: TTL / hop limit of the injected packet.
 REJECT_TTL = 64
 
-# ICMP error messages (RFC 792, RFC 1122 3.2.2): destination unreachable, source quench,
-# redirect, time exceeded, parameter problem. Every other known type is a query or an answer.
-_ICMP_ERRORS = frozenset((3, 4, 5, 11, 12))
+# ICMP error messages: destination unreachable, source quench, redirect, time exceeded,
+# parameter problem (RFC 792, the errors RFC 1122 3.2.2 names), and the later datagram
+# conversion error (31, RFC 1475) and Photuris security failure (40, RFC 2521), which quote a
+# datagram too. Every other type is a query, an answer or an announcement.
+_ICMP_ERRORS = frozenset((3, 4, 5, 11, 12, 31, 40))
 # ICMPv6: types 0-127 are error messages, 128-255 informational (RFC 4443 2.1).
 _ICMPV6_FIRST_INFO = 128
 
