@@ -321,12 +321,7 @@ class DataPlane:
         if changed:
             flow.modified += 1
             self.modified += 1
-        try:
-            os.write(self._tun, inner)
-        except OSError as err:
-            self._count(self.errors, f"tun-{errno.errorcode.get(err.errno or 0, err.errno)}")
-            return
-        self.delivered += 1
+        self._deliver(inner)
 
     def _injected(self, flow: Flow, inner: bytes, reason: str | None) -> None:
         """A refusal the appliance injected (REJECT): checked like a reply, then delivered."""
@@ -335,6 +330,10 @@ class DataPlane:
             return
         flow.injected += 1
         self.injected += 1
+        self._deliver(inner)
+
+    def _deliver(self, inner: bytes) -> None:
+        """Write an inner packet into the tun, from where the kernel routes it on."""
         try:
             os.write(self._tun, inner)
         except OSError as err:
