@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from ._errors import GeneveError, NotGeneveError, PacketTooLargeError
-from ._headers import GENEVE_PORT
+from ._headers import GENEVE_PORT, IPPROTO_TCP, IPPROTO_UDP
 from ._packet import MAX_INNER_LENGTH, Packet
 from ._reject import reject_frame
 
@@ -470,7 +470,7 @@ def _flow_key(packet: Packet) -> bytes:
     else:
         a, b = bytes(buf[ip + 12 : ip + 16]), bytes(buf[ip + 16 : ip + 20])
     l4 = packet.l4_offset
-    if l4 >= 0 and packet.l4_protocol in (6, 17):  # TCP, UDP
+    if l4 >= 0 and packet.l4_protocol in (IPPROTO_TCP, IPPROTO_UDP):
         a += bytes(buf[l4 : l4 + 2])
         b += bytes(buf[l4 + 2 : l4 + 4])
     if a > b:
