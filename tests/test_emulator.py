@@ -575,6 +575,82 @@ def test_data_plane_ignores_what_is_not_a_reply(plane: tuple[DataPlane, FakeSend
     assert s["failures"] == {"unknown-flow": 1}
 
 
+# -- refusals an appliance injects (REJECT) ----------------------------------------------------
+
+
+def refusal_of(frame: bytes) -> bytes:
+    """What the project's REJECT sends back for ``frame`` (the codec's reject_frame)."""
+    out = geneve.reject_frame(geneve.Packet.parse(bytearray(frame)))
+    assert out is not None
+    return bytes(out)
+
+
+def test_an_injected_refusal_is_checked_and_delivered(
+    plane: tuple[DataPlane, FakeSender, int],
+) -> None:
+    dp, sender, tun = plane
+    client, server = "10.200.1.2", "10.200.2.2"
+    client6, server6 = "fd00:200:1::2", "fd00:200:2::2"
+    dp._from_tun(bytes(IP(src=client, dst=server) / TCP(sport=40001, dport=8081, flags="S")))
+    dp._from_tun(bytes(IP(src=client, dst=server) / UDP(sport=40002, dport=9999) / (b"x" * 900)))
+    dp._from_tun(bytes(IPv6(src=client6, dst=server6) / UDP(sport=40003, dport=9999) / b"y"))
+    dp._from_tun(bytes(IPv6(src=client6, dst=server6) / TCP(sport=40004, dport=8081, flags="S")))
+    dp._from_tun(bytes(IP(src=client, dst=server) / ICMP(type=8, id=9, seq=1)))
+    for frame in sender.frames:
+        refusal = refusal_of(frame)
+        dp._from_appliance(refusal)
+        delivered = _delivered(tun)
+        assert delivered == refusal[68:]
+        assert delivered[12:16] == socket.inet_aton(server) or delivered[0] >> 4 == 6
+    s = dp.summary()
+    assert (s["injected"], s["delivered"], s["failed"], s["returned"]) == (5, 5, 0, 0)
+    assert s["not_returned"] == 5  # the refused packets themselves never came back
+    assert [f["injected"] for f in s["flows"]] == [1] * 5
+    assert "injected: 5 refusals" in format_summary(s)
+
+
+def test_a_broken_refusal_is_a_failure(plane: tuple[DataPlane, FakeSender, int]) -> None:
+    dp, sender, tun = plane
+    dp._from_tun(bytes(IP(src="10.200.1.2", dst="10.200.2.2") / TCP(dport=8081, flags="S")))
+    dp._from_tun(udp_inner(b"to be refused"))
+    rst, unreachable = (bytearray(refusal_of(frame)) for frame in sender.frames)
+    rst[-3] ^= 1  # the window: the TCP checksum goes stale
+    unreachable[28 + 12] ^= 1  # a byte of the endpoint id
+    dp._from_appliance(bytes(rst))
+    dp._from_appliance(bytes(unreachable))
+    assert _delivered(tun) == b""
+    s = dp.summary()
+    assert s["failures"] == {"geneve-changed": 1, "inner-tcp-checksum": 1}
+    assert s["injected"] == 0
+
+
+def test_a_refusal_must_answer_a_packet_of_the_flow(
+    plane: tuple[DataPlane, FakeSender, int],
+) -> None:
+    dp, sender, tun = plane
+    dp._from_tun(udp_inner(b"sent"))
+    g = sender.frames[0][28:68]
+    # An unreachable quoting a packet of the flow that was never sent.
+    other = bytearray(refusal_of(request(udp_inner(b"never sent"), geneve_bytes=g)))
+    other[20:22] = sender.frames[0][20:22]  # the flow's source port
+    dp._from_appliance(bytes(other))
+    # A RST travelling with the flow, not against it: not a refusal (an edited reply, here).
+    def tuple_of(packet: bytes) -> checker.FiveTuple:
+        t = checker.five_tuple(packet)
+        assert t is not None
+        return t
+
+    forward = bytes(IP(src="10.200.1.2", dst="10.200.2.2") / UDP(sport=40000, dport=3000))
+    assert checker.refuses(forward, {tuple_of(forward)}, lambda q: True) is False
+    rst = bytes(IP(src="10.200.1.2", dst="10.200.2.2") / TCP(sport=1, dport=2, flags="R"))
+    assert checker.refuses(rst, {tuple_of(rst)}, lambda q: True) is False
+    reverse = tuple_of(bytes(IP(src="10.200.2.2", dst="10.200.1.2") / TCP(sport=2, dport=1)))
+    assert checker.refuses(rst, {reverse}, lambda q: False) is True
+    assert _delivered(tun) == b""
+    s = dp.summary()
+    assert s["injected"] == 0 and s["failures"] == {"inner-flow-changed": 1}
+
+
 # -- in network namespaces ------------------------------------------------------------------
 
 
@@ -698,6 +774,105 @@ def test_tcp_and_ipv6_through_the_real_appliance(tmp_path: Path, no_leftovers: N
     assert (flows["icmpv6"]["sent"], flows["icmpv6"]["returned"]) == (11, 10)
     udp6 = [f for f in s["flows"] if f["protocol"] == "udp" and f["ip_version"] == 6]
     assert [(f["sent"], f["returned"], f["modified"]) for f in udp6] == [(1, 1, 1)], s["flows"]
+
+
+REJECT_RULES = """
+from geneve import rules
+
+modifier = rules.chain(
+    rules.when(rules.tcp_port(8081), rules.reject),
+    rules.when(rules.udp_port(9999), rules.reject),
+)
+"""
+
+# Servers that would answer: what the client sees comes from the appliance, not from them.
+SERVERS = r"""
+import socket, sys
+family = socket.AF_INET6 if sys.argv[1] == "6" else socket.AF_INET
+tcp = socket.socket(family, socket.SOCK_STREAM)
+tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 8081))
+tcp.listen()
+udp = socket.socket(family, socket.SOCK_DGRAM)
+udp.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 9999))
+while True:
+    data, peer = udp.recvfrom(2048)
+    udp.sendto(b"answer", peer)
+"""
+
+CLIENT = r"""
+import errno, socket, sys, time
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+server = sys.argv[1]
+out = []
+t0 = time.monotonic()
+tcp = socket.socket(family, socket.SOCK_STREAM)
+tcp.settimeout(5)
+try:
+    tcp.connect((server, 8081))
+    out.append("tcp connected")
+except OSError as err:
+    out.append(f"tcp {errno.errorcode.get(err.errno, err)} {time.monotonic() - t0:.3f}")
+udp = socket.socket(family, socket.SOCK_DGRAM)
+udp.settimeout(5)
+udp.connect((server, 9999))
+t0 = time.monotonic()
+udp.send(b"question")
+try:
+    out.append(f"udp answered {udp.recv(2048)!r}")
+except OSError as err:
+    out.append(f"udp {errno.errorcode.get(err.errno, err)} {time.monotonic() - t0:.3f}")
+print("\n".join(out))
+"""
+
+
+@needs_netns
+@pytest.mark.netns
+def test_reject_refuses_tcp_and_udp_through_the_real_appliance(
+    tmp_path: Path, no_leftovers: None
+) -> None:
+    """REJECT on the wire: a TCP connect is refused at once; a UDP send gets the ICMP error,
+    over IPv4 and IPv6, though servers listen; the emulator checks every injected packet."""
+    (tmp_path / "reject_rules.py").write_text(REJECT_RULES)
+    results: dict[int, list[str]] = {}
+    with Emulator() as emu:
+        a = emu.addressing
+        emu.start_appliance(
+            ["env", f"PYTHONPATH={tmp_path}", *emu.appliance_command("reject_rules:modifier")]
+        )
+        emu.wait_healthy()
+        for version, server in ((4, a.server), (6, a.server6)):
+            servers = emu.spawn("server", [sys.executable, "-c", SERVERS, str(version)])
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not emu.udp_port_bound("server", 9999):
+                time.sleep(0.05)
+            time.sleep(0.2)  # the TCP listener was made first
+            done = emu.run("client", [sys.executable, "-c", CLIENT, server], timeout=30)
+            assert done.returncode == 0, done.stderr
+            results[version] = done.stdout.split("\n")
+            servers.kill()
+            servers.wait(5)
+        time.sleep(0.2)
+        s = emu.summary()
+        # The workers publish their counters twice a second.
+        deadline = time.monotonic() + 5
+        metrics = ""
+        while time.monotonic() < deadline and "\ngeneve_rejects_total 4\n" not in metrics:
+            metrics = emu.http_get("/metrics").body.decode()
+            time.sleep(0.1)
+    for version, lines in results.items():
+        tcp, udp = lines[0].split(), lines[1].split()
+        # A RST|ACK answering the SYN: "connection refused", well under a second.
+        assert tcp[:2] == ["tcp", "ECONNREFUSED"], (version, lines)
+        assert float(tcp[2]) < 0.5, (version, lines)
+        # ICMP 3/13 on a connected UDP socket is EHOSTUNREACH on Linux; ICMPv6 1/1, EACCES.
+        want = "EHOSTUNREACH" if version == 4 else "EACCES"
+        assert udp[:2] == ["udp", want], (version, lines)
+        assert float(udp[2]) < 0.5, (version, lines)
+    assert s["failed"] == 0 and s["errors"] == {}, s
+    assert s["injected"] == 4, s
+    assert sum(f["injected"] for f in s["flows"]) == 4
+    assert "\ngeneve_rejects_total 4\n" in metrics, metrics
 
 
 def _tcp_listening(emu: Emulator, port: int) -> bool:

@@ -59,6 +59,7 @@ from ._pipeline import (
     interest_of,
     process,
 )
+from ._reject import reject_frame
 
 if TYPE_CHECKING:
     from ._appliance import Appliance, ApplianceError
@@ -127,6 +128,7 @@ __all__ = [
     "fix_frame",
     "interest_of",
     "process",
+    "reject_frame",
 ]
 
 

@@ -437,7 +437,7 @@ class Appliance:
         s = self.stats()
         return (
             f"received {s['received']}, forwarded {s['forwarded']}, modified {s['modified']}, "
-            f"dropped {s['dropped']}, malformed {s['malformed']}, "
+            f"rejected {s['rejected']}, dropped {s['dropped']}, malformed {s['malformed']}, "
             f"modifier errors {s['modifier_errors']}, send errors {s['send_errors']}"
         )
 
@@ -462,6 +462,9 @@ def _prometheus(counters: dict[str, Any], healthy: bool, body: dict[str, object]
     metric("geneve_forwarded_total", "counter", "Frames sent back to GWLB.", total("forwarded"))
     metric("geneve_modified_total", "counter", "Forwarded frames the modifier changed.",
            total("modified"))  # fmt: skip
+    metric("geneve_rejects_total", "counter",
+           "Frames refused with a TCP RST or ICMP error sent back (REJECT).",
+           total("rejected"))  # fmt: skip
     metric("geneve_dropped_total", "counter", "Frames dropped, by reason.",
            [(f'{{reason="{k}"}}', v) for k, v in sorted(counters["drops"].items())])  # fmt: skip
     metric("geneve_malformed_total", "counter", "Malformed frames dropped, by reason.",

@@ -17,8 +17,9 @@ from typing import Any, Literal, TypeVar, cast
 
 from ._errors import GeneveError, NotGeneveError, PacketTooLargeError
 from ._flows import DROP_TOMBSTONE, EndReason, Flow, FlowTable, PipelinePacket
-from ._headers import GENEVE_PORT
+from ._headers import GENEVE_PORT, IPPROTO_TCP, IPPROTO_UDP
 from ._packet import MAX_INNER_LENGTH, Packet
+from ._reject import reject_frame
 
 __all__ = [
     "ALL_PACKETS",
@@ -38,10 +39,17 @@ __all__ = [
 
 
 class Verdict(enum.Enum):
-    """What a modifier decides for a packet. Returning None means FORWARD."""
+    """What a modifier decides for a packet. Returning None means FORWARD.
+
+    REJECT drops the packet and tells its sender: a TCP RST, or an ICMP / ICMPv6 "administratively
+    prohibited" unreachable, sent back to GWLB in the packet's own Geneve encapsulation
+    (:func:`geneve.reject_frame`). Where none may be sent (a RST, an ICMP error, a later
+    fragment, a multicast destination) or the flow's rate is spent, it is a DROP.
+    """
 
     FORWARD = "forward"
     DROP = "drop"
+    REJECT = "reject"
 
 
 Modifier = Callable[[Packet], "Verdict | None"]
@@ -161,9 +169,9 @@ class Stats:
 
     ``received`` counts every frame a :class:`Pipeline` was handed or told of (``handle()``,
     ``process()``, and the ``count_*`` methods for frames decided before it); each then ends
-    in exactly one of
-    ``forwarded`` (of which ``modified`` were edited), ``dropped`` (by reason in ``drops``),
-    ``malformed`` (by reason in ``malformed_reasons``) or ``skipped`` (not Geneve).
+    in exactly one of ``forwarded`` (of which ``modified`` were edited), ``rejected`` (refused
+    with a RST or ICMP error sent back), ``dropped`` (by reason in ``drops``), ``malformed``
+    (by reason in ``malformed_reasons``) or ``skipped`` (not Geneve).
 
     With flows on: ``flow_verdict_packets`` of those were decided by their flow's verdict
     (or a tombstone) without the modifier; ``flows_active`` is a gauge, ``flows_created``
@@ -186,12 +194,14 @@ class Stats:
         "modified",
         "modifier_errors",
         "received",
+        "rejected",
         "skipped",
         "too_large_forwarded",
     )
 
     def __init__(self) -> None:
         self.received = 0
+        self.rejected = 0
         self.forwarded = 0
         self.modified = 0
         self.dropped = 0
@@ -215,6 +225,7 @@ class Stats:
     def as_dict(self) -> dict[str, object]:
         return {
             "received": self.received,
+            "rejected": self.rejected,
             "forwarded": self.forwarded,
             "modified": self.modified,
             "dropped": self.dropped,
@@ -235,6 +246,7 @@ class Stats:
     COUNTERS = (
         "received",
         "forwarded",
+        "rejected",
         "modified",
         "dropped",
         "malformed",
@@ -273,6 +285,14 @@ class Stats:
 
 _FORWARD = Verdict.FORWARD
 _DROP = Verdict.DROP
+_REJECT = Verdict.REJECT
+
+#: REJECTs sent per flow (inner addresses, ports and protocol, either direction) per second;
+#: past it a REJECT is a DROP. Enough to refuse a connection and its retries at once, too few
+#: for a flood of refused packets to become a flood of replies.
+REJECTS_PER_SECOND = 5
+#: Flows the rate limit remembers; when full, the one rejected longest ago is forgotten.
+REJECT_FLOWS = 4096
 # Packet.parse makes a packet of the class it is called on.
 _parse = cast(Callable[[bytearray, int, int], PipelinePacket], PipelinePacket.parse)
 
@@ -303,6 +323,7 @@ class Pipeline:
 
     __slots__ = (
         "_on_flow_end",
+        "_rejects",
         "flows",
         "interest",
         "max_inner_length",
@@ -342,24 +363,34 @@ class Pipeline:
         if table is not None:
             table.bind(self.stats, self._flow_ended)
         self.flows: FlowTable | None = table
+        # REJECT's rate limit: flow key -> (start of its one-second window, REJECTs in it).
+        self._rejects: dict[bytes, tuple[float, int]] = {}
 
     def handle(self, buf: bytearray, length: int, now: float = 0.0) -> tuple[memoryview, ...]:
         """The frames to send for the received frame ``buf[:length]``: ``()`` or its reply.
 
-        ``now`` is the caller's time for the frame, in seconds (``packet.timestamp``; the
-        clock of the flow table). Never raises for a bad frame or a failing modifier (see
-        :func:`process`).
+        For a REJECT, the injected refusal (a new frame) instead of the frame itself. ``now``
+        is the caller's time for the frame, in seconds (``packet.timestamp``; the clock of the
+        flow table and of REJECT's rate limit: a caller that always passes the same time gets
+        :data:`REJECTS_PER_SECOND` REJECTs per flow and then only drops). Never raises for a
+        bad frame or a failing modifier (see :func:`process`).
         """
         packet = self._decide(buf, length, now)
         if packet is None:
             return ()
+        if type(packet) is memoryview:
+            return (packet,)
         reply = self._reply(packet)
         return () if reply is None else (reply,)
 
     def packet(self, buf: bytearray, length: int, now: float = 0.0) -> Packet | None:
-        """One frame as :func:`process` runs it: the packet turned into its reply, or None."""
+        """One frame as :func:`process` runs it: the packet turned into its reply, or None.
+
+        None also for a REJECT: the refusal sent in its place is a frame of its own, which
+        :meth:`handle` returns.
+        """
         packet = self._decide(buf, length, now)
-        if packet is None or self._reply(packet) is None:
+        if packet is None or type(packet) is memoryview or self._reply(packet) is None:
             return None
         return packet
 
@@ -405,8 +436,9 @@ class Pipeline:
             self.stats.modifier_errors += 1
             self.stats.last_error = exc
 
-    def _decide(self, buf: bytearray, length: int, now: float) -> Packet | None:
-        """Parse and check the frame, run the modifier: the packet to send back, or None."""
+    def _decide(self, buf: bytearray, length: int, now: float) -> Packet | memoryview | None:
+        """Parse and check the frame, run the modifier: the packet to send back, the refusal
+        to send instead (REJECT), or None."""
         stats = self.stats
         stats.received += 1
         max_inner_length = self.max_inner_length
@@ -449,12 +481,19 @@ class Pipeline:
                 stats.flow_verdict_packets += 1
                 if decided is _FORWARD:
                     return packet
+                if decided is _REJECT:
+                    return self._reject(packet, now)
                 stats.drop("flow")
                 return None
         packet.max_inner_length = max_inner_length
         try:
             verdict = self.modifier(packet)
-            if verdict is not None and verdict is not _FORWARD and verdict is not _DROP:
+            if (
+                verdict is not None
+                and verdict is not _FORWARD
+                and verdict is not _DROP
+                and verdict is not _REJECT
+            ):
                 raise TypeError(f"modifier returned {verdict!r}, not a Verdict or None")
         except PacketTooLargeError:
             # A rewrite past the inner MTU was refused before it changed anything.
@@ -474,6 +513,8 @@ class Pipeline:
         if verdict is _DROP:
             stats.drop("rule")
             return None
+        if verdict is _REJECT:
+            return self._reject(packet, now)
         if packet.modified and packet.length - packet.inner_offset > max_inner_length:
             stats.drop("too-large")
             return None
@@ -494,6 +535,31 @@ class Pipeline:
             stats.modified += 1
         stats.forwarded += 1
         return reply
+
+    def _reject(self, packet: Packet, now: float) -> memoryview | None:
+        """The refusal of ``packet``, counted; None (a DROP) where none may be sent."""
+        stats = self.stats
+        frame = reject_frame(packet)
+        if frame is None or not self._may_reject(packet, now):
+            stats.drop("rule")
+            return None
+        stats.rejected += 1
+        return memoryview(frame)
+
+    def _may_reject(self, packet: Packet, now: float) -> bool:
+        """Whether the flow of ``packet`` may have one more REJECT at ``now`` (and count it)."""
+        key = _flow_key(packet)
+        table = self._rejects
+        start, count = table.pop(key, (now, 0))
+        if not 0.0 <= now - start < 1.0:  # a new second (or a clock that went back)
+            start, count = now, 0
+        if count >= REJECTS_PER_SECOND:
+            table[key] = (start, count)
+            return False
+        if len(table) >= REJECT_FLOWS:
+            del table[next(iter(table))]  # the flow rejected longest ago
+        table[key] = (start, count + 1)  # (re)inserted last: the table is in order of use
+        return True
 
     def _malformed(self, reason: str) -> None:
         stats = self.stats
@@ -517,6 +583,23 @@ class Pipeline:
         """``count`` frames outside :attr:`interest`, forwarded unchanged without the pipeline."""
         self.stats.received += count
         self.stats.forwarded += count
+
+
+def _flow_key(packet: Packet) -> bytes:
+    """The inner addresses, ports (TCP and UDP) and protocol, the same in both directions."""
+    buf = packet.buf
+    ip = packet.ip_offset
+    if packet.ip_version == 6:
+        a, b = bytes(buf[ip + 8 : ip + 24]), bytes(buf[ip + 24 : ip + 40])
+    else:
+        a, b = bytes(buf[ip + 12 : ip + 16]), bytes(buf[ip + 16 : ip + 20])
+    l4 = packet.l4_offset
+    if l4 >= 0 and packet.l4_protocol in (IPPROTO_TCP, IPPROTO_UDP):
+        a += bytes(buf[l4 : l4 + 2])
+        b += bytes(buf[l4 + 2 : l4 + 4])
+    if a > b:
+        a, b = b, a
+    return bytes((packet.l4_protocol,)) + a + b
 
 
 def process(

@@ -121,9 +121,11 @@ class Worker:
         next_beat = self._beat(admitted, receiver, fast)
         last_logged, logged = 0.0, 0
         stop = self.stop
+        monotonic = time.monotonic
         while not stop.is_set():
             got = receive()
             if got:
+                now = monotonic()  # the pipeline's clock (REJECT's rate limit): once a batch
                 todo: Any = range(got)
                 if fast is not None:
                     done, todo = fast.forward(got)
@@ -148,7 +150,7 @@ class Worker:
                             pipeline.count_too_long()
                         continue
                     buf = bufs[i]
-                    frames = handle(buf, length)
+                    frames = handle(buf, length, now)
                     if frames:
                         reply = frames[0]
                         if send_slots and len(frames) == 1 and reply.obj is buf:

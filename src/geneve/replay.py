@@ -61,6 +61,8 @@ class ReplayResult:
         if s.malformed_reasons:
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.malformed_reasons.items()))
             line += f" ({reasons})"
+        if s.rejected:
+            line += f", rejected {s.rejected} (a RST or ICMP error written instead)"
         return line
 
 

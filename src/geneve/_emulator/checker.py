@@ -9,6 +9,7 @@ Checksums use one big-integer remainder: 2**16 is 1 modulo 0xFFFF, so ``int.from
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 # The protocol facts, stated here rather than imported from the codec (tests/test_layers.py
@@ -99,6 +100,45 @@ def flow_key(inner: Buffer) -> FlowKey | None:
     if (src, sport) <= (dst, dport):
         return (version, proto, src, sport, dst, dport)
     return (version, proto, dst, dport, src, sport)
+
+
+_TCP_RST = 0x04
+_ICMP_UNREACHABLE = 3  # RFC 792
+_ICMPV6_UNREACHABLE = 1  # RFC 4443 3.1
+
+
+def refuses(
+    inner: Buffer, directions: Collection[FiveTuple], quoted: Callable[[Buffer], bool]
+) -> bool:
+    """Whether ``inner`` is a refusal an appliance injected against a flow (a REJECT).
+
+    A TCP RST travelling against one of the flow's ``directions`` (the 5-tuples its packets
+    were sent with), or an ICMP / ICMPv6 destination unreachable from the quoted packet's
+    destination to its source, quoting its IP header and at least 8 bytes more (RFC 792,
+    RFC 4443 3.1) of a packet the flow sent and that has not come back: ``quoted(quote)``
+    says whether one such waits. Lengths and checksums are :func:`check_inner`'s to judge.
+    """
+    t = five_tuple(inner)
+    if t is None:
+        return False
+    version, proto, src, sport, dst, dport = t
+    if version == 4:
+        if _U16.unpack_from(inner, 6)[0] & 0x3FFF:
+            return False  # a fragment: no refusal is one
+        l4, icmp, unreachable, least = (inner[0] & 0x0F) << 2, IPPROTO_ICMP, _ICMP_UNREACHABLE, 28
+    else:
+        l4, icmp, unreachable, least = 40, IPPROTO_ICMPV6, _ICMPV6_UNREACHABLE, 48
+    if len(inner) < l4 + 8:
+        return False
+    if proto == IPPROTO_TCP:
+        if len(inner) < l4 + 20 or not inner[l4 + 13] & _TCP_RST:
+            return False
+        return (version, proto, dst, dport, src, sport) in directions
+    if proto != icmp or inner[l4] != unreachable:
+        return False
+    quote = memoryview(inner)[l4 + 8 :]
+    q = five_tuple(quote) if len(quote) >= least else None
+    return q is not None and q in directions and (q[2], q[4]) == (dst, src) and quoted(quote)
 
 
 def geneve_header(

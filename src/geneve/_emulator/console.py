@@ -40,6 +40,11 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  passed through invalid: {s['passed_through_invalid']} (already bad from the "
             "tun and returned unchanged: not the appliance's failure)"
         )
+    if s["injected"]:
+        lines.append(
+            f"  injected: {s['injected']} refusals from the appliance (a TCP RST or an ICMP "
+            "unreachable for a packet it rejected), checked and delivered"
+        )
     if s["capture_dropped"]:
         lines.append(
             f"  lost by the emulator: {s['capture_dropped']} frames from the appliance "
@@ -57,7 +62,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(
             f"  {f['flow']}: cookie {f['flow_cookie']}, udp src {f['source_port']}; "
             f"sent {f['sent']}, returned {f['returned']}, modified {f['modified']}, "
-            f"failed {f['failed']}"
+            f"failed {f['failed']}" + (f", injected {f['injected']}" if f["injected"] else "")
         )
     return "\n".join(lines)
 

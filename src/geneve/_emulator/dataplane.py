@@ -34,6 +34,7 @@ from .checker import (
     five_tuple,
     flow_key,
     geneve_header,
+    refuses,
 )
 from .flows import Flow
 from .namespaces import netns, open_tun
@@ -87,6 +88,7 @@ class DataPlane:
         self._ports: set[int] = set()
         self.sent = self.received = self.returned = self.verified = 0
         self.modified = self.delivered = self.passed_through_invalid = 0
+        self.injected = 0
         self.failures: dict[str, int] = {}
         self.tun_ignored = 0
         self.tun_invalid: dict[str, int] = {}
@@ -223,6 +225,8 @@ class DataPlane:
         flow = self.flows.get(key)
         if flow is None:
             flow = self._new_flow(key, t, ptype)
+        elif t not in flow.directions:
+            flow.directions.add(t)
         self._ip_id = (self._ip_id + 1) & 0xFFFF
         frame = encapsulate(
             packet,
@@ -282,13 +286,17 @@ class DataPlane:
             return
         inner = frame[ihl + 8 + GWLB_GENEVE_LENGTH : _U16.unpack_from(frame, 2)[0]]
         reason = check_inner(inner, _U16.unpack_from(expected.geneve, 2)[0])
-        if reason is None and flow_key(inner) != flow.key:
-            reason = "inner-flow-changed"
         # Only a reply that passes, or one that is its request's own bytes, answers a request:
         # a broken or repeated one takes nothing, so the genuine replies still pair right.
         pending = flow.pending
         if pending.take(inner) or pending.take_late(inner):
             request, changed = inner, False
+        elif refuses(inner, flow.directions, pending.quoted):
+            self._injected(flow, inner, reason)
+            return
+        elif reason is None and flow_key(inner) != flow.key:
+            self._fail(flow, "inner-flow-changed")
+            return
         elif pending.repeated(inner):
             self._fail(flow, "unsolicited")
             return
@@ -313,6 +321,19 @@ class DataPlane:
         if changed:
             flow.modified += 1
             self.modified += 1
+        self._deliver(inner)
+
+    def _injected(self, flow: Flow, inner: bytes, reason: str | None) -> None:
+        """A refusal the appliance injected (REJECT): checked like a reply, then delivered."""
+        if reason is not None:
+            self._fail(flow, reason)
+            return
+        flow.injected += 1
+        self.injected += 1
+        self._deliver(inner)
+
+    def _deliver(self, inner: bytes) -> None:
+        """Write an inner packet into the tun, from where the kernel routes it on."""
         try:
             os.write(self._tun, inner)
         except OSError as err:
@@ -360,6 +381,7 @@ class DataPlane:
                 "verified": self.verified,
                 "modified": self.modified,
                 "passed_through_invalid": self.passed_through_invalid,
+                "injected": self.injected,
                 "delivered": self.delivered,
                 "not_returned": self.sent - self.returned,
                 "failed": sum(self.failures.values()),

@@ -101,6 +101,13 @@ class Pending:
                 return True
         return False
 
+    def quoted(self, quote: Buffer) -> bool:
+        """Whether a waiting request starts with ``quote`` (what an ICMP error quotes of it).
+
+        A linear search, newest first: only a refusal an appliance injects needs it.
+        """
+        return any(request.startswith(quote) for request, _ in reversed(self._requests.values()))
+
     def take_late(self, inner: bytes) -> bool:
         """Whether these are the bytes of a request pushed out by newer ones; forget it if so.
 
@@ -169,10 +176,12 @@ class Flow:
     """One flow as GWLB sees it: a cookie and an outer source port for both directions."""
 
     __slots__ = (
+        "directions",
         "expected",
         "failed",
         "flow_cookie",
         "initiator",
+        "injected",
         "key",
         "modified",
         "pending",
@@ -194,8 +203,10 @@ class Flow:
         self.flow_cookie = flow_cookie
         self.source_port = source_port
         self.expected = expected
-        self.sent = self.returned = self.modified = self.failed = 0
+        self.sent = self.returned = self.modified = self.failed = self.injected = 0
         self.pending = Pending()
+        # The 5-tuples the emulator sent this flow's packets with (one or both directions).
+        self.directions: set[FiveTuple] = {initiator}
 
     def describe(self) -> str:
         version, proto, src, sport, dst, dport = self.initiator
@@ -225,5 +236,6 @@ class Flow:
             "returned": self.returned,
             "modified": self.modified,
             "failed": self.failed,
+            "injected": self.injected,
             "not_returned": self.sent - self.returned,
         }

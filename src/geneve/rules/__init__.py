@@ -33,6 +33,7 @@ __all__ = [
     "drop_if_contains",
     "icmp_echo_every",
     "icmp_echo_sequence",
+    "reject",
     "replace",
     "tcp_port",
     "udp_port",
@@ -43,6 +44,7 @@ Predicate = Callable[[Packet], bool]
 _T = TypeVar("_T", bound=Callable[..., object])
 
 _DROP = Verdict.DROP
+_REJECT = Verdict.REJECT
 _NO_UDP_NO_TCP = Interest(frozenset(), frozenset())
 _NOTHING = Interest(frozenset(), frozenset(), frozenset())  # the identity of |
 
@@ -59,6 +61,12 @@ _ICMP_PROTOCOLS = (IPPROTO_ICMP, IPPROTO_ICMPV6)
 def drop(packet: Packet) -> Verdict:
     """A modifier that drops every packet it sees."""
     return _DROP
+
+
+def reject(packet: Packet) -> Verdict:
+    """A modifier that rejects every packet it sees: a TCP RST or an ICMP error goes back to
+    the sender instead (see :class:`geneve.Verdict`), e.g. ``when(tcp_port(23), reject)``."""
+    return _REJECT
 
 
 _PORTS = struct.Struct("!HH")
@@ -220,7 +228,7 @@ def replace(old: bytes, new: bytes) -> Modifier:
 
 
 def chain(*modifiers: Modifier) -> Modifier:
-    """Run modifiers in order; the first DROP stops the chain."""
+    """Run modifiers in order; the first DROP or REJECT stops the chain and is its verdict."""
     if len(modifiers) == 1:
         return modifiers[0]
     interest = _NOTHING
@@ -230,14 +238,19 @@ def chain(*modifiers: Modifier) -> Modifier:
         first, second = modifiers
 
         def pair(packet: Packet) -> Verdict | None:
-            return _DROP if first(packet) is _DROP or second(packet) is _DROP else None
+            verdict = first(packet)
+            if verdict is _DROP or verdict is _REJECT:
+                return verdict
+            verdict = second(packet)
+            return verdict if verdict is _DROP or verdict is _REJECT else None
 
         return _declared(pair, interest)
 
     def modifier(packet: Packet) -> Verdict | None:
         for step in modifiers:
-            if step(packet) is _DROP:
-                return _DROP
+            verdict = step(packet)
+            if verdict is _DROP or verdict is _REJECT:
+                return verdict
         return None
 
     return _declared(modifier, interest)
