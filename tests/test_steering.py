@@ -1,18 +1,23 @@
 """The steering program: symmetric in the inner addresses, in range, and the kernel agrees.
 
 The program is run by ``geneve._steering.run``, an interpreter with the kernel's semantics, and
-held to an independent statement of the hash.
+held to an independent statement of the hash; one test attaches it to a real ``SO_REUSEPORT``
+group in a namespace and checks that the kernel picks the socket the interpreter predicts.
 """
 
 from __future__ import annotations
 
 import random
+import select
+import socket
 import struct
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.netns import netns_unavailable, pair
 
+from geneve._sockets import steer
 from geneve._steering import FALLBACK, LD, MISC, RET, RET_A, TAX, Instruction, program, run
 
 IPV4, IPV6 = 0x0800, 0x86DD
@@ -112,3 +117,38 @@ def test_balance_over_random_flows() -> None:
             src, dst = rnd.randbytes(size), rnd.randbytes(size)
             counts[run(prog, payload(src, dst))] += 1
         assert max(counts) < 1.25 * 2000 / workers, counts
+
+
+_why = netns_unavailable()
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(_why is not None, reason=_why or "")
+@pytest.mark.parametrize("workers", [2, 3])
+def test_the_kernel_picks_the_socket_the_interpreter_predicts(workers: int) -> None:
+    rnd = random.Random(workers)
+    frames = []
+    for _ in range(150):
+        size = rnd.choice((4, 16))
+        frames.append(payload(rnd.randbytes(size), rnd.randbytes(size), opt_len=rnd.randrange(64)))
+    frames += [b"", b"\x08\x00", payload(bytes(4), bytes(4))[:40], b"\x00\x00\x12\x34" + bytes(60)]
+    with pair() as p:
+        group = [p.gw_socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(workers)]
+        sender = p.gw_socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for sock in group:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind(("127.0.0.1", 6081))
+            steer(group)
+            prog = program(workers)
+            for i, frame in enumerate(frames):
+                sender.sendto(frame, ("127.0.0.1", 6081))
+                readable, _, _ = select.select(group, [], [], 2.0)
+                got = [(group.index(sock), sock.recv(65535)) for sock in readable]
+                assert [data for _index, data in got] == [frame], i
+                predicted = run(prog, frame)
+                if predicted != FALLBACK:
+                    assert got[0][0] == predicted, (i, frame.hex())
+        finally:
+            for sock in (*group, sender):
+                sock.close()
