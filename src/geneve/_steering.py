@@ -73,6 +73,21 @@ def _assemble(lines: list[tuple[str, int, str, str, int]]) -> list[Instruction]:
     return out
 
 
+def _check_length(label: str, end: int) -> list[tuple[str, int, str, str, int]]:
+    """Lines from ``label`` on: go to "other" unless ``end`` bytes after the options are there.
+
+    They leave the options length in X, for the indirect loads that follow.
+    """
+    return [
+        (label, LD | MEM, "", "", M_OPTIONS),  # A = options length
+        ("", ALU | ADD | K, "", "", end),  # A = bytes needed
+        ("", MISC | TAX, "", "", 0),  # X = bytes needed
+        ("", LD | W | LEN, "", "", 0),  # A = UDP payload length
+        ("", JMP | JGE | X, f"{label}_load", "other", 0),  # long enough?
+        (f"{label}_load", LDX | MEM, "", "", M_OPTIONS),  # X = options length
+    ]
+
+
 def program(workers: int) -> list[Instruction]:
     """The steering program for a group of ``workers`` sockets (at least 2)."""
     if not 2 <= workers <= 0xFFFF:
@@ -89,27 +104,17 @@ def program(workers: int) -> list[Instruction]:
         ("", LD | H | ABS, "", "", 2),  # A = protocol type
         ("", JMP | JEQ | K, "v4", "", ETH_P_IP),
         ("", JMP | JEQ | K, "v6", "other", ETH_P_IPV6),
-        # Inner IPv4: are both addresses inside the packet?
-        ("v4", LD | MEM, "", "", M_OPTIONS),  # A = options length
-        ("", ALU | ADD | K, "", "", v4_end),  # A = bytes needed
-        ("", MISC | TAX, "", "", 0),  # X = bytes needed
-        ("", LD | W | LEN, "", "", 0),  # A = UDP payload length
-        ("", JMP | JGE | X, "v4_load", "other", 0),  # long enough?
-        ("v4_load", LDX | MEM, "", "", M_OPTIONS),  # X = options length
+    ]
+    lines += _check_length("v4", v4_end)  # inner IPv4: both addresses inside the packet?
+    lines += [
         ("", LD | W | IND, "", "", GENEVE_BASE + 12),  # A = inner source
         ("", ST, "", "", 0),  # M[0] = source
         ("", LD | W | IND, "", "", GENEVE_BASE + 16),  # A = inner destination
         ("", LDX | MEM, "", "", 0),  # X = source
         ("", ALU | XOR | X, "", "", 0),  # A = source ^ destination: symmetric
         ("", JMP | JA, "mix", "", 0),
-        # Inner IPv6: the same with four words per address.
-        ("v6", LD | MEM, "", "", M_OPTIONS),  # A = options length
-        ("", ALU | ADD | K, "", "", v6_end),  # A = bytes needed
-        ("", MISC | TAX, "", "", 0),  # X = bytes needed
-        ("", LD | W | LEN, "", "", 0),  # A = UDP payload length
-        ("", JMP | JGE | X, "v6_load", "other", 0),  # long enough?
-        ("v6_load", LDX | MEM, "", "", M_OPTIONS),  # X = options length
     ]
+    lines += _check_length("v6", v6_end)  # inner IPv6: the same with four words per address
     # M[i] = word i of source then destination (inner offsets 8 to 39), X untouched.
     for i in range(8):
         lines += [
