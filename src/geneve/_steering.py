@@ -10,7 +10,10 @@ different workers. A classic BPF program attached to the group with
   the low 6 bits of byte 0, in 4-byte words; Protocol Type in bytes 2-3);
 - inner IPv4 (0x0800): the source and destination at 8 + options + 12 and + 16;
   inner IPv6 (0x86DD): at 8 + options + 8 and + 24, 16 bytes each;
-- it xors the source and destination words (swapping them gives the same value: symmetric),
+- it folds each address to 32 bits (IPv6: the xor of its four words), orders the two (lower,
+  higher: swapping source and destination gives the same pair, so the result is symmetric),
+  combines them as ``lower * MIX_LOW ^ higher`` (a plain ``source ^ destination`` would send
+  every flow to one worker when both addresses vary together, as in 10.0.0.k <-> 10.1.0.k),
   mixes the 32 bits (fold the halves, multiply by an odd constant, fold again: so that
   addresses differing only in a high octet still spread over a power-of-two worker count),
   and returns the value modulo the worker count: the socket's position in bind order.
@@ -48,6 +51,7 @@ ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 GENEVE_BASE = 8  # bytes before the options
 FALLBACK = 0xFFFFFFFF  # out of range for any group: the kernel hashes the outer 4-tuple
 MIX = 0x9E3779B1  # odd, about 2**32 / golden ratio: spreads low bits upward
+MIX_LOW = 0x85EBCA6B  # another odd constant, for the lower address of the pair
 M_OPTIONS = 15  # scratch cell holding the options length
 
 
@@ -111,25 +115,39 @@ def program(workers: int) -> list[Instruction]:
         ("", ST, "", "", 0),  # M[0] = source
         ("", LD | W | IND, "", "", GENEVE_BASE + 16),  # A = inner destination
         ("", LDX | MEM, "", "", 0),  # X = source
-        ("", ALU | XOR | X, "", "", 0),  # A = source ^ destination: symmetric
-        ("", JMP | JA, "mix", "", 0),
+        ("", JMP | JA, "order", "", 0),
     ]
-    lines += _check_length("v6", v6_end)  # inner IPv6: the same with four words per address
+    lines += _check_length("v6", v6_end)  # inner IPv6: the same, each address folded to 32 bits
     # M[i] = word i of source then destination (inner offsets 8 to 39), X untouched.
     for i in range(8):
         lines += [
             ("", LD | W | IND, "", "", GENEVE_BASE + 8 + 4 * i),  # A = address word i
             ("", ST, "", "", i),  # M[i] = A
         ]
-    lines.append(("", LD | MEM, "", "", 0))  # A = M[0]
-    for i in range(1, 8):
-        lines += [
-            ("", LDX | MEM, "", "", i),  # X = M[i]
-            ("", ALU | XOR | X, "", "", 0),  # A ^= X: order-free, so symmetric
-        ]
+    for first in (0, 4):  # the source's words, then the destination's
+        lines.append(("", LD | MEM, "", "", first))  # A = its first word
+        for i in range(first + 1, first + 4):
+            lines += [
+                ("", LDX | MEM, "", "", i),  # X = its next word
+                ("", ALU | XOR | X, "", "", 0),  # A ^= X
+            ]
+        if first == 0:
+            lines.append(("", ST, "", "", 0))  # M[0] = the folded source
     lines += [
+        ("", LDX | MEM, "", "", 0),  # X = the folded source; A = the folded destination
+        # Symmetric: order the two addresses (lo, hi), then hash the pair in that order. Unlike
+        # source ^ destination, this does not cancel when both addresses vary together.
+        ("order", JMP | JGE | X, "ordered", "", 0),  # A >= X: already A = hi, X = lo
+        ("", ST, "", "", 0),  # M[0] = A, the smaller
+        ("", MISC | TXA, "", "", 0),  # A = the larger
+        ("", LDX | MEM, "", "", 0),  # X = the smaller
+        ("ordered", ST, "", "", 1),  # M[1] = hi
+        ("", MISC | TXA, "", "", 0),  # A = lo
+        ("", ALU | MUL | K, "", "", MIX_LOW),  # A = lo * MIX_LOW: lo and hi weigh differently
+        ("", LDX | MEM, "", "", 1),  # X = hi
+        ("", ALU | XOR | X, "", "", 0),  # h = lo * MIX_LOW ^ hi
         # Mix A's 32 bits so that every bit reaches the low ones the modulo looks at.
-        ("mix", MISC | TAX, "", "", 0),  # X = h
+        ("", MISC | TAX, "", "", 0),  # X = h
         ("", ALU | RSH | K, "", "", 16),  # A = h >> 16
         ("", ALU | XOR | X, "", "", 0),  # h ^= h >> 16: the high half into the low
         ("", ALU | MUL | K, "", "", MIX),  # h *= MIX (mod 2**32)
