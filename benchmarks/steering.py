@@ -44,6 +44,9 @@ def scenarios(rnd: random.Random) -> dict[str, Callable[[], list[Flow]]]:
         "4,096 clients of one IPv6 /64 (random IIDs) to one server": lambda: [
             (prefix6 + rnd.randbytes(8), server6) for _ in range(4096)
         ],
+        "4,096 pairs 10.0.x.y <-> 10.1.x.y (both vary together)": lambda: [
+            (bytes([10, 0, i >> 8, i & 255]), bytes([10, 1, i >> 8, i & 255])) for i in range(4096)
+        ],
         "256 clients 192.168.1.x to one server": lambda: [
             (bytes([192, 168, 1, i]), server4) for i in range(256)
         ],
