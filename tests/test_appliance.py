@@ -7,8 +7,10 @@ impossible.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -214,10 +216,92 @@ def test_two_workers_no_duplicates_no_losses(ns: Pair) -> None:
     assert rc == 0, err
 
 
+STEERING_RULES = """
+import os
+
+def modifier(packet):
+    with open({log!r}, "a") as f:
+        f.write(f"{{os.getpid()}} {{packet.inner_src}} {{packet.inner_dst}}\\n")
+"""
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_both_directions_of_a_flow_reach_one_worker(
+    ns: Pair, workers: int, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.inet6 import IPv6
+
+    log = tmp_path / "seen.txt"
+    (tmp_path / "steering_rules.py").write_text(STEERING_RULES.format(log=str(log)))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    proc = daemon(ns, "--workers", str(workers), "--rules", "steering_rules")
+    client = GwlbClient(ns)
+    sent = 0
+    try:
+        wait_healthy(ns)
+        for i in range(24):
+            version = IPv6 if i % 2 else IP
+            if i % 2:
+                a, b = f"2001:db8::{i + 1:x}", f"2001:db8:1::{i % 5 + 1:x}"
+            else:
+                a, b = f"172.16.{i}.{i + 7}", f"192.0.2.{i % 5 + 1}"
+            request, answer = version(src=a, dst=b), version(src=b, dst=a)
+            for _ in range(3):  # each direction on its own outer source port, as GWLB may do
+                client.send(
+                    client.frame(
+                        bytes(request / UDP(sport=40000 + i, dport=80) / b"q"),
+                        src_port=20000 + 2 * i,
+                    )
+                )
+                client.send(
+                    client.frame(
+                        bytes(answer / UDP(sport=80, dport=40000 + i) / b"a"),
+                        src_port=33333 + 7 * i,
+                    )
+                )
+                sent += 2
+        assert len(client.replies(timeout=3.0, want=sent)) == sent
+    finally:
+        client.close()
+        rc, err = stop(proc)
+    assert rc == 0, err
+    owners: dict[frozenset[str], set[str]] = {}
+    lines = log.read_text().splitlines()
+    assert len(lines) == sent
+    for line in lines:
+        pid, src, dst = line.split()
+        owners.setdefault(frozenset((src, dst)), set()).add(pid)
+    assert len(owners) == 24
+    assert all(len(pids) == 1 for pids in owners.values()), owners
+    assert len(set().union(*owners.values())) == workers, "every worker owns some flows"
+
+
 def in_process(p: Pair, modifier: object, **kw: object) -> Appliance:
     app = Appliance(modifier, health_port=8080, **kw)  # type: ignore[arg-type]
     in_netns(p.ap, app.start)
     return app
+
+
+def test_steering_refused_warns_and_keeps_working(
+    ns: Pair, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import geneve._appliance as appliance_module
+
+    def refuse(group: list[socket.socket]) -> None:
+        raise OSError(errno.ENOPROTOOPT, "Protocol not available")
+
+    monkeypatch.setattr(appliance_module, "steer", refuse)
+    app = in_process(ns, lambda packet: None, workers=2)
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        assert client.exchange(inner_udp(b"still here", dport=80)) is not None
+    finally:
+        client.close()
+        app.stop()
+    warnings = [r.getMessage() for r in caplog.records if "steer" in r.getMessage()]
+    assert len(warnings) == 1 and "Protocol not available" in warnings[0], warnings
 
 
 @pytest.mark.parametrize("policy", ["drop", "forward"])

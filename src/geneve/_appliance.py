@@ -47,7 +47,7 @@ from ._headers import GENEVE_PORT
 from ._health import HealthReport, HealthServer
 from ._packet import GWLB_ENCAP_LENGTH, MAX_INNER_LENGTH
 from ._pipeline import ErrorPolicy, Modifier, Stats
-from ._sockets import ReceiveMode, Sockets, broadcast_addresses, local_addresses
+from ._sockets import ReceiveMode, Sockets, broadcast_addresses, local_addresses, steer
 from ._worker import BATCH, HEARTBEAT, Worker, process_main
 
 __all__ = [
@@ -183,6 +183,15 @@ class Appliance:
             for s in sockets:
                 s.close()
             raise ApplianceError(f"cannot open sockets on port {self.port}: {err}") from None
+        if self.receive == "udp" and self.workers > 1:
+            try:
+                steer([s.udp for s in sockets])
+            except OSError as err:
+                log.warning(
+                    "cannot steer flows to workers by inner addresses (%s): the kernel's hash of "
+                    "the outer headers decides, so a flow's two directions may reach two workers",
+                    err.strerror or err,
+                )
         self._started = time.monotonic()
         self._stopped.clear()
         try:

@@ -6,6 +6,8 @@ flows over workers; ``IP_PKTINFO``: the local address each datagram was sent to)
 go to port 6081, which a socket bound to 6081 cannot send. Binding 6081 also stops the kernel
 answering with ICMP port-unreachable. In raw receive mode a raw ``IPPROTO_UDP`` socket receives
 instead, and the UDP socket only holds the port (a filter drops everything it would get).
+With several workers, :func:`steer` makes the kernel pick a worker by the inner addresses
+(``geneve._steering``), so that both directions of a flow reach the same one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import socket
 import struct
 from typing import Literal
 
+from . import _steering
+
 __all__ = [
     "IP_PKTINFO",
     "ReceiveMode",
@@ -22,12 +26,14 @@ __all__ = [
     "broadcast_addresses",
     "local_addresses",
     "own_addresses",
+    "steer",
 ]
 
 ReceiveMode = Literal["udp", "raw"]
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python 3.11 does not export it
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+SO_ATTACH_REUSEPORT_CBPF = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)
 
 
 class Sockets:
@@ -70,17 +76,32 @@ class Sockets:
                 sock.close()
 
 
+def steer(group: list[socket.socket]) -> None:
+    """Steer each datagram to a worker by its inner addresses: ``group[i]`` gets index ``i``.
+
+    Call once every socket is bound: the index the program returns is a socket's position in
+    bind order. The program is attached to one socket; the kernel applies it to the whole
+    ``SO_REUSEPORT`` group. Raises ``OSError`` where the kernel refuses it.
+    """
+    code = _steering.encode(_steering.program(len(group)))
+    _attach_classic_bpf(group[0], SO_ATTACH_REUSEPORT_CBPF, code)
+
+
 def _drop_all(sock: socket.socket) -> None:
-    """Attach a classic BPF filter that accepts nothing: the socket exists only to hold the port.
+    """Attach a classic BPF filter that accepts nothing: the socket exists only to hold the port."""
+    _attach_classic_bpf(sock, SO_ATTACH_FILTER, struct.pack("HBBI", 0x06, 0, 0, 0))  # ret #0
+
+
+def _attach_classic_bpf(sock: socket.socket, option: int, code: bytes) -> None:
+    """Attach a classic BPF program (``struct sock_filter`` array) with a ``SOL_SOCKET`` option.
 
     The kernel copies the program during setsockopt, so the buffer need not outlive the call.
     """
     import ctypes
 
-    insn = struct.pack("HBBI", 0x06, 0, 0, 0)  # BPF_RET | BPF_K, 0: drop
-    buf = ctypes.create_string_buffer(insn)
-    prog = struct.pack("HL", 1, ctypes.addressof(buf))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, prog)
+    buf = ctypes.create_string_buffer(code, len(code))
+    prog = struct.pack("HL", len(code) // 8, ctypes.addressof(buf))  # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, option, prog)
 
 
 def local_addresses() -> frozenset[str]:
