@@ -160,7 +160,7 @@ def python_fix() -> Iterator[None]:
     """Route geneve.fix_frame through the pure-Python routine (same wrapper)."""
     with (
         mock.patch.object(_fixup, "_fix", _pychecksum.fix),
-        mock.patch.object(_fixup, "_fix_target", lambda buf: buf),
+        mock.patch.object(_fixup, "_fix_target_checked", lambda buf: buf),
     ):
         yield
 

@@ -375,6 +375,27 @@ def test_a_flow_verdict_skips_the_modifier_both_ways() -> None:
     assert p.stats.flow_verdict_packets == 3 and p.stats.forwarded == 4
 
 
+def test_a_reject_verdict_refuses_the_rest_of_the_flow_without_the_modifier() -> None:
+    calls = []
+
+    def modifier(packet: Packet) -> Verdict:
+        assert isinstance(packet, PipelinePacket) and packet.flow is not None
+        calls.append(packet.flow.direction)
+        packet.flow.verdict = Verdict.REJECT
+        return Verdict.REJECT
+
+    p = Pipeline(modifier, flows=True)
+    for now in (0.0, 0.1):
+        frame = flow_frame(A, B, payload=b"data")
+        (refusal,) = p.handle(frame, len(frame), now)
+        assert refusal.obj is not frame  # a frame of its own: the RST
+        back = Packet.parse(bytes(refusal))
+        assert back.tcp is not None and back.tcp.flags & TCP_RST
+        assert back.inner_src == B and back.inner_dst == A
+    assert calls == ["original"]  # the second packet: decided by the flow, not the modifier
+    assert p.stats.rejected == 2 and p.stats.flow_verdict_packets == 1
+
+
 def test_the_stateful_filter_drops_the_rest_of_a_forbidden_connection() -> None:
     def stateful_filter(packet: Packet) -> Verdict | None:
         assert isinstance(packet, PipelinePacket)

@@ -89,3 +89,30 @@ def test_the_layout_option_words_are_the_gwlb_options_the_headers_name() -> None
         assert word >> 16 == _headers.GWLB_OPTION_CLASS
         assert (word >> 8) & 0xFF == otype
         assert (word & 0x1F) * 4 == data_bytes
+
+
+def test_the_codecs_literals_are_the_layouts() -> None:
+    # parse(), replace_in_payload() and reply() write the usual layout's numbers as literals
+    # (speed); every one of them must be the layout's, so a change to _layout shows here.
+    def consts(function: object) -> set[object]:
+        return set(getattr(function, "__code__").co_consts)  # noqa: B009
+
+    parse = consts(_packet.Packet.__dict__["parse"].__func__)
+    assert {
+        _layout.OUTER_UDP_OFFSET,
+        _layout.INNER_OFFSET,
+        _layout.INNER_IPV4_L4_OFFSET,
+        _layout.INNER_IPV4_PAYLOAD_OFFSET,
+        _layout.GENEVE_BYTE0,
+        *_layout.GWLB_OPTION_WORDS,
+    } <= parse
+    replace = consts(_packet.Packet.replace_in_payload)
+    assert {
+        _layout.OUTER_UDP_OFFSET + 4,  # outer UDP length
+        _layout.INNER_OFFSET,
+        _layout.INNER_OFFSET + 2,  # inner IPv4 total length
+        _layout.INNER_IPV4_L4_OFFSET,
+        _layout.INNER_IPV4_L4_OFFSET + 4,  # inner UDP length
+        _layout.INNER_IPV4_PAYLOAD_OFFSET,
+    } <= replace
+    assert {_layout.INNER_OFFSET, _layout.INNER_IPV4_L4_OFFSET} <= consts(_packet.Packet.reply)

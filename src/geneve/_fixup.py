@@ -19,7 +19,7 @@ from typing import Literal
 from . import _pychecksum
 from ._errors import MalformedError, TruncatedError
 from ._headers import IPV6_EXTENSION_HEADERS
-from .checksum import _fix, _fix_target, internet_checksum, ones_complement_sum
+from .checksum import _fix, _fix_target, _fix_target_checked, internet_checksum, ones_complement_sum
 from .checksum import _fold as fold
 
 __all__ = [
@@ -87,7 +87,8 @@ def fix_frame(
     mode = OUTER_MODES.get(outer_udp)
     if mode is None:
         raise ValueError(f"outer_udp must be 'keep', 'zero' or 'compute', not {outer_udp!r}")
-    return fix_checksums(buf, _fix_target(buf), n, ip_offset, l4_offset, l4_protocol, mode)
+    target = _fix_target_checked(buf)
+    return fix_checksums(buf, target, n, ip_offset, l4_offset, l4_protocol, mode)
 
 
 def fix_checksums(

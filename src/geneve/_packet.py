@@ -50,12 +50,9 @@ from ._headers import (
     IPv4,
     IPv6,
 )
-from ._layout import GENEVE_BYTE0, GWLB_OPTION_WORDS
 from ._layout import GENEVE_OFFSET as GENEVE_AT
-from ._layout import INNER_IPV4_L4_OFFSET as L4
-from ._layout import INNER_IPV4_PAYLOAD_OFFSET as PAYLOAD
+from ._layout import GWLB_OPTION_WORDS
 from ._layout import INNER_OFFSET as INNER
-from ._layout import OUTER_UDP_OFFSET as UDP_AT
 from .checksum import internet_checksum, ones_complement_sum
 
 __all__ = ["MAX_FRAME_LENGTH", "MAX_INNER_LENGTH", "Packet", "ReceiveBuffer", "build_frame"]
@@ -219,21 +216,24 @@ class Packet:
         # with exactly GWLB's three options (none critical). The test proves 68 <= total <=
         # length, so every field it uses is inside the frame. Anything else, valid or not, goes
         # through _parse_outer, which checks one field at a time and says what is wrong. The
-        # offsets and words are geneve._layout's (module constants: one description for Python
-        # and C). A frame shorter than _USUAL cannot hold the usual inner packet either.
-        if PAYLOAD <= length <= len(buf):
+        # numbers are geneve._layout's (the one description, which C's _layout.h is made
+        # from), written as literals because this runs for every packet: a module constant
+        # costs a lookup each, 6% of the codec's cycle for these. tests/test_layout.py holds
+        # the literals here, in replace_in_payload and in reply to _layout. A frame shorter
+        # than _USUAL (96 bytes) cannot hold the usual inner packet either.
+        if 96 <= length <= len(buf):
             (vihl, total, frag, proto, dport, ulen, b0, ptype, o1, o2, o3,
              ivihl, itotal, ifrag, iproto, iulen) = _usual(buf)  # fmt: skip
             if (
                 vihl == 0x45
                 and proto == 17  # IPPROTO_UDP
                 and dport == port
-                and b0 == GENEVE_BYTE0  # version 0, 8 words of options
-                and o1 == _OPT1
-                and o2 == _OPT2
-                and o3 == _OPT3
-                and INNER <= total <= length
-                and ulen == total - UDP_AT
+                and b0 == 8  # version 0, 8 words of options
+                and o1 == 0x01080102
+                and o2 == 0x01080202
+                and o3 == 0x01080301
+                and 68 <= total <= length
+                and ulen == total - 20
                 and not frag & 0x3FFF
             ):
                 self.buf = buf
@@ -242,30 +242,30 @@ class Packet:
                 self.max_inner_length = 0xFFFF
                 # The usual inner packet, UDP in IPv4 without options, is parsed here too,
                 # setting what _parse_inner would; anything else goes through _parse_inner.
-                # itotal >= 28 and INNER + itotal <= total put these fields in the frame.
+                # itotal >= 28 and 68 + itotal <= total put these fields in the frame.
                 if (
                     ptype == 0x0800  # ETH_P_IPV4
                     and ivihl == 0x45
                     and iproto == 17
                     and not ifrag & 0x3FFF
-                    and 28 <= itotal <= total - INNER
+                    and 28 <= itotal <= total - 68
                     and iulen == itotal - 20
                 ):
-                    self.ip_end = INNER + itotal
+                    self.ip_end = 68 + itotal
                     # A packet re-filled from a ReceiveBuffer keeps these from the last usual
                     # frame: only this block sets _usual_layout, every other path clears it.
                     if not usual_layout:
-                        self.udp_offset = UDP_AT
-                        self.inner_offset = INNER
+                        self.udp_offset = 20
+                        self.inner_offset = 68
                         self.ip_version = 4
-                        self.ip_offset = INNER
+                        self.ip_offset = 68
                         self.l4_protocol = 17
-                        self.l4_offset = L4
-                        self.payload_offset = PAYLOAD
+                        self.l4_offset = 88
+                        self.payload_offset = 96
                         self._usual_layout = True
                     return self
-                self.udp_offset = UDP_AT
-                self.inner_offset = INNER
+                self.udp_offset = 20
+                self.inner_offset = 68
                 self._usual_layout = False
                 self._parse_inner_or_keep_error()
                 return self
@@ -683,24 +683,25 @@ class Packet:
         """
         buf = self.buf
         if self._usual_layout:
-            # The usual frame, at the layout's offsets: inner IPv4 at INNER, its UDP at L4, the
-            # payload at PAYLOAD. The same steps as below, for the rewrite appliances do most.
+            # The usual frame, at the layout's offsets (literals, as in parse): inner IPv4 at
+            # 68, its UDP at 88, the payload at 96. The same steps as below, for the rewrite
+            # appliances do most.
             end = self.ip_end
-            if not old or buf.find(old, PAYLOAD, end) < 0:
+            if not old or buf.find(old, 96, end) < 0:
                 return 0
-            data = buf[PAYLOAD:end].replace(old, new, count)
-            new_end = PAYLOAD + len(data)
-            if new_end == end or new_end > 0xFFFF or new_end - INNER > self.max_inner_length:
-                return self._replace_other(PAYLOAD, end, data, old, count)
+            data = buf[96:end].replace(old, new, count)
+            new_end = 96 + len(data)
+            if new_end == end or new_end > 0xFFFF or new_end - 68 > self.max_inner_length:
+                return self._replace_other(96, end, data, old, count)
             try:
-                buf[PAYLOAD:new_end] = data
+                buf[96:new_end] = data
             except BufferError:
                 self._write_payload(data)
             else:
-                _u16(buf, INNER + 2, new_end - INNER)  # inner IPv4 total length
-                _u16(buf, L4 + 4, new_end - L4)  # inner UDP length
+                _u16(buf, 68 + 2, new_end - 68)  # inner IPv4 total length
+                _u16(buf, 88 + 4, new_end - 88)  # inner UDP length
                 _u16(buf, 2, new_end)  # outer IPv4 total length
-                _u16(buf, UDP_AT + 4, new_end - UDP_AT)  # outer UDP length
+                _u16(buf, 20 + 4, new_end - 20)  # outer UDP length
                 self.length = self.ip_end = new_end
                 self.modified = True
             return (new_end - end) // (len(new) - len(old))
@@ -786,7 +787,7 @@ class Packet:
         if self.modified:
             if self._usual_layout:  # fix_checksums() for the usual frame, at its offsets
                 target = buf._target if held else fix_target(buf)  # type: ignore[attr-defined]
-                rc = fix_routine(target, len(buf), self.length, INNER, L4, 17, 0)
+                rc = fix_routine(target, len(buf), self.length, 68, 88, 17, 0)
                 if rc < 0:
                     raise_fix_error(rc)
                 self.modified = False

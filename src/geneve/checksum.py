@@ -35,8 +35,11 @@ lib: Any = None
 # The fused frame fix-up (geneve_fix in _checksum.c, or _pychecksum.fix) and what it takes for
 # a buffer (cffi's view of it, or the buffer itself): the codec calls them directly, one call
 # per packet, and keeps a ReceiveBuffer's target made once. Same arguments, same results.
+# _fix_target is for a bytearray (always writable; with C, cffi's own function, no Python
+# call in between); _fix_target_checked for any buffer, refusing one it must not write.
 _fix: Callable[[Any, int, int, int, int, int, int], int]
-_fix_target: Callable[[bytearray | memoryview], Any]
+_fix_target: Callable[[bytearray], Any]
+_fix_target_checked: Callable[[bytearray | memoryview], Any]
 
 if os.environ.get("GENEVE_PURE_PYTHON", "") not in ("", "0"):
     IMPLEMENTATION = "python"
@@ -62,7 +65,9 @@ if IMPLEMENTATION == "c":
     _sum = _c.lib.geneve_sum
     _fix = _c.lib.geneve_fix
 
-    def _fix_target(buf: bytearray | memoryview) -> FFI.CData:
+    _fix_target = _from_buffer
+
+    def _fix_target_checked(buf: bytearray | memoryview) -> FFI.CData:
         # require_writable (positional: the keyword form is twice as slow) refuses a read-only
         # memoryview rather than writing into an immutable object.
         return _from_buffer(_U8_ARRAY, buf, True)
@@ -115,7 +120,10 @@ else:
 
     _fix = _pychecksum.fix
 
-    def _fix_target(buf: bytearray | memoryview) -> bytearray | memoryview:
+    def _fix_target(buf: bytearray) -> bytearray:
+        return buf
+
+    def _fix_target_checked(buf: bytearray | memoryview) -> bytearray | memoryview:
         _check_buffer(buf, True)
         return buf
 
