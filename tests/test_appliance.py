@@ -881,3 +881,58 @@ def test_reference_rules_with_the_fast_path(ns: Pair) -> None:
         client.close()
         rc, err = stop(proc)
     assert rc == 0, err
+
+
+LIFECYCLE_RULES = """
+import os
+
+class Recorder:
+    def _write(self, what):
+        with open({log!r}, "a") as f:
+            f.write(f"{{os.getpid()}} {{what}}\\n")
+
+    def __call__(self, packet):
+        return None
+
+    def on_start(self):
+        self._write("start")
+
+    def on_tick(self, now):
+        self._write("tick")
+
+    def on_stop(self):
+        self._write("stop")
+
+modifier = Recorder()
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_worker_runs_on_start_on_tick_and_on_stop_at_sigterm(
+    ns: Pair, workers: int, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Forked workers never run atexit: the stop hook is how a modifier keeps what it holds.
+    log = tmp_path / "hooks.txt"
+    (tmp_path / "lifecycle_rules.py").write_text(LIFECYCLE_RULES.format(log=str(log)))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    proc = daemon(ns, "--workers", str(workers), "--rules", "lifecycle_rules")
+    try:
+        wait_healthy(ns)
+        time.sleep(1.6)  # long enough for a tick in every worker
+    finally:
+        rc, err = stop(proc)
+    assert rc == 0, err
+    lines = [line.split() for line in log.read_text().splitlines()]
+    by_pid: dict[str, list[str]] = {}
+    for pid, what in lines:
+        by_pid.setdefault(pid, []).append(what)
+    assert len(by_pid) == workers, by_pid
+    for events in by_pid.values():
+        assert events[0] == "start" and events[-1] == "stop" and "tick" in events, events
+        assert events.count("start") == events.count("stop") == 1
+
+
+@pytest.mark.parametrize("timeout", [0.0, -1.0, float("inf"), float("nan")])
+def test_a_stop_timeout_must_be_a_positive_number(timeout: float) -> None:
+    with pytest.raises(ApplianceError, match="stop_timeout"):
+        Appliance(lambda packet: None, stop_timeout=timeout)

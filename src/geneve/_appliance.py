@@ -64,6 +64,11 @@ log = logging.getLogger("geneve.appliance")
 STALE_AFTER = 3.0
 
 
+#: Seconds the workers get to stop (finish the batch, end their flows, run on_stop) before a
+#: worker process is killed. Stopping normally takes a fraction of a second.
+STOP_TIMEOUT = 10.0
+
+
 class ApplianceError(Exception):
     """A start-up problem (port taken, no permission, bad option): one line, no traceback."""
 
@@ -110,6 +115,7 @@ class Appliance:
         user: str | None = None,
         batch: int = BATCH,
         fast_path: bool = True,
+        stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         if not callable(modifier):
             raise ApplianceError("the modifier must be callable")
@@ -128,10 +134,13 @@ class Appliance:
                 raise ApplianceError(f"{name} must be 'drop' or 'forward', not {policy!r}")
         if not 0 < port < 65536:
             raise ApplianceError(f"port {port} is out of range")
+        if not 0 < stop_timeout < float("inf"):
+            raise ApplianceError("stop_timeout must be a positive number of seconds")
         # The 68 bytes of encapsulation around the inner packet must still fit in IPv4.
         if not 0 < max_inner_length <= 0xFFFF - GWLB_ENCAP_LENGTH:
             raise ApplianceError(f"max_inner_length must be 1 to {0xFFFF - GWLB_ENCAP_LENGTH}")
         self.modifier = modifier
+        self.stop_timeout = stop_timeout
         self.port = port
         self.bind = bind
         self.health_host = health_host
@@ -292,11 +301,17 @@ class Appliance:
                 with self._lock:
                     self._snapshots[snap["index"]] = snap
 
-    def stop(self, timeout: float = 1.5) -> None:
-        """Stop the workers (each finishes the packet in hand) and the health endpoint."""
-        self._stop(timeout)
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the workers and the health endpoint.
 
-    def _stop(self, timeout: float = 1.5, summary: bool = True) -> None:
+        Each worker finishes the batch in hand, ends its live flows (reason "shutdown") and
+        runs the modifier's ``on_stop()``; all of them within ``timeout`` seconds (default
+        :attr:`stop_timeout`). A worker process still running past it is killed, and what its
+        ``on_stop()`` had not done is lost; a worker thread is left to finish on its own.
+        """
+        self._stop(self.stop_timeout if timeout is None else timeout)
+
+    def _stop(self, timeout: float = STOP_TIMEOUT, summary: bool = True) -> None:
         if not self._running:
             return
         self._running = False

@@ -38,6 +38,8 @@ log = logging.getLogger("geneve.appliance")
 
 #: How often a worker publishes counters and heartbeats.
 HEARTBEAT = 0.5
+#: How often a worker ticks its pipeline (idle flows end, the modifier's on_tick runs).
+TICK = 1.0
 #: Frames per recvmmsg/sendmmsg call when the C batch module is built.
 BATCH = 64
 #: Modifier errors logged at most this often per worker (the rest are counted).
@@ -100,7 +102,12 @@ class Worker:
             # The receiver knows whether a kernel UDP socket checked the outer UDP checksum
             # (raw receive: none did, so a bad one stops in the pipeline).
             self.pipeline.verify_outer_udp = receiver.verify_outer_udp
-            self._loop(receiver, sender, fast)
+            self.pipeline.start()  # the modifier's on_start(), in the thread or process it runs in
+            try:
+                self._loop(receiver, sender, fast)
+            finally:
+                # However the loop ended: every live flow ends ("shutdown"), then on_stop().
+                self.pipeline.stop(time.monotonic())
         except Exception as err:
             self.failed = f"{type(err).__name__}: {err}"
             log.error("worker %d stopped: %s", self.index, self.failed)
@@ -119,6 +126,7 @@ class Worker:
         send_slots = sender.send_slots if isinstance(sender, BatchSender) else None
         admitted: dict[Any, bytes] = {}
         next_beat = self._beat(admitted, receiver, fast)
+        next_tick = time.monotonic() + TICK
         last_logged, logged = 0.0, 0
         stop = self.stop
         monotonic = time.monotonic
@@ -165,8 +173,14 @@ class Worker:
                         self._send_failed(sender.error, failed)
                 if stats.modifier_errors != logged:
                     last_logged, logged = self._log_error(last_logged, logged)
-            if time.monotonic() >= next_beat:
+            clock = monotonic()
+            if clock >= next_beat:
                 next_beat = self._beat(admitted, receiver, fast)
+                if clock >= next_tick:  # idle flows end, then the modifier's on_tick(now)
+                    pipeline.tick(clock)
+                    next_tick = clock + TICK
+                    if stats.modifier_errors != logged:
+                        last_logged, logged = self._log_error(last_logged, logged)
 
     def _admit(self, cache: dict[Any, bytes], key: object, src: bytes) -> bytes:
         """Decide (on a cache miss) whether Geneve from ``src`` may be processed.
