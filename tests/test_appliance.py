@@ -46,6 +46,15 @@ def daemon(p: Pair, *args: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def rules_daemon(
+    p: Pair, where: pathlib.Path, monkeypatch: pytest.MonkeyPatch, source: str, workers: int
+) -> subprocess.Popen[str]:
+    """The daemon with ``--workers`` and a ``--rules`` module written from ``source``."""
+    (where / "rules_under_test.py").write_text(source)
+    monkeypatch.setenv("PYTHONPATH", str(where))
+    return daemon(p, "--workers", str(workers), "--rules", "rules_under_test")
+
+
 def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -233,9 +242,7 @@ def test_both_directions_of_a_flow_reach_one_worker(
     from scapy.layers.inet6 import IPv6
 
     log = tmp_path / "seen.txt"
-    (tmp_path / "steering_rules.py").write_text(STEERING_RULES.format(log=str(log)))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    proc = daemon(ns, "--workers", str(workers), "--rules", "steering_rules")
+    proc = rules_daemon(ns, tmp_path, monkeypatch, STEERING_RULES.format(log=str(log)), workers)
     client = GwlbClient(ns)
     sent = 0
     try:
@@ -913,9 +920,7 @@ def test_every_worker_runs_on_start_on_tick_and_on_stop_at_sigterm(
 ) -> None:
     # Forked workers never run atexit: the stop hook is how a modifier keeps what it holds.
     log = tmp_path / "hooks.txt"
-    (tmp_path / "lifecycle_rules.py").write_text(LIFECYCLE_RULES.format(log=str(log)))
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    proc = daemon(ns, "--workers", str(workers), "--rules", "lifecycle_rules")
+    proc = rules_daemon(ns, tmp_path, monkeypatch, LIFECYCLE_RULES.format(log=str(log)), workers)
     try:
         wait_healthy(ns)
         time.sleep(1.6)  # long enough for a tick in every worker
