@@ -1163,7 +1163,8 @@ def test_run_fails_when_the_data_plane_died(
     monkeypatch.setattr(cli, "format_summary", lambda s: "summary")
     args = argparse.Namespace(
         json=False, appliance_command=None, no_appliance=True, rules=None, duration=1.0,
-        outer_udp_checksum=False, no_ipv6=False, seed=None,
+        outer_udp_checksum=False, no_ipv6=False, seed=None, tcp_idle_timeout=350.0,
+        other_idle_timeout=120.0, per_direction_ports=False,
     )  # fmt: skip
     assert cli._run(args) == 1
     assert "the data plane died" in capsys.readouterr().err
