@@ -1043,6 +1043,128 @@ def test_reject_refuses_tcp_and_udp_through_the_real_appliance(
     assert "\ngeneve_rejects_total 4\n" in metrics, metrics
 
 
+ECHO_SERVERS = r"""
+import socket, threading
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind(("0.0.0.0", 7000))
+tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp.bind(("0.0.0.0", 7001))
+tcp.listen()
+def echo(conn):
+    while data := conn.recv(2048):
+        conn.sendall(data)
+def accept():
+    while True:
+        threading.Thread(target=echo, args=(tcp.accept()[0],), daemon=True).start()
+threading.Thread(target=accept, daemon=True).start()
+while True:
+    data, peer = udp.recvfrom(2048)
+    udp.sendto(data, peer)
+"""
+
+# A UDP exchange, idle, another; a TCP connection that idles, then sends; a new connection.
+IDLE_CLIENT = r"""
+import socket, sys, time
+server, idle, tcp_too = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "tcp"
+out = []
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.settimeout(2)
+udp.bind(("0.0.0.0", 41000))
+udp.connect((server, 7000))
+for word in (b"before", b"after"):
+    udp.send(word)
+    out.append(f"udp {udp.recv(2048).decode()}")
+    time.sleep(idle)
+if tcp_too:
+    tcp = socket.create_connection((server, 7001), timeout=2)
+    tcp.sendall(b"hello")
+    out.append(f"tcp {tcp.recv(2048).decode()}")
+    time.sleep(idle)
+    tcp.sendall(b"late")
+    try:
+        out.append(f"tcp late {tcp.recv(2048).decode()}")
+    except TimeoutError:
+        out.append("tcp late timed out")
+    tcp.close()
+    again = socket.create_connection((server, 7001), timeout=2)
+    again.sendall(b"again")
+    out.append(f"tcp {again.recv(2048).decode()}")
+    again.close()
+print("\n".join(out))
+"""
+
+
+@needs_netns
+@needs_tools
+@pytest.mark.netns
+def test_flow_timeouts_and_per_direction_ports_through_the_real_appliance(
+    no_leftovers: None,
+) -> None:
+    """GWLB's flow behaviour with short timeouts, through the daemon: a UDP flow idle past its
+    timeout comes back with a new cookie and passes; a TCP connection idle past its timeout is
+    dropped by the emulator while a new one works; with a port per direction, ping and UDP pass.
+    """
+    idle = 2.0
+    config = EmulatorConfig(tcp_idle_timeout=idle, other_idle_timeout=idle)
+    with Emulator(config) as emu:
+        a = emu.addressing
+        emu.start_appliance()
+        emu.wait_healthy()
+        servers = emu.spawn("server", [sys.executable, "-c", ECHO_SERVERS])
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not _tcp_listening(emu, 7001):
+                time.sleep(0.05)
+            done = emu.run(
+                "client", [sys.executable, "-c", IDLE_CLIENT, a.server, str(idle + 1), "tcp"],
+                timeout=30,
+            )  # fmt: skip
+        finally:
+            servers.kill()
+            servers.wait(5)
+        time.sleep(0.2)
+        s = emu.summary()
+    assert done.stdout.split("\n")[:5] == [
+        "udp before", "udp after", "tcp hello", "tcp late timed out", "tcp again",
+    ], done.stdout + done.stderr  # fmt: skip
+    assert s["failed"] == 0 and s["errors"] == {}, s
+    udp = [f for f in s["flows"] if f["dst_port"] == 7000]
+    assert [(f["sent"], f["returned"]) for f in udp] == [(2, 2), (2, 2)], udp
+    assert udp[0]["flow_cookie"] != udp[1]["flow_cookie"] and udp[0]["superseded"]
+    tcp = [f for f in s["flows"] if f["dst_port"] == 7001]
+    assert len(tcp) == 2 and tcp[0]["src_port"] != tcp[1]["src_port"], tcp
+    # "late", its retransmissions and the FIN: never sent to the appliance.
+    assert tcp[0]["expired_dropped"] >= 2 and s["expired_dropped"] == tcp[0]["expired_dropped"]
+    assert tcp[0]["returned"] == tcp[0]["sent"] and tcp[1]["returned"] == tcp[1]["sent"] >= 5
+
+    with Emulator(EmulatorConfig(per_direction_ports=True)) as emu:
+        a = emu.addressing
+        emu.start_appliance()
+        emu.wait_healthy()
+        servers = emu.spawn("server", [sys.executable, "-c", ECHO_SERVERS])
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not emu.udp_port_bound("server", 7000):
+                time.sleep(0.05)
+            ping = emu.run("client", ["ping", "-n", "-c", "3", "-i", "0.2", a.server], timeout=15)
+            done = emu.run(
+                "client", [sys.executable, "-c", IDLE_CLIENT, a.server, "0", "udp"], timeout=30
+            )
+        finally:
+            servers.kill()
+            servers.wait(5)
+        time.sleep(0.2)
+        s = emu.summary()
+    assert ping.returncode == 0 and "3 received" in ping.stdout, ping.stdout
+    assert done.stdout.split("\n")[:2] == ["udp before", "udp after"], done.stdout + done.stderr
+    assert s["failed"] == 0 and s["errors"] == {}, s
+    flows = {f["protocol"]: f for f in s["flows"]}
+    for f in (flows["icmp"], flows["udp"]):
+        assert f["source_port"] != f["reply_source_port"], f
+        assert f["returned"] == f["sent"] == (6 if f["protocol"] == "icmp" else 4), f
+
+
 def _tcp_listening(emu: Emulator, port: int) -> bool:
     with netns(emu.names.server), open("/proc/thread-self/net/tcp") as f:
         return any(f":{port:04X} " in line and " 0A " in line for line in f)
