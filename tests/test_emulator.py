@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -651,6 +652,173 @@ def test_a_refusal_must_answer_a_packet_of_the_flow(
     assert s["injected"] == 0 and s["failures"] == {"inner-flow-changed": 1}
 
 
+# -- GWLB's flow behaviour: idle timeouts, a cookie per flow instance, ports per direction ----
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def flow_plane() -> Iterator[Callable[..., tuple[DataPlane, FakeSender, int, Clock]]]:
+    """Like ``plane``, with an EmulatorConfig of the test's and a clock it moves."""
+    made: list[tuple[DataPlane, list[socket.socket], int]] = []
+
+    def make(**config: Any) -> tuple[DataPlane, FakeSender, int, Clock]:
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        a, b = socket.socketpair()
+        c, d = socket.socketpair()
+        sender, clock = FakeSender(), Clock()
+        cfg = EmulatorConfig(seed=1, **config)
+        dp = DataPlane(cfg, w, a, sender, c, clock=clock)  # type: ignore[arg-type]
+        made.append((dp, [b, d], r))
+        return dp, sender, r, clock
+
+    yield make
+    for dp, peers, r in made:
+        dp.stop()
+        for s in peers:
+            s.close()
+        os.close(r)
+
+
+def _meta(frame: bytes) -> tuple[int, int]:
+    """(flow cookie, outer UDP source port) of a frame the emulator sent."""
+    m = geneve.Packet.parse(bytearray(frame))
+    assert m.flow_cookie is not None
+    return m.flow_cookie, m.outer_udp.src_port
+
+
+def tcp(flags: str, *, reply: bool = False, seq: int = 1, payload: bytes = b"") -> bytes:
+    src, dst, sport, dport = ("10.200.1.2", "10.200.2.2", 40100, 5000)
+    if reply:
+        src, dst, sport, dport = dst, src, dport, sport
+    segment = TCP(sport=sport, dport=dport, flags=flags, seq=seq) / payload
+    return bytes(IP(src=src, dst=dst) / segment)
+
+
+def test_a_udp_flow_past_its_idle_timeout_is_a_new_flow_with_a_new_cookie(
+    flow_plane: Callable[..., tuple[DataPlane, FakeSender, int, Clock]],
+) -> None:
+    dp, sender, tun, clock = flow_plane(other_idle_timeout=2.0)
+    dp._from_tun(udp_inner(b"one"))
+    clock.now += 1.5
+    dp._from_tun(udp_inner(b"two"))  # within the timeout: the same flow
+    clock.now += 1.5
+    dp._from_tun(udp_inner(b"three"))  # 1.5 s idle, then 1.5 s: still the same flow
+    clock.now += 2.5
+    dp._from_tun(udp_inner(b"four"))  # idle past 2 s: a new flow instance
+    cookies = [_meta(f)[0] for f in sender.frames]
+    assert cookies[0] == cookies[1] == cookies[2] != cookies[3]
+    # A late reply with the old cookie is stale (GWLB would drop it): a failure, not delivered.
+    dp._from_appliance(bytes(swapped(sender.frames[2])))
+    assert _delivered(tun) == b""
+    dp._from_appliance(bytes(swapped(sender.frames[3])))
+    assert _delivered(tun) == sender.frames[3][68:]
+    s = dp.summary()
+    assert s["failures"] == {"stale-cookie": 1} and s["verified"] == 1
+    old, new = s["flows"]
+    assert (old["sent"], old["superseded"], new["sent"], new["returned"]) == (3, True, 1, 1)
+    assert old["flow"] == new["flow"] and old["flow_cookie"] != new["flow_cookie"]
+    assert "a newer flow took its 5-tuple" in format_summary(s)
+
+
+def test_an_expired_tcp_flow_drops_all_but_a_syn(
+    flow_plane: Callable[..., tuple[DataPlane, FakeSender, int, Clock]],
+) -> None:
+    dp, sender, _tun, clock = flow_plane(tcp_idle_timeout=2.0, other_idle_timeout=100.0)
+    dp._from_tun(tcp("S"))
+    dp._from_tun(tcp("SA", reply=True))
+    dp._from_tun(tcp("A", seq=2))
+    clock.now += 3
+    dp._from_tun(tcp("PA", seq=2, payload=b"late"))  # idle past the timeout: dropped
+    dp._from_tun(tcp("A", reply=True, seq=2))  # either direction
+    assert len(sender.frames) == 3
+    dp._from_tun(tcp("SA", reply=True, seq=9))  # a SYN|ACK is not a SYN: dropped too
+    dp._from_tun(tcp("S", seq=100))  # a new connection on the same 5-tuple: a new flow
+    dp._from_tun(tcp("SA", reply=True, seq=200))
+    assert len(sender.frames) == 5
+    cookies = [_meta(f)[0] for f in sender.frames]
+    assert cookies[0] == cookies[1] == cookies[2] != cookies[3] == cookies[4]
+    s = dp.summary()
+    assert s["expired_dropped"] == 3 and s["sent"] == 5
+    assert [f["expired_dropped"] for f in s["flows"]] == [3, 0]
+    assert "expired: 3 non-SYN packets" in format_summary(s)
+    # UDP on the same plane has its own (longer) timeout: still one flow after 3 s.
+    dp._from_tun(udp_inner(b"a"))
+    clock.now += 3
+    dp._from_tun(udp_inner(b"b"))
+    assert _meta(sender.frames[-1])[0] == _meta(sender.frames[-2])[0]
+
+
+def test_a_syn_after_fin_both_ways_or_rst_is_a_new_flow(
+    flow_plane: Callable[..., tuple[DataPlane, FakeSender, int, Clock]],
+) -> None:
+    dp, sender, _tun, _clock = flow_plane()
+    dp._from_tun(tcp("S"))
+    dp._from_tun(tcp("FA", seq=2))
+    dp._from_tun(tcp("S"))  # one FIN only: a retransmitted SYN stays in the flow
+    dp._from_tun(tcp("FA", reply=True, seq=7))
+    dp._from_tun(tcp("A", seq=3))  # the last ACK: still the ended flow's
+    dp._from_tun(tcp("S", seq=50))  # the 5-tuple reused: a new flow
+    dp._from_tun(tcp("R", reply=True, seq=0))
+    dp._from_tun(tcp("S", seq=90))  # after a RST: another one
+    cookies = [_meta(f)[0] for f in sender.frames]
+    assert len(set(cookies[:5])) == 1
+    assert cookies[5] == cookies[6] != cookies[0] and cookies[7] not in cookies[:7]
+    assert len(dp.summary()["flows"]) == 3
+
+
+def test_per_direction_ports(
+    flow_plane: Callable[..., tuple[DataPlane, FakeSender, int, Clock]],
+) -> None:
+    dp, sender, tun, _clock = flow_plane(per_direction_ports=True)
+    dp._from_tun(bytes(IP(src="10.200.1.2", dst="10.200.2.2") / ICMP(type=8, id=5, seq=1)))
+    dp._from_tun(bytes(IP(src="10.200.2.2", dst="10.200.1.2") / ICMP(type=0, id=5, seq=1)))
+    dp._from_tun(tcp("S"))
+    (c1, p1), (c2, p2), (c3, _p3) = (_meta(f) for f in sender.frames)
+    assert c1 == c2 and p1 != p2 and c3 != c1
+    # Each reply keeps its own direction's port.
+    for frame in sender.frames[:2]:
+        dp._from_appliance(bytes(swapped(frame)))
+        assert _delivered(tun) == frame[68:]
+    # A reply on the other direction's port fails.
+    dp._from_tun(bytes(IP(src="10.200.1.2", dst="10.200.2.2") / ICMP(type=8, id=5, seq=2)))
+    wrong = swapped(sender.frames[3])
+    wrong[20:22] = struct.pack("!H", p2)
+    dp._from_appliance(bytes(wrong))
+    assert _delivered(tun) == b""
+    # A refusal goes back on the refused packet's port, against the flow: injected.
+    dp._from_appliance(refusal_of(sender.frames[2]))
+    assert _delivered(tun) != b""
+    s = dp.summary()
+    assert s["failures"] == {"outer-udp-ports": 1}, s["failures"]
+    assert (s["verified"], s["injected"]) == (2, 1)
+    icmp = s["flows"][0]
+    assert (icmp["source_port"], icmp["reply_source_port"]) == (p1, p2)
+    assert f"udp src {p1} (reply direction {p2})" in format_summary(s)
+
+
+def test_flow_flags_reach_the_config() -> None:
+    import argparse
+
+    from geneve import emulator as cli
+
+    args = argparse.Namespace(
+        outer_udp_checksum=False, no_ipv6=False, seed=None, tcp_idle_timeout=2.0,
+        other_idle_timeout=1.5, per_direction_ports=True,
+    )  # fmt: skip
+    c = cli._config(args)
+    assert (c.tcp_idle_timeout, c.other_idle_timeout, c.per_direction_ports) == (2.0, 1.5, True)
+    d = EmulatorConfig()
+    assert (d.tcp_idle_timeout, d.other_idle_timeout, d.per_direction_ports) == (350, 120, False)
+
+
 # -- in network namespaces ------------------------------------------------------------------
 
 
@@ -875,6 +1043,128 @@ def test_reject_refuses_tcp_and_udp_through_the_real_appliance(
     assert "\ngeneve_rejects_total 4\n" in metrics, metrics
 
 
+ECHO_SERVERS = r"""
+import socket, threading
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind(("0.0.0.0", 7000))
+tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+tcp.bind(("0.0.0.0", 7001))
+tcp.listen()
+def echo(conn):
+    while data := conn.recv(2048):
+        conn.sendall(data)
+def accept():
+    while True:
+        threading.Thread(target=echo, args=(tcp.accept()[0],), daemon=True).start()
+threading.Thread(target=accept, daemon=True).start()
+while True:
+    data, peer = udp.recvfrom(2048)
+    udp.sendto(data, peer)
+"""
+
+# A UDP exchange, idle, another; a TCP connection that idles, then sends; a new connection.
+IDLE_CLIENT = r"""
+import socket, sys, time
+server, idle, tcp_too = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "tcp"
+out = []
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.settimeout(2)
+udp.bind(("0.0.0.0", 41000))
+udp.connect((server, 7000))
+for word in (b"before", b"after"):
+    udp.send(word)
+    out.append(f"udp {udp.recv(2048).decode()}")
+    time.sleep(idle)
+if tcp_too:
+    tcp = socket.create_connection((server, 7001), timeout=2)
+    tcp.sendall(b"hello")
+    out.append(f"tcp {tcp.recv(2048).decode()}")
+    time.sleep(idle)
+    tcp.sendall(b"late")
+    try:
+        out.append(f"tcp late {tcp.recv(2048).decode()}")
+    except TimeoutError:
+        out.append("tcp late timed out")
+    tcp.close()
+    again = socket.create_connection((server, 7001), timeout=2)
+    again.sendall(b"again")
+    out.append(f"tcp {again.recv(2048).decode()}")
+    again.close()
+print("\n".join(out))
+"""
+
+
+@needs_netns
+@needs_tools
+@pytest.mark.netns
+def test_flow_timeouts_and_per_direction_ports_through_the_real_appliance(
+    no_leftovers: None,
+) -> None:
+    """GWLB's flow behaviour with short timeouts, through the daemon: a UDP flow idle past its
+    timeout comes back with a new cookie and passes; a TCP connection idle past its timeout is
+    dropped by the emulator while a new one works; with a port per direction, ping and UDP pass.
+    """
+    idle = 2.0
+    config = EmulatorConfig(tcp_idle_timeout=idle, other_idle_timeout=idle)
+    with Emulator(config) as emu:
+        a = emu.addressing
+        emu.start_appliance()
+        emu.wait_healthy()
+        servers = emu.spawn("server", [sys.executable, "-c", ECHO_SERVERS])
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not _tcp_listening(emu, 7001):
+                time.sleep(0.05)
+            done = emu.run(
+                "client", [sys.executable, "-c", IDLE_CLIENT, a.server, str(idle + 1), "tcp"],
+                timeout=30,
+            )  # fmt: skip
+        finally:
+            servers.kill()
+            servers.wait(5)
+        time.sleep(0.2)
+        s = emu.summary()
+    assert done.stdout.split("\n")[:5] == [
+        "udp before", "udp after", "tcp hello", "tcp late timed out", "tcp again",
+    ], done.stdout + done.stderr  # fmt: skip
+    assert s["failed"] == 0 and s["errors"] == {}, s
+    udp = [f for f in s["flows"] if f["dst_port"] == 7000]
+    assert [(f["sent"], f["returned"]) for f in udp] == [(2, 2), (2, 2)], udp
+    assert udp[0]["flow_cookie"] != udp[1]["flow_cookie"] and udp[0]["superseded"]
+    tcp = [f for f in s["flows"] if f["dst_port"] == 7001]
+    assert len(tcp) == 2 and tcp[0]["src_port"] != tcp[1]["src_port"], tcp
+    # "late", its retransmissions and the FIN: never sent to the appliance.
+    assert tcp[0]["expired_dropped"] >= 2 and s["expired_dropped"] == tcp[0]["expired_dropped"]
+    assert tcp[0]["returned"] == tcp[0]["sent"] and tcp[1]["returned"] == tcp[1]["sent"] >= 5
+
+    with Emulator(EmulatorConfig(per_direction_ports=True)) as emu:
+        a = emu.addressing
+        emu.start_appliance()
+        emu.wait_healthy()
+        servers = emu.spawn("server", [sys.executable, "-c", ECHO_SERVERS])
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not emu.udp_port_bound("server", 7000):
+                time.sleep(0.05)
+            ping = emu.run("client", ["ping", "-n", "-c", "3", "-i", "0.2", a.server], timeout=15)
+            done = emu.run(
+                "client", [sys.executable, "-c", IDLE_CLIENT, a.server, "0", "udp"], timeout=30
+            )
+        finally:
+            servers.kill()
+            servers.wait(5)
+        time.sleep(0.2)
+        s = emu.summary()
+    assert ping.returncode == 0 and "3 received" in ping.stdout, ping.stdout
+    assert done.stdout.split("\n")[:2] == ["udp before", "udp after"], done.stdout + done.stderr
+    assert s["failed"] == 0 and s["errors"] == {}, s
+    flows = {f["protocol"]: f for f in s["flows"]}
+    for f in (flows["icmp"], flows["udp"]):
+        assert f["source_port"] != f["reply_source_port"], f
+        assert f["returned"] == f["sent"] == (6 if f["protocol"] == "icmp" else 4), f
+
+
 def _tcp_listening(emu: Emulator, port: int) -> bool:
     with netns(emu.names.server), open("/proc/thread-self/net/tcp") as f:
         return any(f":{port:04X} " in line and " 0A " in line for line in f)
@@ -1042,6 +1332,8 @@ def test_run_tears_down_on_signal(signum: int) -> None:
         ),
         (["demo", "--appliance-command", "false", "--rules", "m:f"], "not allowed with"),
         (["run", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["run", "--tcp-idle-timeout", "0"], "0 is not a positive number of seconds"),
+        (["demo", "--other-idle-timeout", "x"], "x is not a positive number of seconds"),
         (["run", "--duration", "1", "--appliance-command", '"unclosed'], "No closing quotation"),
         (["demo", "--appliance-command", " "], "--appliance-command ' ': empty"),
         ([], "the following arguments are required: command"),
@@ -1163,7 +1455,8 @@ def test_run_fails_when_the_data_plane_died(
     monkeypatch.setattr(cli, "format_summary", lambda s: "summary")
     args = argparse.Namespace(
         json=False, appliance_command=None, no_appliance=True, rules=None, duration=1.0,
-        outer_udp_checksum=False, no_ipv6=False, seed=None,
+        outer_udp_checksum=False, no_ipv6=False, seed=None, tcp_idle_timeout=350.0,
+        other_idle_timeout=120.0, per_direction_ports=False,
     )  # fmt: skip
     assert cli._run(args) == 1
     assert "the data plane died" in capsys.readouterr().err

@@ -71,7 +71,12 @@ def _terminate_on_signals() -> None:
 
 def _config(args: argparse.Namespace) -> EmulatorConfig:
     return EmulatorConfig(
-        outer_udp_checksum=args.outer_udp_checksum, ipv6=not args.no_ipv6, seed=args.seed
+        outer_udp_checksum=args.outer_udp_checksum,
+        ipv6=not args.no_ipv6,
+        seed=args.seed,
+        tcp_idle_timeout=args.tcp_idle_timeout,
+        other_idle_timeout=args.other_idle_timeout,
+        per_direction_ports=args.per_direction_ports,
     )
 
 
@@ -164,6 +169,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         p.add_argument("--no-ipv6", action="store_true", help="IPv4 only")
         p.add_argument("--seed", type=int, help="seed for flow cookies and source ports")
+        p.add_argument(
+            "--tcp-idle-timeout",
+            type=_seconds,
+            default=350.0,
+            metavar="SECONDS",
+            help="a TCP flow expires after this idle time (GWLB's default: 350)",
+        )
+        p.add_argument(
+            "--other-idle-timeout",
+            type=_seconds,
+            default=120.0,
+            metavar="SECONDS",
+            help="a flow of another protocol expires after this idle time (GWLB: 120)",
+        )
+        p.add_argument(
+            "--per-direction-ports",
+            action="store_true",
+            help="send each direction of a flow from its own outer UDP source port",
+        )
         if name == "run":
             appliance.add_argument(
                 "--no-appliance",

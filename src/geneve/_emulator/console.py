@@ -45,6 +45,11 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  injected: {s['injected']} refusals from the appliance (a TCP RST or an ICMP "
             "unreachable for a packet it rejected), checked and delivered"
         )
+    if s.get("expired_dropped"):
+        lines.append(
+            f"  expired: {s['expired_dropped']} non-SYN packets of TCP flows past their idle "
+            "timeout, dropped as GWLB drops them (not sent to the appliance)"
+        )
     if s["capture_dropped"]:
         lines.append(
             f"  lost by the emulator: {s['capture_dropped']} frames from the appliance "
@@ -59,10 +64,16 @@ def format_summary(summary: dict[str, Any]) -> str:
     if s["data_plane_error"]:
         lines.append(f"  data plane died: {s['data_plane_error']}")
     for f in s["flows"]:
+        ports = str(f["source_port"])
+        if f.get("reply_source_port", f["source_port"]) != f["source_port"]:
+            ports += f" (reply direction {f['reply_source_port']})"
         lines.append(
-            f"  {f['flow']}: cookie {f['flow_cookie']}, udp src {f['source_port']}; "
+            f"  {f['flow']}: cookie {f['flow_cookie']}, udp src {ports}; "
             f"sent {f['sent']}, returned {f['returned']}, modified {f['modified']}, "
-            f"failed {f['failed']}" + (f", injected {f['injected']}" if f["injected"] else "")
+            f"failed {f['failed']}"
+            + (f", injected {f['injected']}" if f["injected"] else "")
+            + (f", expired dropped {f['expired_dropped']}" if f.get("expired_dropped") else "")
+            + (" (ended: a newer flow took its 5-tuple)" if f.get("superseded") else "")
         )
     return "\n".join(lines)
 

@@ -16,6 +16,8 @@ import select
 import socket
 import struct
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from .checker import (
@@ -24,6 +26,7 @@ from .checker import (
     ETH_P_IPV6,
     GENEVE_PORT,
     GWLB_GENEVE_LENGTH,
+    IPPROTO_TCP,
     IPPROTO_UDP,
     Expected,
     FiveTuple,
@@ -66,8 +69,11 @@ class DataPlane:
         capture: socket.socket,
         sender: socket.socket,
         holder: socket.socket,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         a = config.addressing
+        self._clock = clock  # idle timeouts; tests pass their own
         self.config = config
         self._tun = tun
         self._capture = capture
@@ -83,12 +89,14 @@ class DataPlane:
         self._closed = False
         self._ip_id = self._random.getrandbits(16)
         self.error: BaseException | None = None
-        self.flows: dict[FlowKey, Flow] = {}
+        self.flows: dict[FlowKey, Flow] = {}  # the current instance of each 5-tuple
+        self.instances: list[Flow] = []  # every flow instance, oldest first (the summary)
         self._by_cookie: dict[int, Flow] = {}
         self._ports: set[int] = set()
         self.sent = self.received = self.returned = self.verified = 0
         self.modified = self.delivered = self.passed_through_invalid = 0
         self.injected = 0
+        self.expired_dropped = 0  # non-SYN packets of a TCP flow past its idle timeout
         self.failures: dict[str, int] = {}
         self.tun_ignored = 0
         self.tun_invalid: dict[str, int] = {}
@@ -222,18 +230,33 @@ class DataPlane:
             self._count(self.tun_invalid, bad)
         key = flow_key(packet)
         assert key is not None
+        now = self._clock()
         flow = self.flows.get(key)
+        syn = _syn(packet, t)
+        if flow is not None and self._expired(flow, now):
+            if t[1] == IPPROTO_TCP and not syn:
+                # GWLB.md: after a TCP flow's idle timeout GWLB drops its non-SYN packets.
+                flow.expired_dropped += 1
+                self.expired_dropped += 1
+                return
+            flow = None  # a SYN, or another protocol: a new flow
+        elif flow is not None and syn and flow.ended():
+            flow = None  # the 5-tuple reused after FIN both ways or RST
         if flow is None:
-            flow = self._new_flow(key, t, ptype)
+            flow = self._new_flow(key, t, ptype, now)
         elif t not in flow.directions:
             flow.directions.add(t)
+        flow.last_seen = now
+        if t[1] == IPPROTO_TCP:
+            _tcp_end(flow, packet, t)
+        source_port = flow.port_from(t[2], t[3])
         self._ip_id = (self._ip_id + 1) & 0xFFFF
         frame = encapsulate(
             packet,
             flow.expected.geneve,
             src=self._gwlb,
             dst=self._appliance,
-            source_port=flow.source_port,
+            source_port=source_port,
             identification=self._ip_id,
             udp_checksum=self.config.outer_udp_checksum,
         )
@@ -246,23 +269,38 @@ class DataPlane:
         flow.sent += 1
         flow.pending.add(packet)
 
-    def _new_flow(self, key: FlowKey, initiator: FiveTuple, ptype: int) -> Flow:
+    def _expired(self, flow: Flow, now: float) -> bool:
+        c = self.config
+        timeout = c.tcp_idle_timeout if flow.key[1] == IPPROTO_TCP else c.other_idle_timeout
+        return flow.superseded or now - flow.last_seen > timeout
+
+    def _new_flow(self, key: FlowKey, initiator: FiveTuple, ptype: int, now: float) -> Flow:
+        """A new flow instance: GWLB issues a new cookie per flow, also for a reused 5-tuple."""
         rnd = self._random
         cookie = rnd.getrandbits(32)
         while cookie == 0 or cookie in self._by_cookie:
             cookie = rnd.getrandbits(32)
+        port = self._new_port()
+        reply_port = self._new_port() if self.config.per_direction_ports else port
+        c = self.config
+        geneve = geneve_header(ptype, c.endpoint_id, c.attachment_id, cookie)
+        expected = Expected(self._gwlb, self._appliance, port, geneve)
+        flow = Flow(key, initiator, cookie, port, expected, reply_port, now)
+        old = self.flows.get(key)
+        if old is not None:
+            old.superseded = True  # its cookie stays known: a reply carrying it is stale
+        self.flows[key] = flow
+        self.instances.append(flow)
+        self._by_cookie[cookie] = flow
+        return flow
+
+    def _new_port(self) -> int:
+        rnd = self._random
         port = rnd.randrange(32768, 61000)  # GWLB's source ports seen in captures are high
         while port in self._ports:
             port = rnd.randrange(32768, 61000)
-        c = self.config
-        geneve = geneve_header(ptype, c.endpoint_id, c.attachment_id, cookie)
-        flow = Flow(
-            key, initiator, cookie, port, Expected(self._gwlb, self._appliance, port, geneve)
-        )
-        self.flows[key] = flow
-        self._by_cookie[cookie] = flow
         self._ports.add(port)
-        return flow
+        return port
 
     # -- appliance -> GWLB ---------------------------------------------------------------------
 
@@ -279,19 +317,38 @@ class DataPlane:
         if flow is None:
             self._count(self.failures, "unknown-flow")
             return
-        expected = flow.expected
+        sport = _U16.unpack_from(frame, ihl)[0]
+        expected = flow.expected_for(sport)
         reason = check_outer(frame, expected)
         if reason is not None:
             self._fail(flow, reason)
             return
+        if self._expired(flow, self._clock()):
+            # GWLB drops a reply whose cookie names a flow instance that is gone.
+            self._fail(flow, "stale-cookie")
+            return
         inner = frame[ihl + 8 + GWLB_GENEVE_LENGTH : _U16.unpack_from(frame, 2)[0]]
         reason = check_inner(inner, _U16.unpack_from(expected.geneve, 2)[0])
+        # With a port per direction, a reply keeps its request's port: the port of its own
+        # direction; a refusal (sent against the flow) the port of the packet it refuses.
+        t = five_tuple(inner)
+        forward = t is None or sport == flow.port_from(t[2], t[3])
+        against = t is not None and sport == flow.port_from(t[4], t[5])
         # Only a reply that passes, or one that is its request's own bytes, answers a request:
         # a broken or repeated one takes nothing, so the genuine replies still pair right.
         pending = flow.pending
+        if not forward:
+            if against and refuses(inner, flow.directions, pending.quoted):
+                self._injected(flow, inner, reason)
+            else:
+                self._fail(flow, "outer-udp-ports")
+            return
         if pending.take(inner) or pending.take_late(inner):
             request, changed = inner, False
         elif refuses(inner, flow.directions, pending.quoted):
+            if not against:
+                self._fail(flow, "outer-udp-ports")
+                return
             self._injected(flow, inner, reason)
             return
         elif reason is None and flow_key(inner) != flow.key:
@@ -382,6 +439,7 @@ class DataPlane:
                 "modified": self.modified,
                 "passed_through_invalid": self.passed_through_invalid,
                 "injected": self.injected,
+                "expired_dropped": self.expired_dropped,
                 "delivered": self.delivered,
                 "not_returned": self.sent - self.returned,
                 "failed": sum(self.failures.values()),
@@ -392,5 +450,30 @@ class DataPlane:
                 "other_from_appliance": self.other_from_appliance,
                 "errors": dict(sorted(self.errors.items())),
                 "data_plane_error": None if self.error is None else repr(self.error),
-                "flows": [flow.as_dict() for flow in self.flows.values()],
+                "flows": [flow.as_dict() for flow in self.instances],
             }
+
+
+_TCP_FIN, _TCP_SYN, _TCP_RST, _TCP_ACK = 0x01, 0x02, 0x04, 0x10
+
+
+def _tcp_flags(packet: bytes, t: FiveTuple) -> int:
+    """The TCP flags of ``packet`` (0 if not TCP, a fragment or too short)."""
+    if t[1] != IPPROTO_TCP or not t[3]:
+        return 0  # a fragment has ports 0 (five_tuple): no TCP header here
+    l4 = (packet[0] & 0x0F) << 2 if t[0] == 4 else 40
+    return packet[l4 + 13] if len(packet) >= l4 + 20 else 0
+
+
+def _syn(packet: bytes, t: FiveTuple) -> bool:
+    """A TCP SYN opening a connection (not the SYN|ACK answering one)."""
+    return _tcp_flags(packet, t) & (_TCP_SYN | _TCP_ACK) == _TCP_SYN
+
+
+def _tcp_end(flow: Flow, packet: bytes, t: FiveTuple) -> None:
+    """Note a FIN (per direction) or a RST: FIN both ways or a RST ends a TCP flow."""
+    flags = _tcp_flags(packet, t)
+    if flags & _TCP_RST:
+        flow.rst = True
+    if flags & _TCP_FIN:
+        flow.fins.add((t[2], t[3]) == (flow.initiator[2], flow.initiator[3]))

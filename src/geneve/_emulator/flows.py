@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any
 
 from .checker import (
@@ -173,21 +174,32 @@ class Pending:
 
 
 class Flow:
-    """One flow as GWLB sees it: a cookie and an outer source port for both directions."""
+    """One flow instance as GWLB sees it: a cookie, and an outer source port per direction.
+
+    GWLB issues a new cookie per flow instance: a 5-tuple reused after its flow idled out or
+    ended (TCP FIN both ways, or RST) is a new ``Flow``; the old one is then ``superseded``.
+    """
 
     __slots__ = (
         "directions",
         "expected",
+        "expected_reply",
+        "expired_dropped",
         "failed",
+        "fins",
         "flow_cookie",
         "initiator",
         "injected",
         "key",
+        "last_seen",
         "modified",
         "pending",
+        "reply_port",
         "returned",
+        "rst",
         "sent",
         "source_port",
+        "superseded",
     )
 
     def __init__(
@@ -197,16 +209,39 @@ class Flow:
         flow_cookie: int,
         source_port: int,
         expected: Expected,
+        reply_port: int | None = None,
+        now: float = 0.0,
     ) -> None:
         self.key = key
         self.initiator = initiator  # the first packet's 5-tuple: who spoke first
         self.flow_cookie = flow_cookie
-        self.source_port = source_port
+        self.source_port = source_port  # the outer source port of the initiator's direction
+        self.reply_port = source_port if reply_port is None else reply_port
         self.expected = expected
+        self.expected_reply = replace(expected, source_port=self.reply_port)
         self.sent = self.returned = self.modified = self.failed = self.injected = 0
+        self.expired_dropped = 0
         self.pending = Pending()
         # The 5-tuples the emulator sent this flow's packets with (one or both directions).
         self.directions: set[FiveTuple] = {initiator}
+        self.last_seen = now
+        self.fins: set[bool] = set()  # directions (True: the initiator's) that sent a FIN
+        self.rst = False
+        self.superseded = False  # a newer instance of the same 5-tuple took its place
+
+    def port_from(self, src: bytes, sport: int) -> int:
+        """The outer source port of the direction whose packets come from ``src``:``sport``."""
+        original = (src, sport) == (self.initiator[2], self.initiator[3])
+        return self.source_port if original else self.reply_port
+
+    def expected_for(self, port: int) -> Expected:
+        """What a reply sent on outer source ``port`` must look like (the original's if no
+        direction has that port: the check then fails on the port)."""
+        return self.expected_reply if port == self.reply_port else self.expected
+
+    def ended(self) -> bool:
+        """A TCP flow that saw FIN both ways or a RST: only a SYN starts the 5-tuple again."""
+        return self.rst or len(self.fins) == 2
 
     def describe(self) -> str:
         version, proto, src, sport, dst, dport = self.initiator
@@ -232,10 +267,13 @@ class Flow:
             "dst_port": dport,
             "flow_cookie": f"0x{self.flow_cookie:08x}",
             "source_port": self.source_port,
+            "reply_source_port": self.reply_port,
             "sent": self.sent,
             "returned": self.returned,
             "modified": self.modified,
             "failed": self.failed,
             "injected": self.injected,
+            "expired_dropped": self.expired_dropped,
             "not_returned": self.sent - self.returned,
+            "superseded": self.superseded,
         }

@@ -69,6 +69,13 @@ class EmulatorConfig:
     appliance_mtu: int = 9001  # the appliance link: inner + 68 bytes must fit
     ipv6: bool = True
     seed: int | None = None  # flow cookies and source ports; None: random
+    #: GWLB's idle timeouts (GWLB.md, "Flows and failure"): TCP 350 s by default, other
+    #: protocols 120 s. Short ones let tests see a flow expire.
+    tcp_idle_timeout: float = 350.0
+    other_idle_timeout: float = 120.0
+    #: Each direction of a flow on its own outer UDP source port (whether GWLB does this is
+    #: undocumented: an appliance must work either way).
+    per_direction_ports: bool = False
 
 
 class Names:
