@@ -15,20 +15,9 @@
 #include <string.h>
 
 #include "_checksum.h"
+#include "naive_sum.h"
 
 static uint32_t be16(const uint8_t *p) { return ((uint32_t)p[0] << 8) | p[1]; }
-
-static uint32_t naive_sum(const uint8_t *p, size_t n, uint64_t acc)
-{
-    size_t i;
-    for (i = 0; i + 1 < n; i += 2)
-        acc += ((uint32_t)p[i] << 8) | p[i + 1];
-    if (n & 1)
-        acc += (uint32_t)p[n - 1] << 8;
-    while (acc >> 16)
-        acc = (acc & 0xffffu) + (acc >> 16);
-    return (uint32_t)acc;
-}
 
 /* A header or segment whose checksum field is right sums to 0xffff (with its pseudo-header). */
 static void expect_valid(const uint8_t *p, size_t n, uint64_t pseudo)

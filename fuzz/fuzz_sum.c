@@ -8,19 +8,7 @@
 #include <string.h>
 
 #include "_checksum.h"
-
-static uint32_t naive_sum(const uint8_t *p, size_t n, uint32_t initial)
-{
-    uint64_t acc = initial;
-    size_t i;
-    for (i = 0; i + 1 < n; i += 2)
-        acc += ((uint32_t)p[i] << 8) | p[i + 1];
-    if (n & 1)
-        acc += (uint32_t)p[n - 1] << 8;
-    while (acc >> 16)
-        acc = (acc & 0xffffu) + (acc >> 16);
-    return (uint32_t)acc;
-}
+#include "naive_sum.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
