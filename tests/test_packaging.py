@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from typing import Any
 
 import pytest
 
