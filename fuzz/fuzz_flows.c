@@ -6,8 +6,9 @@
  * is read or written outside the buffers given (AddressSanitizer).
  *
  * Input: byte 0: the bound (1-8 flows); then operations, each a byte and its arguments:
- *   0: track: version bit, ip_off, l4_off (0xff: none), ip_end, protocol, endpoint byte,
- *      cookie byte (0xff: none), time step (signed), then 1 byte n and n packet bytes
+ *   0: track: version bit (and bit 1: read the GWLB options at the endpoint byte's offset),
+ *      ip_off, l4_off (0xff: none), ip_end, protocol, endpoint byte, cookie byte (0xff: none),
+ *      time step (signed), then 1 byte n and n packet bytes
  *   1: sweep (time step); 2: end all; 3: look up a key made of the next 21 bytes;
  *   4: walk the live flows and read each entry; 5: release an index (any: refused or taken).
  * Every ended flow is popped and released after each operation, as Python does.
@@ -64,11 +65,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (!packet)
                 abort();
             memcpy(packet, data + pos + 9, n);
+            /* Bit 1 of the version byte: the ids from options at offset data[pos + 5]. */
             r = geneve_flow_track(t, packet, n, data[pos] & 1 ? 6 : 4, ip_off, l4_off, ip_end,
-                                  data[pos + 4], data[pos + 5],
-                                  data[pos + 6] == 0xff ? -1 : data[pos + 6], now);
+                                  data[pos + 4], data[pos] & 2 ? data[pos + 5] : -1,
+                                  data[pos + 5], data[pos + 6] == 0xff ? -1 : data[pos + 6], now);
             if (r < 0 && r != GENEVE_FLOW_DROP_TOMBSTONE && r != GENEVE_FLOW_DROP_FULL &&
-                r != GENEVE_FLOW_BAD_ARGUMENT)
+                r != GENEVE_FLOW_BAD_ARGUMENT && r != GENEVE_FLOW_NEED_IDS)
                 abort();
             if (r >= 0 && !geneve_flow_entry(t, r >> 5))
                 abort();

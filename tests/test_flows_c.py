@@ -261,7 +261,7 @@ def test_impossible_arguments_are_refused() -> None:
     frame = bytes(flow_frame("10.0.0.1", "10.0.0.2", "udp", 1, 2))
     p = Packet.parse(frame)
     buf = ffi.from_buffer(frame)
-    sound = [p.ip_version, p.ip_offset, p.l4_offset, p.ip_end, p.l4_protocol, 0, -1, 1.0]
+    sound = [p.ip_version, p.ip_offset, p.l4_offset, p.ip_end, p.l4_protocol, -1, 0, -1, 1.0]
     assert lib.geneve_flow_track(t, buf, len(frame), *sound) >= 0
     for index, value in [
         (0, 5),  # IP version
@@ -270,13 +270,19 @@ def test_impossible_arguments_are_refused() -> None:
         (3, p.ip_offset + 10),  # shorter than an IPv4 header
         (2, p.ip_end + 1),  # l4 past the packet
         (4, 256),  # protocol
-        (6, 1 << 32),  # cookie
-        (7, float("nan")),
+        (5, len(frame) - 31),  # GWLB options past the buffer
+        (7, 1 << 32),  # cookie
+        (8, float("nan")),
     ]:
         args = list(sound)
         args[index] = value
         assert lib.geneve_flow_track(t, buf, len(frame), *args) == bad, (index, value)
     assert lib.geneve_flow_track(t, buf, p.ip_end - 1, *sound) == bad  # the buffer is shorter
+    options = list(sound)
+    options[5] = p.udp_offset + 16
+    assert lib.geneve_flow_track(t, buf, len(frame), *options) >= 0
+    options[5] += 1  # not GWLB's options there: Python must read them
+    assert lib.geneve_flow_track(t, buf, len(frame), *options) == lib.GENEVE_FLOW_NEED_IDS
     assert lib.geneve_flow_release(t, 0) == bad  # live, not ended
     assert lib.geneve_flow_release(t, 1000) == bad
     assert lib.geneve_flow_entry(t, 1000) == ffi.NULL and lib.geneve_flow_entry(t, -1) == ffi.NULL

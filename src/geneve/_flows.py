@@ -31,8 +31,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import checksum as _checksum
 from ._headers import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
-from ._packet import Packet
+from ._packet import Packet, ReceiveBuffer
 
 if TYPE_CHECKING:
     from ._pipeline import Stats, Verdict
@@ -562,6 +563,9 @@ else:
     except ImportError:  # built without a compiler: the pure-Python table
         _c = None
 
+_NEED_IDS = -5 if _c is None else _c.lib.GENEVE_FLOW_NEED_IDS
+# Whether ReceiveBuffer._target is a C view of the buffer (the C checksum module's).
+_TARGETS = _checksum.IMPLEMENTATION == "c"
 #: The most flows one C table holds (the bound is per table: per worker in the appliance).
 C_MAX_FLOWS = 1 << 24
 #: Flows a sweep or an ``end_all`` ends per call into C before Python takes them.
@@ -589,12 +593,14 @@ class CFlow(Flow):
     The same attributes as :class:`Flow`, read from C on each access.
     """
 
-    __slots__ = ("_e",)
+    __slots__ = ("_e", "_verdict")
 
     def __init__(self, entry: Any) -> None:  # not Flow.__init__: the entry holds the data
         self._e = entry
         self._state = None
         self.direction = "original"
+        # Only Python sets a verdict (C reads it): kept here too, so reading it is cheap.
+        self._verdict = _verdict_table()[entry.verdict]
 
     @property
     def key(self) -> bytes:  # type: ignore[override]
@@ -619,16 +625,16 @@ class CFlow(Flow):
 
     @property
     def verdict(self) -> Verdict | None:
-        verdict: Verdict | None = _verdict_table()[self._e.verdict]
+        verdict: Verdict | None = self._verdict
         return verdict
 
     @verdict.setter
     def verdict(self, value: Verdict | None) -> None:
-        _verdict_table()
         code = _verdict_codes.get(value)
         if code is None:
             raise TypeError(f"flow.verdict must be a Verdict or None, not {value!r}")
         self._e.verdict = code
+        self._verdict = value
 
     @property
     def packets(self) -> tuple[int, int]:
@@ -739,12 +745,21 @@ class CFlowTable(FlowTable):
         return None if index < 0 else self._view(index)
 
     def track(self, packet: Packet, now: float) -> Flow | str:
-        endpoint, cookie = packet.gwlb_ids()
         buf = packet.buf
-        result = self._track(self._t, self._from_buffer(buf), len(buf), packet.ip_version,
-                             packet.ip_offset, packet.l4_offset, packet.ip_end,
-                             packet.l4_protocol, endpoint, -1 if cookie is None else cookie,
-                             now)  # fmt: skip
+        # A receive buffer has its C view made once (geneve.checksum's, a char array).
+        target = buf._target if type(buf) is ReceiveBuffer and _TARGETS else self._from_buffer(buf)
+        at = packet.udp_offset + 16  # GWLB's options, usually: C reads them there
+        ip, l4, end, proto = packet.ip_offset, packet.l4_offset, packet.ip_end, packet.l4_protocol
+        version = packet.ip_version
+        if packet.inner_offset - at == 32:
+            result = self._track(self._t, target, len(buf), version, ip, l4, end, proto, at, 0,
+                                 -1, now)  # fmt: skip
+        else:
+            result = _NEED_IDS
+        if result == _NEED_IDS:
+            endpoint, cookie = packet.gwlb_ids()
+            result = self._track(self._t, target, len(buf), version, ip, l4, end, proto, -1,
+                                 endpoint, -1 if cookie is None else cookie, now)  # fmt: skip
         if result < 0:
             self.drain()  # the packet may have ended the flow it would have had
             if result == -1:

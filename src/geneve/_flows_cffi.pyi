@@ -33,6 +33,7 @@ class _Lib:
     GENEVE_FLOW_COUNT_PENDING: Final[int]
     GENEVE_FLOW_COUNT_BYTES: Final[int]
     GENEVE_FLOW_SLOW: Final[int]
+    GENEVE_FLOW_NEED_IDS: Final[int]
     @staticmethod
     def geneve_flow_table_new(
         max_flows: int, tcp_timeout: float, other_timeout: float, /
@@ -49,6 +50,7 @@ class _Lib:
         l4_off: int,
         ip_end: int,
         proto: int,
+        gwlb_at: int,
         endpoint: int,
         cookie: int,
         now: float,

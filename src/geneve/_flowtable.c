@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "_flowtable.h"
+#include "_layout.h"
 
 #define WHEEL 4096 /* one-second slots: 68 minutes before a slot comes round again */
 #define SLACK 4096 /* entries that ended and wait for Python, beyond the bound */
@@ -452,14 +453,20 @@ static int make_key(uint8_t *key, uint64_t endpoint, int proto, const uint8_t *s
 
 /*
  * Count the inner packet frame[ip_off:ip_end] (IPv4 or IPv6 per version, its transport header
- * at l4_off, or l4_off < 0 for none) into its flow, made if new. Returns, for a packet to drop
+ * at l4_off, or l4_off < 0 for none) into its flow, made if new. The GWLB endpoint id and
+ * flow cookie (-1: none) are given, or read from GWLB's options at gwlb_at when >= 0. Returns, for a packet to drop
  * before any modifier sees it, GENEVE_FLOW_DROP_TOMBSTONE or GENEVE_FLOW_DROP_FULL; else
  * (index << 5) | (flows ended, waiting for geneve_flow_pop_ended) << 4 | (new flow) << 3 |
  * (original direction) << 2 | the flow's verdict.
  */
+static uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
 int32_t geneve_flow_track(struct geneve_flow_table *t, const void *frame, size_t size,
                           int version, long ip_off, long l4_off, long ip_end, int proto,
-                          uint64_t endpoint, int64_t cookie, double now)
+                          long gwlb_at, uint64_t endpoint, int64_t cookie, double now)
 {
     const uint8_t *buf = frame;
     uint8_t key[48];
@@ -473,6 +480,23 @@ int32_t geneve_flow_track(struct geneve_flow_table *t, const void *frame, size_t
         return GENEVE_FLOW_BAD_ARGUMENT;
     if (l4_off >= 0 && (l4_off < ip_off || l4_off > ip_end))
         return GENEVE_FLOW_BAD_ARGUMENT;
+    if (gwlb_at >= 0) {
+        /* GWLB's three options in their usual order (as the fast path reads them): the
+         * endpoint id after the first option's header, the cookie after the third's. */
+        enum { O2 = GENEVE_LAYOUT_OPTION2 - GENEVE_LAYOUT_OPTION1 };
+        enum { O3 = GENEVE_LAYOUT_OPTION3 - GENEVE_LAYOUT_OPTION1 };
+        const uint8_t *g = buf + gwlb_at;
+        int i;
+        if ((size_t)gwlb_at > size || size - (size_t)gwlb_at < O3 + 8)
+            return GENEVE_FLOW_BAD_ARGUMENT;
+        if (be32(g) != GENEVE_LAYOUT_OPTION1_WORD || be32(g + O2) != GENEVE_LAYOUT_OPTION2_WORD ||
+            be32(g + O3) != GENEVE_LAYOUT_OPTION3_WORD)
+            return GENEVE_FLOW_NEED_IDS;
+        endpoint = 0;
+        for (i = 0; i < 8; i++)
+            endpoint = endpoint << 8 | g[4 + i];
+        cookie = be32(g + O3 + 4);
+    }
     ip = buf + ip_off;
     if (l4_off >= 0) {
         const uint8_t *l4 = buf + l4_off;

@@ -63,7 +63,10 @@ struct geneve_flow_table *geneve_flow_table_new(uint32_t max_flows, double tcp_t
 void geneve_flow_table_free(struct geneve_flow_table *t);
 int32_t geneve_flow_track(struct geneve_flow_table *t, const void *frame, size_t size,
                           int version, long ip_off, long l4_off, long ip_end, int proto,
-                          uint64_t endpoint, int64_t cookie, double now);
+                          long gwlb_at, uint64_t endpoint, int64_t cookie, double now);
+/* geneve_flow_track with gwlb_at >= 0: the options there are not GWLB's three in their usual
+ * order; call again with the endpoint id and cookie. */
+#define GENEVE_FLOW_NEED_IDS -5
 int32_t geneve_flow_pop_ended(struct geneve_flow_table *t);
 int geneve_flow_release(struct geneve_flow_table *t, int32_t index);
 int32_t geneve_flow_sweep(struct geneve_flow_table *t, double now, int32_t max_ends);
