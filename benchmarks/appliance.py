@@ -639,12 +639,13 @@ def ratios(summary: dict[tuple[str, str, int], dict[str, Any]]) -> list[str]:
             )
     for size in sizes:  # flows: tracking's cost, and flow verdicts against the floor
         f = summary.get(("floor_single", "forward", size))
-        for name, mix, target in (
+        rows: tuple[tuple[str, str, float | None], ...] = (
             ("geneve-noflows", "forward", None),
             ("geneve-noflows", "rules", None),
             ("geneve-verdict", "forward", 1.0),
             ("geneve-verdict-py", "forward", None),
-        ):
+        )
+        for name, mix, target in rows:
             g = summary.get((name, mix, size))
             if not g or not f or not f["saturation_pps"]:
                 continue
