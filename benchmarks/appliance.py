@@ -645,14 +645,14 @@ def ratios(summary: dict[tuple[str, str, int], dict[str, Any]]) -> list[str]:
             ("geneve-verdict", "forward", 1.0),
             ("geneve-verdict-py", "forward", None),
         )
-        for name, mix, target in rows:
+        for name, mix, wanted in rows:
             g = summary.get((name, mix, size))
             if not g or not f or not f["saturation_pps"]:
                 continue
             sat = g["saturation_pps"] / f["saturation_pps"]
             goal = ""
-            if target is not None:
-                goal = f" ({'meets' if sat >= target else 'misses'} >= {target}x)"
+            if wanted is not None:
+                goal = f" ({'meets' if sat >= wanted else 'misses'} >= {wanted}x)"
             line = f"{size:>5} {name} {mix:<7} / floor_single: saturation {sat:.2f}x{goal}"
             on = summary.get(("geneve", mix, size))
             if name == "geneve-noflows" and on and g["saturation_pps"]:
