@@ -593,10 +593,13 @@ class CFlow(Flow):
     The same attributes as :class:`Flow`, read from C on each access.
     """
 
-    __slots__ = ("_e", "_verdict")
+    __slots__ = ("_e", "_table", "_verdict")
 
-    def __init__(self, entry: Any) -> None:  # not Flow.__init__: the entry holds the data
+    def __init__(self, entry: Any, table: Any = None) -> None:  # the entry holds the data
         self._e = entry
+        # The C table the entry lives in, kept alive as long as the view reads it (None for
+        # a view of a copy: a flow that ended).
+        self._table = table
         self._state = None
         self.direction = "original"
         # Only Python sets a verdict (C reads it): kept here too, so reading it is cheap.
@@ -725,7 +728,7 @@ class CFlowTable(FlowTable):
     def _view(self, index: int) -> CFlow:
         view = self._views.get(index)
         if view is None:
-            view = self._views[index] = self._flow_class(self._entry(self._t, index))
+            view = self._views[index] = self._flow_class(self._entry(self._t, index), self._t)
         return view
 
     def __iter__(self) -> Iterator[Flow]:
@@ -807,6 +810,7 @@ class CFlowTable(FlowTable):
                     view = self._flow_class(copy)
                 else:
                     view._e = copy
+                    view._table = None
             lib.geneve_flow_release(t, index)
             stats.flows_active -= 1
             ended[reason] = ended.get(reason, 0) + 1
