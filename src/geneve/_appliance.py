@@ -43,10 +43,11 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
+from ._flows import OTHER_TIMEOUT, TCP_TIMEOUT
 from ._headers import GENEVE_PORT
 from ._health import HealthReport, HealthServer
 from ._packet import GWLB_ENCAP_LENGTH, MAX_INNER_LENGTH
-from ._pipeline import ErrorPolicy, Modifier, Stats
+from ._pipeline import ErrorPolicy, FlowTable, Modifier, Stats
 from ._sockets import ReceiveMode, Sockets, broadcast_addresses, local_addresses, steer
 from ._worker import BATCH, HEARTBEAT, Worker, process_main
 
@@ -67,6 +68,14 @@ STALE_AFTER = 3.0
 #: Seconds the workers get to stop (finish the batch, end their flows, run on_stop) before a
 #: worker process is killed. Stopping normally takes a fraction of a second.
 STOP_TIMEOUT = 10.0
+
+#: GWLB's range for its TCP idle timeout (``tcp.idle_timeout.seconds``). Others are accepted,
+#: with a warning: the appliance would end flows GWLB keeps, or keep flows GWLB let go.
+GWLB_TCP_TIMEOUT_RANGE = (60.0, 6000.0)
+#: The default --max-flows: this many, or one flow per MEMORY_PER_FLOW bytes of the machine's
+#: memory when that is fewer (a flow costs far less; the rest is for everything else).
+MAX_FLOWS = 1_000_000
+MEMORY_PER_FLOW = 4096
 
 
 class ApplianceError(Exception):
@@ -92,10 +101,30 @@ def _drop_privileges(user: str) -> None:
     log.info("running as %s (uid %d) from now on", user, entry.pw_uid)
 
 
+def default_max_flows() -> int:
+    """The default bound on live flows: :data:`MAX_FLOWS`, or fewer on a small machine."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # not known here: the default as it is
+        return MAX_FLOWS
+    return max(1, min(MAX_FLOWS, memory // MEMORY_PER_FLOW))
+
+
+def _seconds(name: str, value: object) -> float:
+    """``value`` as a positive, finite number of seconds, or a one-line ApplianceError."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ApplianceError(f"{name} must be a number of seconds, not {value!r}")
+    if not 0 < value < float("inf"):
+        raise ApplianceError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
 class Appliance:
     """A GWLB appliance: sockets, workers running ``modifier``, and a health endpoint.
 
     ``run()`` blocks until SIGTERM/SIGINT; ``start()``/``stop()`` (or ``with``) embed it.
+    Flows are tracked unless ``flows=False`` (docs/flows.md): each worker keeps its own
+    :class:`FlowTable` of the flows steered to it, with ``max_flows`` shared out among them.
     """
 
     def __init__(
@@ -116,6 +145,10 @@ class Appliance:
         batch: int = BATCH,
         fast_path: bool = True,
         stop_timeout: float = STOP_TIMEOUT,
+        flows: bool = True,
+        flow_timeout_tcp: float = TCP_TIMEOUT,
+        flow_timeout_other: float = OTHER_TIMEOUT,
+        max_flows: int | None = None,
     ) -> None:
         if not callable(modifier):
             raise ApplianceError("the modifier must be callable")
@@ -136,6 +169,25 @@ class Appliance:
             raise ApplianceError(f"port {port} is out of range")
         if not 0 < stop_timeout < float("inf"):
             raise ApplianceError("stop_timeout must be a positive number of seconds")
+        self.flow_timeout_tcp = _seconds("flow_timeout_tcp", flow_timeout_tcp)
+        self.flow_timeout_other = _seconds("flow_timeout_other", flow_timeout_other)
+        if max_flows is None:
+            max_flows = default_max_flows()
+        if isinstance(max_flows, bool) or not isinstance(max_flows, int) or max_flows < 1:
+            raise ApplianceError(
+                f"max_flows must be a whole number of at least 1, not {max_flows!r}"
+            )
+        low, high = GWLB_TCP_TIMEOUT_RANGE
+        if flows and not low <= self.flow_timeout_tcp <= high:
+            log.warning(
+                "--flow-timeout-tcp %g s is outside GWLB's %g-%g s: flows will end here while "
+                "GWLB keeps them, or live on after GWLB let them go",
+                self.flow_timeout_tcp,
+                low,
+                high,
+            )
+        self.flows = bool(flows)
+        self.max_flows = max_flows
         # The 68 bytes of encapsulation around the inner packet must still fit in IPv4.
         if not 0 < max_inner_length <= 0xFFFF - GWLB_ENCAP_LENGTH:
             raise ApplianceError(f"max_inner_length must be 1 to {0xFFFF - GWLB_ENCAP_LENGTH}")
@@ -257,6 +309,21 @@ class Appliance:
             f"{self.health_host}:{self.health_address[1]}" if self._health else "off",
         )
 
+    @property
+    def max_flows_per_worker(self) -> int:
+        """Each worker's share of :attr:`max_flows` (every worker keeps its own table)."""
+        return max(1, self.max_flows // self.workers)
+
+    def flow_table(self) -> FlowTable | None:
+        """A new table for one worker, or None with flows off."""
+        if not self.flows:
+            return None
+        return FlowTable(
+            tcp_timeout=self.flow_timeout_tcp,
+            other_timeout=self.flow_timeout_other,
+            max_flows=self.max_flows_per_worker,
+        )
+
     def _make_worker(self, index: int, socks: Sockets, publish: Any) -> Worker:
         return Worker(
             index,
@@ -269,6 +336,7 @@ class Appliance:
             allow_from=self.allow_from,
             batch=self.batch,
             fast_path=self.fast_path,
+            flows=self.flow_table(),
         )
 
     def _check_port_free(self) -> None:
