@@ -1,6 +1,8 @@
-"""python -m geneve.appliance: every bad flag, environment variable or --rules is one line, exit 2.
+"""python -m geneve.appliance: every bad flag, environment variable or --rules is one line, exit 2;
+the flow flags and keywords reach each worker's table; health and metrics of an appliance
+not started.
 
-These fail before any socket opens, so they need no network namespace.
+These open no socket, so they need no network namespace.
 """
 
 from __future__ import annotations
@@ -231,3 +233,25 @@ def test_no_flows_gives_pipelines_without_a_table() -> None:
     assert app.flow_table() is None
     for i in range(2):
         assert app._make_worker(i, _Sockets(), None).pipeline.flows is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("flows", [True, False])
+def test_health_and_metrics_say_whether_flows_are_tracked(flows: bool) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    report = Appliance(lambda p: None, workers=2, max_flows=1000, flows=flows).report()
+    reasons = {"fin": 0, "rst": 0, "idle": 0, "evicted": 0, "shutdown": 0}
+    assert report.body["flows"] == {
+        "tracking": flows, "max_flows": 1000 if flows else 0, "active": 0, "created": 0,
+        "ended": reasons, "verdict_packets": 0, "early_dropped": 0, "rejects": 0,
+    }  # fmt: skip
+    families = {f.name: f for f in text_string_to_metric_families(report.metrics)}
+    value = {name: f.samples[0].value for name, f in families.items() if len(f.samples) == 1}
+    assert value["geneve_flows_enabled"] == int(flows)
+    assert value["geneve_flows_max"] == (1000 if flows else 0)
+    for name in ("active", "created", "verdict_packets", "early_dropped", "rejects"):
+        assert value[f"geneve_flows_{name}"] == 0, name
+    ended = {s.labels["reason"]: s.value for s in families["geneve_flows_ended"].samples}
+    assert ended == reasons
+    assert families["geneve_flows_active"].type == "gauge"
+    assert families["geneve_flows_created"].type == "counter"

@@ -39,11 +39,12 @@ import signal
 import socket
 import threading
 import time
+import typing
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
-from ._flows import OTHER_TIMEOUT, TCP_TIMEOUT
+from ._flows import OTHER_TIMEOUT, TCP_TIMEOUT, EndReason
 from ._headers import GENEVE_PORT
 from ._health import HealthReport, HealthServer
 from ._packet import GWLB_ENCAP_LENGTH, MAX_INNER_LENGTH
@@ -81,6 +82,8 @@ GWLB_TCP_TIMEOUT_RANGE = (60.0, 6000.0)
 #: memory when that is fewer (a flow costs far less; the rest is for everything else).
 MAX_FLOWS = 1_000_000
 MEMORY_PER_FLOW = 4096
+#: The reasons a flow ends, each a label of geneve_flows_ended_total even before it happened.
+END_REASONS: tuple[EndReason, ...] = typing.get_args(EndReason)
 
 
 class ApplianceError(Exception):
@@ -552,10 +555,25 @@ class Appliance:
             "uptime_seconds": round(time.monotonic() - self._started, 3),
             "workers": self.workers,
             "counters": counters,
+            "flows": self._flows_report(counters),
         }
         if problems:
             body["problems"] = problems
         return HealthReport(not problems, body, _prometheus(counters, not problems, body))
+
+    def _flows_report(self, counters: dict[str, Any]) -> dict[str, object]:
+        """The health JSON's "flows": tracking on or off, the bound, and the flow counters."""
+        ended = dict.fromkeys(END_REASONS, 0) | counters["flows_ended"]
+        return {
+            "tracking": self.flows,
+            "max_flows": self.max_flows if self.flows else 0,
+            "active": counters["flows_active"],
+            "created": counters["flows_created"],
+            "ended": ended,
+            "verdict_packets": counters["flow_verdict_packets"],
+            "early_dropped": counters["flows_early_dropped"],
+            "rejects": counters["rejected"],
+        }
 
     def _summary_line(self) -> str:
         s = self.stats()
@@ -589,6 +607,24 @@ def _prometheus(counters: dict[str, Any], healthy: bool, body: dict[str, object]
     metric("geneve_rejects_total", "counter",
            "Frames refused with a TCP RST or ICMP error sent back (REJECT).",
            total("rejected"))  # fmt: skip
+    flows: dict[str, Any] = body["flows"]  # type: ignore[assignment]
+    metric("geneve_flows_enabled", "gauge", "1 when flows are tracked, 0 with --no-flows.",
+           [("", int(flows["tracking"]))])  # fmt: skip
+    metric("geneve_flows_max", "gauge", "Live flows allowed, all workers together.",
+           [("", flows["max_flows"])])  # fmt: skip
+    metric("geneve_flows_active", "gauge", "Flows live now.", [("", flows["active"])])
+    metric("geneve_flows_created_total", "counter", "Flows started.", [("", flows["created"])])
+    metric("geneve_flows_ended_total", "counter", "Flows ended, by reason.",
+           [(f'{{reason="{k}"}}', v) for k, v in flows["ended"].items()])  # fmt: skip
+    metric("geneve_flows_verdict_packets_total", "counter",
+           "Frames decided by their flow's verdict, without the modifier.",
+           [("", flows["verdict_packets"])])  # fmt: skip
+    metric("geneve_flows_early_dropped_total", "counter",
+           "Flows that never saw a reply, ended to make room (the table was full).",
+           [("", flows["early_dropped"])])  # fmt: skip
+    metric("geneve_flows_rejects_total", "counter",
+           "REJECTs sent (a TCP RST or ICMP error), by the modifier or a flow verdict.",
+           [("", flows["rejects"])])  # fmt: skip
     metric("geneve_dropped_total", "counter", "Frames dropped, by reason.",
            [(f'{{reason="{k}"}}', v) for k, v in sorted(counters["drops"].items())])  # fmt: skip
     metric("geneve_malformed_total", "counter", "Malformed frames dropped, by reason.",
