@@ -555,25 +555,11 @@ class Appliance:
             "uptime_seconds": round(time.monotonic() - self._started, 3),
             "workers": self.workers,
             "counters": counters,
-            "flows": self._flows_report(counters),
+            "flows": _flows_report(counters, self.flows, self.max_flows),
         }
         if problems:
             body["problems"] = problems
         return HealthReport(not problems, body, _prometheus(counters, not problems, body))
-
-    def _flows_report(self, counters: dict[str, Any]) -> dict[str, object]:
-        """The health JSON's "flows": tracking on or off, the bound, and the flow counters."""
-        ended = dict.fromkeys(END_REASONS, 0) | counters["flows_ended"]
-        return {
-            "tracking": self.flows,
-            "max_flows": self.max_flows if self.flows else 0,
-            "active": counters["flows_active"],
-            "created": counters["flows_created"],
-            "ended": ended,
-            "verdict_packets": counters["flow_verdict_packets"],
-            "early_dropped": counters["flows_early_dropped"],
-            "rejects": counters["rejected"],
-        }
 
     def _summary_line(self) -> str:
         s = self.stats()
@@ -582,6 +568,20 @@ class Appliance:
             f"rejected {s['rejected']}, dropped {s['dropped']}, malformed {s['malformed']}, "
             f"modifier errors {s['modifier_errors']}, send errors {s['send_errors']}"
         )
+
+
+def _flows_report(counters: dict[str, Any], tracking: bool, max_flows: int) -> dict[str, object]:
+    """The health JSON's "flows": tracking on or off, the bound, and the flow counters."""
+    return {
+        "tracking": tracking,
+        "max_flows": max_flows if tracking else 0,
+        "active": counters["flows_active"],
+        "created": counters["flows_created"],
+        "ended": dict.fromkeys(END_REASONS, 0) | counters["flows_ended"],
+        "verdict_packets": counters["flow_verdict_packets"],
+        "early_dropped": counters["flows_early_dropped"],
+        "rejects": counters["rejected"],
+    }
 
 
 def _prometheus(counters: dict[str, Any], healthy: bool, body: dict[str, object]) -> str:
