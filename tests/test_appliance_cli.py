@@ -239,16 +239,17 @@ def test_no_flows_gives_pipelines_without_a_table() -> None:
 def test_health_and_metrics_say_whether_flows_are_tracked(flows: bool) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    report = Appliance(lambda p: None, workers=2, max_flows=1000, flows=flows).report()
+    report = Appliance(lambda p: None, workers=3, max_flows=1001, flows=flows).report()
+    # The bound reported is the workers' shares together: 3 x 333.
     reasons = {"fin": 0, "rst": 0, "idle": 0, "evicted": 0, "shutdown": 0}
     assert report.body["flows"] == {
-        "tracking": flows, "max_flows": 1000 if flows else 0, "active": 0, "created": 0,
+        "tracking": flows, "max_flows": 999 if flows else 0, "active": 0, "created": 0,
         "ended": reasons, "verdict_packets": 0, "early_dropped": 0, "rejects": 0,
     }  # fmt: skip
     families = {f.name: f for f in text_string_to_metric_families(report.metrics)}
     value = {name: f.samples[0].value for name, f in families.items() if len(f.samples) == 1}
     assert value["geneve_flows_enabled"] == int(flows)
-    assert value["geneve_flows_max"] == (1000 if flows else 0)
+    assert value["geneve_flows_max"] == (999 if flows else 0)
     for name in ("active", "created", "verdict_packets", "early_dropped", "rejects"):
         assert value[f"geneve_flows_{name}"] == 0, name
     ended = {s.labels["reason"]: s.value for s in families["geneve_flows_ended"].samples}

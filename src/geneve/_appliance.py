@@ -555,7 +555,8 @@ class Appliance:
             "uptime_seconds": round(time.monotonic() - self._started, 3),
             "workers": self.workers,
             "counters": counters,
-            "flows": _flows_report(counters, self.flows, self.max_flows),
+            # The bound as the workers hold it: their shares together.
+            "flows": _flows_report(counters, self.flows, self.max_flows_per_worker * self.workers),
         }
         if problems:
             body["problems"] = problems
@@ -610,7 +611,7 @@ def _prometheus(counters: dict[str, Any], healthy: bool, body: dict[str, object]
     flows: dict[str, Any] = body["flows"]  # type: ignore[assignment]
     metric("geneve_flows_enabled", "gauge", "1 when flows are tracked, 0 with --no-flows.",
            [("", int(flows["tracking"]))])  # fmt: skip
-    metric("geneve_flows_max", "gauge", "Live flows allowed, all workers together.",
+    metric("geneve_flows_max", "gauge", "Live flows allowed, the workers' shares together.",
            [("", flows["max_flows"])])  # fmt: skip
     metric("geneve_flows_active", "gauge", "Flows live now.", [("", flows["active"])])
     metric("geneve_flows_created_total", "counter", "Flows started.", [("", flows["created"])])
