@@ -4,14 +4,15 @@ Python sockets in the client and server namespaces) and the real ``python -m gen
 The modifiers are docs/flows.md's own examples (its definitions, made into a rules module), so
 the doc stays true: the stateful filter, over IPv4 and IPv6, one and two workers, one outer
 source port per flow or one per direction; the flow logger with a SIGTERM, one and two workers:
-one record per flow, counts matching the emulator's; the flow metrics and health, and
-``--no-flows``.
+one record per flow, counts matching the emulator's; the same at SIGINT; the flow metrics and
+health, a full table's early drops, and ``--no-flows``.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -328,3 +329,57 @@ def test_no_flows_shows_tracking_off() -> None:
     }  # fmt: skip
     assert seen["geneve_flows_enabled"][()] == 0 and seen["geneve_flows_max"][()] == 0
     assert seen["geneve_flows_created"][()] == 0 and seen["geneve_flows_active"][()] == 0
+
+
+# Datagrams to ports where nothing listens: flows that never see a reply (the server's ICMP
+# errors are flows of their own).
+UNANSWERED_CLIENT = r"""
+import socket, sys
+for port in range(9001, 9011):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.sendto(b"anyone?", (sys.argv[1], port))
+"""
+
+
+def test_a_full_table_ends_flows_early_and_says_so(tmp_path: Path) -> None:
+    with Emulator() as emu:
+        a = emu.addressing
+        start(emu, tmp_path, "modifier", "--max-flows", "2")  # the doc's: forwards everything
+        done = emu.run("client", [sys.executable, "-c", UNANSWERED_CLIENT, a.server])
+        assert done.returncode == 0, done.stderr
+        doc = published(emu, lambda d: d["counters"]["received"] >= 10)
+        seen = metrics(emu)
+    flows = doc["flows"]
+    # 10 flows (and the ICMP errors' own) through a table of 2: the oldest unanswered ones go.
+    assert flows["max_flows"] == 2 and flows["active"] <= 2, flows
+    assert flows["created"] >= 10 and flows["early_dropped"] >= 8, flows
+    assert flows["ended"]["evicted"] == flows["early_dropped"]
+    assert seen["geneve_flows_early_dropped"][()] == flows["early_dropped"]
+    assert seen["geneve_flows_ended"][(("reason", "evicted"),)] == flows["early_dropped"]
+
+
+ECHO_ONCE = r"""
+import socket, sys
+sock = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
+sock.settimeout(3)
+sock.sendto(b"hi", (sys.argv[1], 7000))
+print(sock.recv(2048).decode())
+"""
+
+
+def test_sigint_ends_every_flow_too(tmp_path: Path, servers: Any) -> None:
+    """SIGINT (Ctrl-C) stops the daemon as SIGTERM does: every live flow ends "shutdown"."""
+    with Emulator() as emu:
+        a = emu.addressing
+        start(emu, tmp_path, FLOW_LOG_RULES.format(where=tmp_path), "--workers", "2")
+        servers(emu)
+        for server in (a.server, a.server6):
+            done = emu.run("client", [sys.executable, "-c", ECHO_ONCE, server])
+            assert done.stdout == "hi\n", done
+        assert emu.appliance is not None
+        emu.appliance.send_signal(signal.SIGINT)  # by pid: the daemon this test started
+        assert emu.appliance.wait(10) == 0
+    records = [json.loads(line) for f in tmp_path.glob("flows-*.jsonl") for line in f.open()]
+    assert sorted((r["dport"], r["packets"], r["reason"]) for r in records) == [
+        (7000, [1, 1], "shutdown"), (7000, [1, 1], "shutdown"),
+    ]  # fmt: skip
