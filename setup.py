@@ -27,6 +27,7 @@ setup(
     cffi_modules=[
         "src/geneve/_checksum_build.py:ffibuilder",
         "src/geneve/_batch_build.py:ffibuilder",
+        "src/geneve/_flows_build.py:ffibuilder",
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -18,7 +18,12 @@ replies; the appliance under test runs pinned to the other core. Appliances:
   ``--workers 2`` (both workers on the appliance's one core) and ``--batch 1 --no-fast-path``
   (one frame per system call, all in Python: the batching lever measured);
 - ``geneve-base`` (with ``--baseline PYTHON``): the daemon of another checkout, run by that
-  checkout's own Python, so a before/after comparison is measured in one run, alternating.
+  checkout's own Python, so a before/after comparison is measured in one run, alternating;
+- ``geneve-noflows``: ``--no-flows`` (flows are on by default: the difference is what
+  tracking costs);
+- ``geneve-verdict`` / ``geneve-verdict-py``: ``benchmarks/flow_rules.py``'s modifiers over the
+  generator's 256 flows: a FORWARD flow verdict on each flow's first packet (the rest forwarded
+  in C), and the same decision taken in Python for every packet.
 
 For each appliance, frame size and traffic mix it measures the reply rate at saturation, the
 highest offered rate with less than 0.1% loss and replies keeping pace (15% steps from the
@@ -130,6 +135,13 @@ class Appliance:
             return [*daemon, "--batch", "1", "--no-fast-path"]
         if self.name == "geneve-py":
             return [*daemon, "--no-fast-path"]
+        if self.name == "geneve-noflows":
+            return [*daemon, "--no-flows"]
+        if self.name in ("geneve-verdict", "geneve-verdict-py"):
+            # benchmarks/flow_rules.py: a FORWARD verdict on each flow's first packet, or the
+            # same decision in Python for every packet.
+            rules = "first_packet_forward" if self.name == "geneve-verdict" else "every_packet"
+            return ["env", f"PYTHONPATH={HERE}", *daemon, "--rules", f"flow_rules:{rules}"]
         return [str(build / self.name)]
 
 
@@ -142,6 +154,9 @@ APPLIANCES = {
     "geneve-b1": Appliance("geneve-b1", ("forward",), (156,)),
     "geneve-py": Appliance("geneve-py", ("forward", "rules"), None),
     "geneve-base": Appliance("geneve-base", ("forward", "rules"), None),
+    "geneve-noflows": Appliance("geneve-noflows", ("forward", "rules"), None),
+    "geneve-verdict": Appliance("geneve-verdict", ("forward",), (156,)),
+    "geneve-verdict-py": Appliance("geneve-verdict-py", ("forward",), (156,)),
 }
 #: The interpreter of the checkout that ``geneve-base`` runs (``--baseline``).
 BASELINE_PYTHON: Path | None = None
@@ -622,6 +637,28 @@ def ratios(summary: dict[tuple[str, str, int], dict[str, Any]]) -> list[str]:
                 f"({verdict} >= {target}x){bound}, no-loss {nl:.2f}x, "
                 f"p50 {p50:.2f}x ({lat} <= 2x, {g['p50_us'] - f['p50_us']:+.1f} us)"
             )
+    for size in sizes:  # flows: tracking's cost, and flow verdicts against the floor
+        f = summary.get(("floor_single", "forward", size))
+        rows: tuple[tuple[str, str, float | None], ...] = (
+            ("geneve-noflows", "forward", None),
+            ("geneve-noflows", "rules", None),
+            ("geneve-verdict", "forward", 1.0),
+            ("geneve-verdict-py", "forward", None),
+        )
+        for name, mix, wanted in rows:
+            g = summary.get((name, mix, size))
+            if not g or not f or not f["saturation_pps"]:
+                continue
+            sat = g["saturation_pps"] / f["saturation_pps"]
+            goal = ""
+            if wanted is not None:
+                goal = f" ({'meets' if sat >= wanted else 'misses'} >= {wanted}x)"
+            line = f"{size:>5} {name} {mix:<7} / floor_single: saturation {sat:.2f}x{goal}"
+            on = summary.get(("geneve", mix, size))
+            if name == "geneve-noflows" and on and g["saturation_pps"]:
+                cost = on["saturation_pps"] / g["saturation_pps"]
+                line += f"; geneve (flows on) / --no-flows {cost:.2f}x"
+            out.append(line)
     for size in sizes:  # this checkout against --baseline's, mix by mix, in the same run
         for mix in ("forward", "rules"):
             g = summary.get(("geneve", mix, size))

@@ -10,16 +10,25 @@ the rows differ only by what the pipeline does around it:
 - flows off (the default);
 - flows on, a packet of an existing flow (the same 5-tuple again);
 - flows on, every packet a new flow (distinct source addresses; a fresh table per round);
-- flows on, an existing flow whose verdict is FORWARD (the modifier is not called).
+- flows on, an existing flow whose verdict is FORWARD (the modifier is not called);
+- the first two again with the pure-Python table (``PyFlowTable``), beside the C one that
+  ``FlowTable`` makes when it is built. (The appliance's fast path decides most packets of
+  flows with a verdict in C, without ``handle``: benchmarks/appliance.py measures that.)
 
 Each round runs every row once, in a rotating order, as a batch of calls timed with
 time.perf_counter_ns; the table shows the median over rounds of ns per packet, and the cost of
 the copy alone (memoryview slice assignment into the buffer) for reference. GC stays on.
 
-Memory: ``FlowTable.track`` on N distinct flows (the packet's source address rewritten in
-place, so the frames cost nothing), measured with tracemalloc: everything the table holds
-(the flows, the keys, the dict, the deadline heap, the early-drop order) divided by N. Twice:
-flows that saw one packet only (each also in the early-drop order) and flows that saw a reply.
+Memory, pure-Python table: ``track`` on N distinct flows (the packet's source address
+rewritten in place, so the frames cost nothing), measured with tracemalloc: everything the
+table holds (the flows, the keys, the dict, the deadline heap, the early-drop order) divided
+by N. Twice: flows that saw one packet only (each also in the early-drop order) and flows that
+saw a reply.
+
+Memory, C table: the growth of the process's resident memory (/proc/self/statm, which sees
+C's allocations) over N distinct flows, divided by N: made by the fast path as the appliance
+makes them (batches of 64 frames through ``geneve_fast_forward``: no Python object per flow),
+and made through ``Pipeline.handle`` (each flow also has the Python view the modifier saw).
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from collections.abc import Callable
 
 import geneve
 from geneve import FlowTable, Packet, Pipeline, ReceiveBuffer, Verdict
+from geneve._flows import CFlowTable, PyFlowTable
 
 FRAME_SIZE = 156
 SRC, DST = 68 + 12, 68 + 16  # the inner IPv4 addresses in the usual GWLB frame
@@ -84,8 +94,8 @@ def timing(rounds: int, batch: int) -> dict[str, float]:
 
         return run
 
-    def new_flows() -> Callable[[], None]:
-        pipeline = Pipeline(nothing, flows=FlowTable(max_flows=batch * 2))
+    def new_flows(table: type[FlowTable] = FlowTable) -> Callable[[], None]:
+        pipeline = Pipeline(nothing, flows=table(max_flows=batch * 2))
         handle = pipeline.handle
 
         def run() -> None:
@@ -103,6 +113,10 @@ def timing(rounds: int, batch: int) -> dict[str, float]:
         "handle(), flows on, flow verdict FORWARD": lambda: repeated(
             Pipeline(forward_flow, flows=True)
         ),
+        "handle(), Python table, existing flow": lambda: repeated(
+            Pipeline(nothing, flows=PyFlowTable())
+        ),
+        "handle(), Python table, new flow each packet": lambda: new_flows(PyFlowTable),
     }
     results: dict[str, list[float]] = {name: [] for name in rows}
     names = list(rows)
@@ -122,7 +136,7 @@ def bytes_per_flow(count: int, replied: bool) -> float:
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    table = FlowTable(max_flows=count)
+    table = PyFlowTable(max_flows=count)
     track = table.track
     out, into = forward.buf, back.buf
     for i in range(count):
@@ -136,6 +150,50 @@ def bytes_per_flow(count: int, replied: bool) -> float:
     tracemalloc.stop()
     assert len(table) == count
     return (after - before) / count
+
+
+def resident() -> int:
+    with open("/proc/self/statm") as stream:
+        return int(stream.read().split()[1]) * PAGE
+
+
+PAGE = 4096
+
+
+def c_bytes_per_flow(count: int, through: str) -> tuple[float, float]:
+    """Resident bytes per flow of the C table over ``count`` flows, and what it counts itself."""
+    from geneve._transport import FastPath, Slots
+
+    gc.collect()
+    table = CFlowTable(max_flows=count)
+    base = resident()
+    empty = table.memory
+    template = bytes(frame(sport=1000, dport=2000))
+    if through == "fast path":
+        # A modifier that wants no UDP or TCP packet: the fast path takes every frame.
+        modifier = geneve.declare_interest(nothing, udp_ports=[], tcp_ports=[])
+        pipeline = Pipeline(modifier, flows=table)
+        slots = Slots(64, c=True)
+        fast = FastPath(slots, pipeline.interest, 8500, 6081, table)
+        fast.trust(1)
+        for start in range(0, count, 64):
+            n = min(64, count - start)
+            for i in range(n):
+                buf = slots.bufs[i]
+                buf[: len(template)] = template
+                buf[SRC:DST] = (0x0A000000 + start + i).to_bytes(4, "big")
+                slots.lens[i] = len(template)
+                slots.sources[i] = 1
+            done, _todo = fast.forward(n, 1.0)
+            assert done == n
+    else:
+        pipeline = Pipeline(nothing, flows=table)
+        data = bytearray(template)
+        for i in range(count):
+            data[SRC:DST] = (0x0A000000 + i).to_bytes(4, "big")
+            pipeline.handle(data, len(data), 1.0)
+    assert len(table) == count
+    return (resident() - base) / count, (table.memory - empty) / count
 
 
 def main() -> int:
@@ -155,9 +213,16 @@ def main() -> int:
     sizes = (100_000,) if args.quick else (100_000, 1_000_000)
     print(f"{'bytes per tracked flow (tracemalloc)':<48} " + " ".join(f"{n:>10,}" for n in sizes))
     for replied in (False, True):
-        label = "flows with a reply" if replied else "flows without a reply (early-drop order)"
+        label = "Python table, flows with a reply" if replied else "Python table, no reply"
         values = [bytes_per_flow(n, replied) for n in sizes]
         print(f"{label:<48} " + " ".join(f"{v:>10.0f}" for v in values))
+    head = "C table, bytes per flow (resident / counted)"
+    print(f"{head:<48} " + " ".join(f"{n:>10,}" for n in sizes))
+    for through in ("fast path", "Pipeline.handle"):
+        pairs = [c_bytes_per_flow(n, through) for n in sizes]
+        label = f"C table, flows made by {through}"
+        cells = [f"{rss:>5.0f} /{counted:>4.0f}" for rss, counted in pairs]
+        print(f"{label:<48} " + " ".join(cells))
     return 0
 
 

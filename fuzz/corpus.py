@@ -18,7 +18,7 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 SEEDS = HERE / "seeds"
-TARGETS = ("fuzz_sum", "fuzz_fix", "fuzz_fast_forward", "fuzz_batch")
+TARGETS = ("fuzz_sum", "fuzz_fix", "fuzz_fast_forward", "fuzz_batch", "fuzz_flows")
 PER_CAPTURE = 40  # frames taken from one capture at most: seeds, not a copy of the captures
 
 
@@ -106,8 +106,9 @@ def wrap(target: str, frame: bytes, variant: int = 0) -> bytes:
         # Outer UDP mode, length delta, IP and L4 offset deltas, protocol (0: the frame's).
         return bytes([variant % 3, 0, 0, 0, 0]) + frame
     if target == "fuzz_fast_forward":
-        # Admitted, tables with port 3000, the needle "drop" (variant 1: no content filter).
-        flags = 1 | 2 | 8 | (4 if variant == 0 else 0)
+        # Admitted, tables with port 3000, the needle "drop" (variant 1: no content filter,
+        # counted into a flow table).
+        flags = 1 | 2 | 8 | (4 if variant == 0 else 128)
         head = struct.pack("!BHHBBB", flags, 8500, 3000, 1, 3, 0) + b"drop"
         return head + struct.pack("!H", len(frame)) + frame
     if target == "fuzz_batch":
@@ -118,6 +119,14 @@ def wrap(target: str, frame: bytes, variant: int = 0) -> bytes:
         return (
             head + struct.pack("!H", len(datagram)) + datagram + struct.pack("!4h", 96, 0, 20, -1)
         )
+    if target == "fuzz_flows":
+        # A bound of 2 flows; the inner packet tracked (its offsets where the usual layout has
+        # them), again 5 s later from the other endpoint, then a sweep, a walk, the end.
+        inner = frame[68 : 68 + 255]
+        proto = inner[9] if len(inner) > 9 else 0
+        track = bytes([0, 0, 20, len(inner), proto, variant, 1, 1, len(inner)]) + inner
+        again = bytes([0, 0, 20, len(inner), proto, 1, 2, 5, len(inner)]) + inner
+        return bytes([1]) + track + again + bytes([1, 30, 4, 2])
     raise ValueError(target)
 
 

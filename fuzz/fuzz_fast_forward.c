@@ -9,7 +9,8 @@
  *   byte 0: bit 0 UDP table, bit 1 TCP table (else NULL: every port), bit 2 needles given
  *           (else no content filter), bit 3 the sources admitted, bit 4 a length that runs past
  *           its slot, bit 5 a negative max_inner, bit 6 a short UDP table (the last two, and
- *           bit 4, must be refused: GENEVE_BATCH_BAD_ARGUMENT, nothing touched)
+ *           bit 4, must be refused: GENEVE_BATCH_BAD_ARGUMENT, nothing touched), bit 7 a flow
+ *           table (kept across runs, three flows at most)
  *   bytes 1-2: max_inner; bytes 3-4: a port of interest (in both tables); byte 5: needle count
  *   (0-3); byte 6: needle length (1-4); byte 7: extra bytes in each slot after its frame.
  *   Then count * length needle bytes, then frames, each a 2-byte length and its bytes. Each
@@ -22,6 +23,7 @@
 #include <string.h>
 
 #include "_batch.h"
+#include "_flowtable.h"
 
 #define PORT 6081
 #define SOURCE 0x0a000001u
@@ -175,6 +177,9 @@ static int of_interest(const struct verdict *v, const uint8_t *udp, const uint8_
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static uint8_t udp_table[65536], tcp_table[65536];
+    static struct geneve_flow_table *flows; /* shared by the runs: small, so that it fills */
+    struct geneve_flow_table *table = NULL;
+    int32_t counts[4];
     uint8_t *slots[4], *copies[4];
     int32_t lens[4], orig[4], out[4], todo[4], needle_lens[3], fast = -1;
     uint32_t sources[4], admitted[1] = {SOURCE};
@@ -220,6 +225,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (n == 0)
         return 0;
+    if (flags & 128) {
+        /* Counted into a flow table as the appliance does: with no verdict set, the same
+         * frames go the same way. */
+        if (!flows && !(flows = geneve_flow_table_new(3, 30, 12)))
+            abort();
+        table = flows;
+    }
     {
         /* Every slot is as big as the largest frame plus the slack: a length past it is a lie. */
         int32_t slot_size = 0;
@@ -239,7 +251,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                    flags & 2 ? tcp_table : NULL, 65536, needles,
                                    (size_t)(n_needles > 0 ? n_needles : 0) * needle_len,
                                    needle_lens, n_needles, flags & 32 ? -1 - max_inner : max_inner,
-                                   PORT, out, todo, &fast);
+                                   PORT, out, todo, &fast, table, 1.0, counts);
         /* A lying length, a negative max_inner, a short table: refused, nothing touched. */
         if ((flags & 16) || (flags & 32) || ((flags & 64) && (flags & 1))) {
             if (left != GENEVE_BATCH_BAD_ARGUMENT || fast != -1)

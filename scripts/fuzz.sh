@@ -19,13 +19,14 @@ flags=(-g -O1 -std=c99 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover
 declare -A sources=(
   [fuzz_sum]=src/geneve/_checksum.c
   [fuzz_fix]=src/geneve/_checksum.c
-  [fuzz_fast_forward]=src/geneve/_batch.c
-  [fuzz_batch]=src/geneve/_batch.c
+  [fuzz_fast_forward]="src/geneve/_batch.c src/geneve/_flowtable.c"
+  [fuzz_batch]="src/geneve/_batch.c src/geneve/_flowtable.c"
+  [fuzz_flows]=src/geneve/_flowtable.c
 )
 failed=0
-for target in fuzz_sum fuzz_fix fuzz_fast_forward fuzz_batch; do
+for target in fuzz_sum fuzz_fix fuzz_fast_forward fuzz_batch fuzz_flows; do
   # _GNU_SOURCE for memmem and recvmmsg (each source file defines it where it needs it).
-  clang "${flags[@]}" -o "$out/$target" "fuzz/$target.c" "${sources[$target]}" 2>"$out/$target.build.log" \
+  clang "${flags[@]}" -o "$out/$target" "fuzz/$target.c" ${sources[$target]} 2>"$out/$target.build.log" \
     || { cat "$out/$target.build.log" >&2; exit 1; }
   log="$out/$target.log"
   if ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \

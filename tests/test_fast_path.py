@@ -53,7 +53,7 @@ def fast_forward(
     out, todo, fast = ffi.new("int32_t[]", 1), ffi.new("int32_t[]", 1), ffi.new("int32_t *")
     left = lib.geneve_fast_forward(slots, len(buf), lens, sources, 1, admitted, 1,
                                    *_interest_tables(ffi, interest), max_inner, 6081, out, todo,
-                                   fast)  # fmt: skip
+                                   fast, ffi.NULL, 0.0, ffi.NULL)  # fmt: skip
     assert left + fast[0] == 1
     if fast[0] == 0:
         assert out[0] == 0 and todo[0] == 0
@@ -218,6 +218,9 @@ class Batch:
             "out": ffi.new("int32_t[]", [-7]),
             "todo": ffi.new("int32_t[]", [-7]),
             "fast": ffi.new("int32_t *", -7),
+            "flows": ffi.NULL,
+            "now": 0.0,
+            "counts": ffi.NULL,
         }
 
     def call(self, **changes: Any) -> int:

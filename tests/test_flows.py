@@ -32,7 +32,14 @@ from geneve import (
     Verdict,
     build_frame,
 )
-from geneve._flows import LINGER_SECONDS, TOMBSTONE_SECONDS, flow_key
+from geneve._flows import (
+    LINGER_SECONDS,
+    TOMBSTONE_SECONDS,
+    CFlowTable,
+    PyFlowTable,
+    flow_key,
+)
+from geneve._flows import _c as flows_c_module
 from geneve.replay import replay
 
 A, B, C = "10.0.0.1", "10.0.0.2", "10.0.0.3"
@@ -634,9 +641,29 @@ def frame_for(op: dict[str, Any]) -> bytearray:
     )
 
 
+# Both tables: the C one (what FlowTable makes when it is built) and the pure-Python one.
+_C_TABLE = (
+    pytest.param(CFlowTable, id="c")
+    if flows_c_module is not None
+    else pytest.param(
+        None, id="c", marks=pytest.mark.skip(reason="the C flow table is off (GENEVE_PURE_PYTHON)")
+    )
+)
+TABLES = [pytest.param(PyFlowTable, id="python"), _C_TABLE]
+
+
+def test_flow_table_is_the_c_one_when_built() -> None:
+    table = FlowTable(max_flows=10)
+    assert type(table) is (CFlowTable if flows_c_module is not None else FlowTable)
+    assert type(PyFlowTable(max_flows=10)) is PyFlowTable
+
+
+@pytest.mark.parametrize("table_class", TABLES)
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops)
-def test_the_table_follows_the_reference_model(sequence: list[dict[str, Any]]) -> None:
+@given(sequence=ops)
+def test_the_table_follows_the_reference_model(
+    table_class: type[FlowTable], sequence: list[dict[str, Any]]
+) -> None:
     model = Model()
     state: dict[str, Any] = {}
     real_ended: list[tuple[Flow, str]] = []
@@ -652,7 +679,7 @@ def test_the_table_follows_the_reference_model(sequence: list[dict[str, Any]]) -
             real_ended.append((flow, reason))
 
     p = Pipeline(
-        Modifier(), flows=FlowTable(tcp_timeout=TCP_TO, other_timeout=OTHER_TO, max_flows=MAX)
+        Modifier(), flows=table_class(tcp_timeout=TCP_TO, other_timeout=OTHER_TO, max_flows=MAX)
     )
     numbers: dict[int, int] = {}  # id(real flow) -> model number
     keep: list[Flow] = []  # keeps ids unique

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from typing import Any
 
 import pytest
 
@@ -39,9 +40,11 @@ def test_sdist_carries_the_c_sources(sdist: pathlib.Path) -> None:
         "_checksum_cffi.pyi",
         "_batch.c",
         "_batch.h",
+        "_flowtable.c",
+        "_flowtable.h",
         "_layout.h",
     )
-    for needed in (*needed_files, "_batch_cffi.pyi", "py.typed", "setup.py"):
+    for needed in (*needed_files, "_batch_cffi.pyi", "_flows_cffi.pyi", "py.typed", "setup.py"):
         assert needed in names
 
 
@@ -54,8 +57,11 @@ def test_wheel_from_sdist_has_the_c_implementation(
         names = zf.namelist()
     assert any(n.startswith("geneve/_checksum_cffi") and n.endswith(".so") for n in names)
     assert any(n.startswith("geneve/_batch_cffi") and n.endswith(".so") for n in names)
+    assert any(n.startswith("geneve/_flows_cffi") and n.endswith(".so") for n in names)
     assert "geneve/py.typed" in names
-    assert {"geneve/_checksum_cffi.pyi", "geneve/_batch_cffi.pyi"} <= set(names)
+    assert {"geneve/_checksum_cffi.pyi", "geneve/_batch_cffi.pyi", "geneve/_flows_cffi.pyi"} <= set(
+        names
+    )
     venv = tmp_path / "venv"
     _run(sys.executable, "-m", "venv", str(venv))
     _run(str(venv / "bin" / "pip"), "install", "-q", str(wheel))
@@ -96,15 +102,25 @@ def _stub_signatures(stub: pathlib.Path) -> dict[str, list[str] | None]:
     for node in lib_class.body:
         if isinstance(node, ast.FunctionDef):
             args = node.args.posonlyargs + node.args.args
-            found[node.name] = [ast.unparse(a.annotation) for a in args if a.annotation]
-            assert node.returns is not None and ast.unparse(node.returns) == "int", node.name
+            assert node.returns is not None, node.name
+            found[node.name] = [ast.unparse(a.annotation) for a in args if a.annotation] + [
+                "-> " + ast.unparse(node.returns)
+            ]
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             assert ast.unparse(node.annotation) == "Final[int]", node.target.id
             found[node.target.id] = None
     return found
 
 
-@pytest.mark.parametrize("module", ["_checksum_cffi", "_batch_cffi"])
+def _python_type(ctype: Any) -> str:
+    if ctype.kind == "pointer":
+        return "FFI.CData"
+    if ctype.kind == "void":
+        return "None"
+    return "float" if ctype.cname in ("double", "float") else "int"
+
+
+@pytest.mark.parametrize("module", ["_checksum_cffi", "_batch_cffi", "_flows_cffi"])
 def test_type_stubs_describe_the_compiled_modules(module: str) -> None:
     """mypy checks calls into C against the .pyi: it must say what cffi actually compiled."""
     import importlib
@@ -121,7 +137,6 @@ def test_type_stubs_describe_the_compiled_modules(module: str) -> None:
             actual[name] = None
             continue
         ctype = ffi.typeof(value)
-        assert ctype.result.cname == "int" or ctype.result.cname.startswith("uint"), name
-        # C integers are Python ints; every pointer takes cffi data.
-        actual[name] = ["FFI.CData" if a.kind == "pointer" else "int" for a in ctype.args]
+        # C integers are Python ints, doubles floats; every pointer is cffi data.
+        actual[name] = [_python_type(a) for a in ctype.args] + ["-> " + _python_type(ctype.result)]
     assert _stub_signatures(ROOT / "src" / "geneve" / f"{module}.pyi") == actual

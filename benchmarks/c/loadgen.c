@@ -83,6 +83,7 @@ struct config {
     double drain;
     uint64_t max_packets;
     int flows;
+    int distinct; /* every frame its own inner 5-tuple (a new-flow flood) */
     int batch;
     int validate_every;
 };
@@ -244,6 +245,18 @@ static void build_templates(void) {
     }
 }
 
+/* --distinct: frame seq's own inner source address and port (65536 ports an address, from
+ * 198.18.128.0 up, away from the flows' 198.18.0.x), the inner IPv4 checksum fixed. */
+static void distinct_tuple(uint8_t *frame, uint64_t seq) {
+    uint8_t *ip = frame + OUTER_LEN;
+    uint32_t src = htonl(0xC6128000u + (uint32_t)(seq >> 16));
+    memcpy(ip + 12, &src, 4);
+    put16(ip + 20, (uint16_t)seq);
+    memset(ip + 10, 0, 2);
+    uint16_t c = (uint16_t)~csum_fold(csum_add(0, ip, 20));
+    memcpy(ip + 10, &c, 2);
+}
+
 /* Fill slot buf with frame number seq, stamped with send time now_ns. */
 static void make_frame(uint8_t *buf, uint64_t seq, uint64_t now_ns) {
     struct tmpl *t = &templates[flow_of(seq) * 2 + is_weak(seq)];
@@ -251,7 +264,16 @@ static void make_frame(uint8_t *buf, uint64_t seq, uint64_t now_ns) {
     uint8_t *stamp = buf + OUTER_LEN + INNER_HDR + 4;
     memcpy(stamp, &seq, 8);
     memcpy(stamp + 8, &now_ns, 8);
-    uint16_t c = (uint16_t)~csum_fold(csum_add(t->udp_sum, stamp, 16));
+    uint16_t c;
+    if (cfg.distinct) {
+        uint8_t *ip = buf + OUTER_LEN;
+        uint16_t ulen = (uint16_t)(frame_len - OUTER_LEN - 20);
+        distinct_tuple(buf, seq);
+        memset(ip + 26, 0, 2);
+        c = (uint16_t)~csum_fold(csum_add(pseudo_sum(ip, ulen), ip + 20, ulen));
+    } else {
+        c = (uint16_t)~csum_fold(csum_add(t->udp_sum, stamp, 16));
+    }
     if (c == 0)
         c = 0xffff;
     memcpy(buf + OUTER_LEN + 20 + 6, &c, 2);
@@ -267,6 +289,14 @@ static int bad(enum reason r) {
 static int validate(const uint8_t *b, size_t n, uint64_t seq) {
     int weak = is_weak(seq);
     const uint8_t *t = templates[flow_of(seq) * 2 + weak].frame;
+    static uint8_t *expected;
+    if (cfg.distinct) { /* the template with this frame's own 5-tuple */
+        if (!expected && !(expected = malloc((size_t)frame_len)))
+            abort();
+        memcpy(expected, t, (size_t)frame_len);
+        distinct_tuple(expected, seq);
+        t = expected;
+    }
     size_t grow = weak ? 2 : 0;
     n_validated++;
     if (n != (size_t)frame_len + grow)
@@ -402,6 +432,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: loadgen --src A --dst B [--mix forward|rules] [--size BYTES] [--rate PPS|0]\n"
             "               [--duration S] [--warmup S] [--drain S] [--flows N] [--batch N]\n"
+            "               [--distinct 0|1]\n"
             "               [--validate-every N] [--max-packets N]\n"
             "               [--tx packet --ifname IF --dst-mac MAC | --tx raw]\n");
     exit(2);
@@ -507,6 +538,8 @@ int main(int argc, char **argv) {
             cfg.drain = atof(v);
         else if (!strcmp(k, "--flows"))
             cfg.flows = atoi(v);
+        else if (!strcmp(k, "--distinct"))
+            cfg.distinct = atoi(v) != 0;
         else if (!strcmp(k, "--batch"))
             cfg.batch = atoi(v);
         else if (!strcmp(k, "--validate-every"))

@@ -24,6 +24,7 @@
 #include <sys/uio.h>
 
 #include "_batch.h"
+#include "_flowtable.h"
 #include "_layout.h"
 
 static void put16(uint8_t *p, uint32_t v)
@@ -222,6 +223,35 @@ static int check_arguments(uint8_t **slots, int slot_size, const int32_t *lens,
     return 0;
 }
 
+/* The flow of a usual-layout frame f (its key from the GWLB options and the inner headers),
+ * counted when the fast path may decide it: geneve_flow_fast's result. */
+static int flow_of(struct geneve_flow_table *flows, const uint8_t *f, int ipv4,
+                   const uint8_t *l4, uint32_t proto, uint32_t length, int create, double now)
+{
+    uint8_t key[48];
+    const uint8_t *ip = f + GENEVE_LAYOUT_INNER;
+    const uint8_t *src = ip + (ipv4 ? 12 : 8), *dst = ip + (ipv4 ? 16 : 24);
+    int alen = ipv4 ? 4 : 16, c, low, k;
+    uint32_t sport = be16p(l4), dport = be16p(l4 + 2), pa, pb;
+    const uint8_t *endpoint = f + GENEVE_LAYOUT_OPTION1 + 4, *a, *b;
+    c = memcmp(src, dst, (size_t)alen);
+    low = c < 0 || (c == 0 && sport <= dport);
+    a = low ? src : dst;
+    b = low ? dst : src;
+    pa = low ? sport : dport;
+    pb = low ? dport : sport;
+    memset(key, 0, sizeof(key));
+    memcpy(key, endpoint, 8);
+    key[8] = (uint8_t)proto;
+    memcpy(key + 9, a, (size_t)alen);
+    memcpy(key + 9 + alen, b, (size_t)alen);
+    k = 9 + 2 * alen;
+    put16(key + k, pa);
+    put16(key + k + 2, pb);
+    return geneve_flow_fast(flows, key, k + 4, low, proto == 6 ? l4[13] : 0,
+                            be32p(f + GENEVE_LAYOUT_OPTION3 + 4), length, create, now);
+}
+
 /*
  * Forward, without Python, every received frame the modifier has declared no interest in.
  *
@@ -244,7 +274,8 @@ int geneve_fast_forward(uint8_t **slots, int slot_size, const int32_t *lens,
                         const uint8_t *tcp_interest, size_t tcp_interest_size,
                         const uint8_t *needles, size_t needles_size, const int32_t *needle_lens,
                         int n_needles, int max_inner, int port, int32_t *out, int32_t *todo,
-                        int32_t *fast)
+                        int32_t *fast, struct geneve_flow_table *flows, double now,
+                        int32_t *counts)
 {
     enum {
         UDP = GENEVE_LAYOUT_OUTER_UDP,
@@ -256,12 +287,16 @@ int geneve_fast_forward(uint8_t **slots, int slot_size, const int32_t *lens,
                         udp_interest_size, tcp_interest, tcp_interest_size, needles,
                         needles_size, needle_lens, n_needles, max_inner, port, out, todo, fast))
         return GENEVE_BATCH_BAD_ARGUMENT;
+    if (flows && (!counts || now != now))
+        return GENEVE_BATCH_BAD_ARGUMENT;
+    if (counts)
+        memset(counts, 0, 4 * sizeof(*counts));
     for (i = 0; i < n; i++) {
         const int32_t len = lens[i];
         uint8_t *f = slots[i];
         uint32_t total, ptype, ip_end, room, proto;
         const uint8_t *l4;
-        int ok = 0;
+        int ok = 0, wanted;
         out[i] = 0;
         for (k = 0; k < n_admitted && !ok; k++)
             ok = admitted[k] == sources[i];
@@ -310,9 +345,9 @@ int geneve_fast_forward(uint8_t **slots, int slot_size, const int32_t *lens,
         if (proto == 17) {
             if (room < 8 || be16p(l4 + 4) != room)
                 goto slow;
-            if (interesting(udp_interest, l4) &&
-                (n_needles < 0 || contains_any(l4 + 8, room - 8, needles, needle_lens, n_needles)))
-                goto slow;
+            wanted = interesting(udp_interest, l4) &&
+                     (n_needles < 0 ||
+                      contains_any(l4 + 8, room - 8, needles, needle_lens, n_needles));
         } else if (proto == 6) {
             uint32_t doff;
             if (room < 20)
@@ -320,11 +355,28 @@ int geneve_fast_forward(uint8_t **slots, int slot_size, const int32_t *lens,
             doff = (uint32_t)(l4[12] >> 4) * 4;
             if (doff < 20 || doff > room)
                 goto slow;
-            if (interesting(tcp_interest, l4) &&
-                (n_needles < 0 ||
-                 contains_any(l4 + doff, room - doff, needles, needle_lens, n_needles)))
-                goto slow;
+            wanted = interesting(tcp_interest, l4) &&
+                     (n_needles < 0 ||
+                      contains_any(l4 + doff, room - doff, needles, needle_lens, n_needles));
         } else {
+            goto slow;
+        }
+        if (flows) {
+            /* The flow decides first: its verdict, else the interest; counted in C. */
+            int decided = flow_of(flows, f, ptype == 0x0800, l4, proto, ip_end - INNER, !wanted,
+                                  now);
+            if (decided < 0)
+                goto slow;
+            counts[2] += (decided >> 2) & 1;
+            counts[3] |= (decided >> 3) & 1;
+            decided &= 3;
+            if (decided == GENEVE_FLOW_DROP) {
+                counts[1]++;
+                continue; /* out[i] stays 0: nothing sent */
+            }
+            if (decided == GENEVE_FLOW_FORWARD)
+                counts[0]++;
+        } else if (wanted) {
             goto slow;
         }
         {

@@ -4,6 +4,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct geneve_flow_table; /* _flowtable.h */
+
 #define GENEVE_BATCH_MAX 64
 /* lens[i] of geneve_recv_batch for a datagram that is not a frame to process. */
 #define GENEVE_RECV_TOO_LONG -1
@@ -23,6 +25,7 @@ int geneve_fast_forward(uint8_t **slots, int slot_size, const int32_t *lens,
                         const uint8_t *tcp_interest, size_t tcp_interest_size,
                         const uint8_t *needles, size_t needles_size, const int32_t *needle_lens,
                         int n_needles, int max_inner, int port, int32_t *out, int32_t *todo,
-                        int32_t *fast);
+                        int32_t *fast, struct geneve_flow_table *flows, double now,
+                        int32_t *counts);
 
 #endif

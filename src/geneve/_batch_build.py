@@ -1,4 +1,4 @@
-"""cffi build script for ``geneve._batch_cffi``: recvmmsg/sendmmsg for the appliance (Linux)."""
+"""cffi build script for ``geneve._batch_cffi``: recvmmsg/sendmmsg and the fast path (Linux)."""
 
 import pathlib
 import re
@@ -17,15 +17,21 @@ _cdef = "\n".join(
 _cdef = re.sub(r"#define (\w+) -?\d+", r"#define \1 ...", _cdef)
 ffibuilder.cdef(_cdef)
 
-_source = HERE / "_batch.c"
-try:
-    _source_arg = str(_source.relative_to(pathlib.Path.cwd()))
-except ValueError:
-    _source_arg = str(_source)
+
+
+def _relative(path: pathlib.Path) -> str:
+    try:
+        return str(path.relative_to(pathlib.Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# The fast path counts frames into the flow table, so the table's code is compiled in here too
+# (the same _flowtable.c as geneve._flows_cffi, which makes the tables: one layout).
 ffibuilder.set_source(
     "geneve._batch_cffi",
     '#include "_batch.h"',
-    sources=[_source_arg],
+    sources=[_relative(HERE / "_batch.c"), _relative(HERE / "_flowtable.c")],
     include_dirs=[str(HERE)],
     extra_compile_args=["-O2", "-std=c99"],
 )

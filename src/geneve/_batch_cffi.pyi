@@ -55,6 +55,9 @@ class _Lib:
         out: FFI.CData,
         todo: FFI.CData,
         fast: FFI.CData,
+        flows: FFI.CData,
+        now: float,
+        counts: FFI.CData,
         /,
     ) -> int: ...
 

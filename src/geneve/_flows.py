@@ -25,13 +25,15 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import itertools
+import os
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import checksum as _checksum
 from ._headers import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
-from ._packet import Packet
+from ._packet import Packet, ReceiveBuffer
 
 if TYPE_CHECKING:
     from ._pipeline import Stats, Verdict
@@ -41,10 +43,13 @@ __all__ = [
     "OTHER_TIMEOUT",
     "TCP_TIMEOUT",
     "TOMBSTONE_SECONDS",
+    "CFlow",
+    "CFlowTable",
     "EndReason",
     "Flow",
     "FlowTable",
     "PipelinePacket",
+    "PyFlowTable",
 ]
 
 #: GWLB's default TCP idle timeout (``tcp.idle_timeout.seconds``, 60-6000 s).
@@ -295,6 +300,12 @@ class FlowTable:
         "tcp_timeout",
     )
 
+    def __new__(cls, **options: Any) -> FlowTable:
+        # FlowTable(...) is the C table when the module is built; PyFlowTable(...) never is.
+        if cls is FlowTable and _c is not None:
+            return object.__new__(CFlowTable)
+        return object.__new__(cls)
+
     def __init__(
         self,
         *,
@@ -534,3 +545,301 @@ class FlowTable:
         for flow in flows:
             self._end(flow, reason)
         return len(flows)
+
+
+# -- the C table ---------------------------------------------------------------------------------
+#
+# The same rules in compact memory (_flowtable.c): entries of 152 bytes in one array, a hash
+# index, a timer wheel for the timeouts. Python keeps only the views it has made
+# (:class:`CFlow`) of the flows it has seen, by entry index. A flow that ends waits in C until
+# Python has copied it for its view and its ``on_flow_end`` call, then its entry is reused.
+
+_c: Any
+if os.environ.get("GENEVE_PURE_PYTHON", "") not in ("", "0"):
+    _c = None
+else:
+    try:
+        from . import _flows_cffi as _c
+    except ImportError:  # built without a compiler: the pure-Python table
+        _c = None
+
+_NEED_IDS = -5 if _c is None else _c.lib.GENEVE_FLOW_NEED_IDS
+# Whether ReceiveBuffer._target is a C view of the buffer (the C checksum module's).
+_TARGETS = _checksum.IMPLEMENTATION == "c"
+#: The most flows one C table holds (the bound is per table: per worker in the appliance).
+C_MAX_FLOWS = 1 << 24
+#: Flows a sweep or an ``end_all`` ends per call into C before Python takes them.
+_CHUNK = 1024
+_TCP_STATES = (None, "syn_sent", "syn_recv", "established", "fin_wait", "time_wait", "close")
+_REASONS: tuple[EndReason, ...] = ("idle", "fin", "rst", "evicted", "shutdown")
+_REASON_CODES = {reason: code for code, reason in enumerate(_REASONS)}
+_verdict_codes: dict[Any, int] = {}
+_verdicts: list[Any] = []
+
+
+def _verdict_table() -> list[Any]:
+    # Verdict lives in the pipeline, which imports this module: looked up on first use.
+    if not _verdicts:
+        from ._pipeline import Verdict
+
+        _verdicts.extend((None, Verdict.FORWARD, Verdict.DROP, Verdict.REJECT))
+        _verdict_codes.update({v: code for code, v in enumerate(_verdicts)})
+    return _verdicts
+
+
+class CFlow(Flow):
+    """A flow of the C table: a view of its entry while it lives, of a copy once it ended.
+
+    The same attributes as :class:`Flow`, read from C on each access.
+    """
+
+    __slots__ = ("_e", "_verdict")
+
+    def __init__(self, entry: Any) -> None:  # not Flow.__init__: the entry holds the data
+        self._e = entry
+        self._state = None
+        self.direction = "original"
+        # Only Python sets a verdict (C reads it): kept here too, so reading it is cheap.
+        self._verdict = _verdict_table()[entry.verdict]
+
+    @property
+    def key(self) -> bytes:  # type: ignore[override]
+        e = self._e
+        return bytes(_c.ffi.buffer(e.key, e.key_len)) if _c is not None else b""
+
+    @property
+    def _orig_low(self) -> bool:  # type: ignore[override]
+        return bool(self._e.orig_low)
+
+    @property
+    def first_seen(self) -> float:  # type: ignore[override]
+        return float(self._e.first_seen)
+
+    @property
+    def last_seen(self) -> float:  # type: ignore[override]
+        return float(self._e.last_seen)
+
+    @property
+    def tcp_state(self) -> str | None:  # type: ignore[override]
+        return _TCP_STATES[self._e.tcp_state]
+
+    @property
+    def verdict(self) -> Verdict | None:
+        verdict: Verdict | None = self._verdict
+        return verdict
+
+    @verdict.setter
+    def verdict(self, value: Verdict | None) -> None:
+        code = _verdict_codes.get(value)
+        if code is None:
+            raise TypeError(f"flow.verdict must be a Verdict or None, not {value!r}")
+        self._e.verdict = code
+        self._verdict = value
+
+    @property
+    def packets(self) -> tuple[int, int]:
+        p = self._e.packets
+        return int(p[0]), int(p[1])
+
+    @property
+    def bytes(self) -> tuple[int, int]:
+        b = self._e.bytes
+        return int(b[0]), int(b[1])
+
+    @property
+    def cookies(self) -> tuple[int | None, int | None]:
+        e = self._e
+        flags = e.flags
+        return (
+            int(e.cookie[0]) if flags & 1 else None,
+            int(e.cookie[1]) if flags & 2 else None,
+        )
+
+    @property
+    def deadline(self) -> float:
+        e = self._e
+        if e.end_at >= 0:
+            return float(e.end_at) + LINGER_SECONDS
+        timeout = self._table_timeouts[0 if e.tcp else 1]
+        return float(e.last_seen) + timeout
+
+    _table_timeouts: tuple[float, float] = (TCP_TIMEOUT, OTHER_TIMEOUT)
+
+
+class CFlowTable(FlowTable):
+    """:class:`FlowTable` in C (``_flowtable.c``): what ``FlowTable(...)`` makes when built.
+
+    The same rules and methods; a flow is a :class:`CFlow` view. The appliance's C fast path
+    counts frames into the same table (:meth:`c_address`).
+    """
+
+    __slots__ = ("_entry", "_flow_class", "_from_buffer", "_t", "_track", "_views")
+
+    _t: Any
+    _track: Any
+    _entry: Any
+    _from_buffer: Any
+    _flow_class: type[CFlow]
+
+    def __init__(self, **options: Any) -> None:  # FlowTable's keywords, checked there
+        super().__init__(**options)
+        if _c is None:
+            raise RuntimeError("the C flow table is not built")
+        max_flows, tcp_timeout, other_timeout = self.max_flows, self.tcp_timeout, self.other_timeout
+        if max_flows > C_MAX_FLOWS:
+            raise ValueError(f"max_flows must be at most {C_MAX_FLOWS} per table")
+        lib, ffi = _c.lib, _c.ffi
+        table = lib.geneve_flow_table_new(max_flows, self.tcp_timeout, self.other_timeout)
+        if table == ffi.NULL:
+            raise MemoryError(f"cannot allocate a flow table for {max_flows} flows")
+        self._t = ffi.gc(table, lib.geneve_flow_table_free)
+        self._track = lib.geneve_flow_track
+        self._entry = lib.geneve_flow_entry
+        self._from_buffer = ffi.from_buffer
+        self._views: dict[int, CFlow] = {}
+        # Each table's views know its timeouts (for Flow.deadline).
+        self._flow_class = type(
+            "CFlow", (CFlow,), {"__slots__": (), "_table_timeouts": (tcp_timeout, other_timeout)}
+        )
+
+    def c_address(self) -> int:
+        """The table's address, for C code that shares it (the fast path)."""
+        assert _c is not None
+        return int(_c.ffi.cast("uintptr_t", self._t))
+
+    def __len__(self) -> int:
+        assert _c is not None
+        return int(_c.lib.geneve_flow_count(self._t, _c.lib.GENEVE_FLOW_COUNT_LIVE))
+
+    @property
+    def tombstones(self) -> int:
+        assert _c is not None
+        return int(_c.lib.geneve_flow_count(self._t, _c.lib.GENEVE_FLOW_COUNT_TOMBSTONES))
+
+    @property
+    def memory(self) -> int:
+        """Bytes of the table touched so far: its entries in use and its index."""
+        assert _c is not None
+        return int(_c.lib.geneve_flow_count(self._t, _c.lib.GENEVE_FLOW_COUNT_BYTES))
+
+    def _view(self, index: int) -> CFlow:
+        view = self._views.get(index)
+        if view is None:
+            view = self._views[index] = self._flow_class(self._entry(self._t, index))
+        return view
+
+    def __iter__(self) -> Iterator[Flow]:
+        assert _c is not None
+        found: list[Flow] = []
+        index = _c.lib.geneve_flow_next(self._t, 0)
+        while index >= 0:
+            found.append(self._view(index))
+            index = _c.lib.geneve_flow_next(self._t, index + 1)
+        return iter(found)
+
+    def get(self, key: bytes) -> Flow | None:
+        assert _c is not None
+        if len(key) not in (21, 45):
+            return None
+        index = _c.lib.geneve_flow_lookup(self._t, _c.ffi.new("uint8_t[]", key), len(key))
+        return None if index < 0 else self._view(index)
+
+    def track(self, packet: Packet, now: float) -> Flow | str:
+        buf = packet.buf
+        # A receive buffer has its C view made once (geneve.checksum's, a char array).
+        target = buf._target if type(buf) is ReceiveBuffer and _TARGETS else self._from_buffer(buf)
+        at = packet.udp_offset + 16  # GWLB's options, usually: C reads them there
+        ip, l4, end, proto = packet.ip_offset, packet.l4_offset, packet.ip_end, packet.l4_protocol
+        version = packet.ip_version
+        if packet.inner_offset - at == 32:
+            result = self._track(self._t, target, len(buf), version, ip, l4, end, proto, at, 0,
+                                 -1, now)  # fmt: skip
+        else:
+            result = _NEED_IDS
+        if result == _NEED_IDS:
+            endpoint, cookie = packet.gwlb_ids()
+            result = self._track(self._t, target, len(buf), version, ip, l4, end, proto, -1,
+                                 endpoint, -1 if cookie is None else cookie, now)  # fmt: skip
+        if result < 0:
+            self.drain()  # the packet may have ended the flow it would have had
+            if result == -1:
+                return DROP_TOMBSTONE
+            if result == -2:
+                return DROP_TABLE_FULL
+            raise ValueError(f"geneve_flow_track refused the packet's offsets ({result})")
+        if result & 16:  # flows ended on the way (timeout, a new cookie, an eviction)
+            self.drain()
+        if result & 8:
+            stats = self._stats_of()
+            stats.flows_created += 1
+            stats.flows_active += 1
+        view = self._views.get(result >> 5)
+        if view is None:
+            view = self._view(result >> 5)
+        view.direction = "original" if result & 4 else "reply"
+        return view
+
+    def count_created(self, count: int) -> None:
+        """``count`` flows the fast path made."""
+        stats = self._stats_of()
+        stats.flows_created += count
+        stats.flows_active += count
+
+    def drain(self) -> None:
+        """Take every flow that ended in C: count it, freeze its view, call the end hook."""
+        assert _c is not None
+        ffi, lib = _c.ffi, _c.lib
+        t = self._t
+        stats = self._stats_of()
+        ended = stats.flows_ended
+        on_end = self._on_end
+        while True:
+            index = lib.geneve_flow_pop_ended(t)
+            if index < 0:
+                return
+            entry = self._entry(t, index)
+            reason = _REASONS[entry.reason]
+            view = self._views.pop(index, None)
+            if view is not None or on_end is not None:
+                copy = ffi.new("struct geneve_flow *")
+                ffi.memmove(copy, entry, ffi.sizeof("struct geneve_flow"))
+                if view is None:
+                    view = self._flow_class(copy)
+                else:
+                    view._e = copy
+            lib.geneve_flow_release(t, index)
+            stats.flows_active -= 1
+            ended[reason] = ended.get(reason, 0) + 1
+            if reason == "evicted":
+                stats.flows_early_dropped += 1
+            if on_end is not None:
+                assert view is not None
+                on_end(view, reason)
+
+    def sweep(self, now: float) -> int:
+        assert _c is not None
+        total = 0
+        while True:
+            ended: int = _c.lib.geneve_flow_sweep(self._t, now, _CHUNK)
+            if ended < 0:
+                raise ValueError(f"geneve_flow_sweep refused now={now!r}")
+            total += ended
+            self.drain()
+            if ended < _CHUNK:
+                return total
+
+    def end_all(self, reason: EndReason = "shutdown") -> int:
+        assert _c is not None
+        total = 0
+        while True:
+            ended: int = _c.lib.geneve_flow_end_all(self._t, _REASON_CODES[reason], _CHUNK)
+            total += ended
+            self.drain()
+            if ended < _CHUNK:
+                return total
+
+
+class PyFlowTable(FlowTable):
+    """The pure-Python :class:`FlowTable`, whether or not the C one is built (the reference)."""
+
+    __slots__ = ()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
 from ._errors import GeneveError, NotGeneveError, PacketTooLargeError
-from ._flows import DROP_TOMBSTONE, EndReason, Flow, FlowTable, PipelinePacket
+from ._flows import DROP_TOMBSTONE, CFlowTable, EndReason, Flow, FlowTable, PipelinePacket
 from ._headers import GENEVE_PORT, IPPROTO_TCP, IPPROTO_UDP
 from ._packet import MAX_INNER_LENGTH, Packet
 from ._reject import reject_frame
@@ -583,6 +583,34 @@ class Pipeline:
         """``count`` frames outside :attr:`interest`, forwarded unchanged without the pipeline."""
         self.stats.received += count
         self.stats.forwarded += count
+
+    def count_fast_path(
+        self,
+        forwarded: int,
+        verdict_forwarded: int = 0,
+        verdict_dropped: int = 0,
+        created: int = 0,
+        ended: bool = False,
+    ) -> None:
+        """What the C fast path did with a batch, counting into the C flow table as it went.
+
+        ``forwarded`` frames sent back (``verdict_forwarded`` of them by their flow's verdict,
+        the rest outside :attr:`interest`), ``verdict_dropped`` dropped by their flow's verdict;
+        ``created`` flows made; ``ended``: flows ended (evicted for new ones) wait for their
+        ``on_flow_end``.
+        """
+        stats = self.stats
+        stats.received += forwarded + verdict_dropped
+        stats.forwarded += forwarded
+        if verdict_forwarded or verdict_dropped:
+            stats.flow_verdict_packets += verdict_forwarded + verdict_dropped
+            if verdict_dropped:
+                stats.dropped += verdict_dropped
+                stats.drops["flow"] = stats.drops.get("flow", 0) + verdict_dropped
+        flows = self.flows
+        if (created or ended) and isinstance(flows, CFlowTable):
+            flows.count_created(created)
+            flows.drain()
 
 
 def _flow_key(packet: Packet) -> bytes:

@@ -30,6 +30,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._flows import CFlowTable, FlowTable
 from ._packet import ReceiveBuffer
 from ._pipeline import Interest
 from ._sockets import IP_PKTINFO, Sockets
@@ -310,7 +311,14 @@ class FastPath:
     when its source is one Python has admitted (:meth:`trust`); Python sees only the rest.
     """
 
-    def __init__(self, slots: Slots, interest: Interest, max_inner: int, port: int) -> None:
+    def __init__(
+        self,
+        slots: Slots,
+        interest: Interest,
+        max_inner: int,
+        port: int,
+        flows: CFlowTable | None = None,
+    ) -> None:
         assert _batch is not None
         ffi = _batch.ffi
         self._forward = _batch.lib.geneve_fast_forward
@@ -324,13 +332,30 @@ class FastPath:
         # Sources Python has admitted (allowed, not our own): only their frames take the C path.
         self._trusted = ffi.new("uint32_t[]", TRUSTED_MAX)
         self._n_trusted = 0
+        # The pipeline's C flow table, shared: each frame decided here is counted into its flow
+        # (the table outlives this object: the pipeline holds it).
+        self.flows = flows
+        self._table = (
+            ffi.NULL
+            if flows is None
+            else ffi.cast("struct geneve_flow_table *", flows.c_address())
+        )
+        self._counts = ffi.new("int32_t[]", 4)
+        #: Of the last batch: forwarded by a flow verdict, dropped by one, flows made, and
+        #: whether flows ended (evicted) and wait for the pipeline.
+        self.counts = memoryview(ffi.buffer(self._counts)).cast("i")
 
-    def forward(self, count: int) -> tuple[int, memoryview]:
-        """Forward what it can of the first ``count`` slots: (how many, the slots left)."""
+    def forward(self, count: int, now: float = 0.0) -> tuple[int, memoryview]:
+        """Forward what it can of the first ``count`` slots: (how many, the slots left).
+
+        With a flow table, ``now`` is the batch's time and a frame whose flow has a verdict
+        is decided by it (dropped ones are in neither part: see :attr:`counts`).
+        """
         s = self.slots
         left = self._forward(s.c_slots, BUFFER_SIZE, s.c_lens, s.c_sources, count,
                              self._trusted, self._n_trusted, *self._tables, self.max_inner,
-                             self.port, s.c_out, self._todo, self._done)  # fmt: skip
+                             self.port, s.c_out, self._todo, self._done, self._table, now,
+                             self._counts)  # fmt: skip
         if left < 0:
             raise ValueError("geneve_fast_forward: the batch's arguments disagree")
         return self._done[0], self._todo_of[:left]
@@ -383,12 +408,15 @@ def open_transport(
     batch: int,
     interest: Interest | None = None,
     max_inner: int = 0,
+    flows: FlowTable | None = None,
 ) -> tuple[Receiver, FrameSender, FastPath | None]:
     """The receiver and sender for ``sockets``' mode, and the fast path when it can run.
 
     UDP receive takes batches in C when the module is built and ``batch`` > 1; ``interest``
-    (None: no fast path) is what the modifier declared: the fast path runs when it is not
-    every packet, on the C receiver only.
+    (None: no fast path) is what the modifier declared. ``flows`` is the pipeline's table
+    (None: no tracking). The fast path runs on the C receiver only: when the interest is not
+    every packet, or when the table is the C one (flow verdicts are then decided in C); never
+    beside a pure-Python table, which it could not count into.
     """
     receiver: Receiver
     if sockets.mode == "raw":
@@ -400,6 +428,11 @@ def open_transport(
         return receiver, FrameSender(sockets.raw_send), None
     receiver = UdpBatchReceiver(sockets.udp, sockets.port, batch)
     fast = None
-    if interest is not None and not interest.everything:
-        fast = FastPath(receiver.slots, interest, max_inner, sockets.port)
+    table = flows if isinstance(flows, CFlowTable) else None
+    if (
+        interest is not None
+        and (table is not None or not interest.everything)
+        and (flows is None or table is not None)
+    ):
+        fast = FastPath(receiver.slots, interest, max_inner, sockets.port, table)
     return receiver, BatchSender(sockets.raw_send, receiver.slots), fast

@@ -100,7 +100,9 @@ class Worker:
         try:
             interest = self.pipeline.interest if self.fast_path else None
             max_inner = self.pipeline.max_inner_length
-            receiver, sender, fast = open_transport(self.sockets, self.batch, interest, max_inner)
+            receiver, sender, fast = open_transport(
+                self.sockets, self.batch, interest, max_inner, self.pipeline.flows
+            )
             # The receiver knows whether a kernel UDP socket checked the outer UDP checksum
             # (raw receive: none did, so a bad one stops in the pipeline).
             self.pipeline.verify_outer_udp = receiver.verify_outer_udp
@@ -138,9 +140,13 @@ class Worker:
                 now = monotonic()  # the pipeline's clock (REJECT's rate limit): once a batch
                 todo: Any = range(got)
                 if fast is not None:
-                    done, todo = fast.forward(got)
-                    if done:
-                        pipeline.count_fast_forwarded(done)
+                    done, todo = fast.forward(got, now)
+                    if fast.flows is None:
+                        if done:
+                            pipeline.count_fast_forwarded(done)
+                    else:
+                        c = fast.counts
+                        pipeline.count_fast_path(done, c[0], c[1], c[2], bool(c[3]))
                 for i in todo:
                     out[i] = 0
                     src = sources[i]
