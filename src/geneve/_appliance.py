@@ -71,8 +71,9 @@ STALE_AFTER = 3.0
 #: takes a fraction of a second.
 STOP_TIMEOUT = 10.0
 #: Seconds of stop time each live flow adds to its worker's allowance: ending a flow and
-#: writing its JSON line (docs/flows.md's logger) took 19 us in Python (100,000 flows, 1.9 s),
-#: so 1 ms leaves a hook 50 times that. 1,000,000 flows in one worker: 1000 s more.
+#: writing its JSON line (docs/flows.md's logger) took 24 us with the C table (19 us with the
+#: Python one; 100,000 flows), so 1 ms leaves a hook 40 times that. 1,000,000 flows in one
+#: worker: 1000 s more.
 STOP_PER_FLOW = 0.001
 
 #: GWLB's range for its TCP idle timeout (``tcp.idle_timeout.seconds``). Others are accepted,
