@@ -30,7 +30,7 @@ from support.gwlb_client import (
 from support.netns import Pair, in_netns, ip, netns_unavailable, pair
 
 from geneve import Packet, Verdict, build_frame
-from geneve._appliance import Appliance, ApplianceError
+from geneve._appliance import STOP_PER_FLOW, Appliance, ApplianceError
 
 _why = netns_unavailable()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(_why is not None, reason=_why or "")]
@@ -941,3 +941,43 @@ def test_every_worker_runs_on_start_on_tick_and_on_stop_at_sigterm(
 def test_a_stop_timeout_must_be_a_positive_number(timeout: float) -> None:
     with pytest.raises(ApplianceError, match="stop_timeout"):
         Appliance(lambda packet: None, stop_timeout=timeout)
+
+
+class EndsSlowly:
+    """Forwards everything; ending a flow takes (nearly) forever."""
+
+    def __call__(self, packet: Packet) -> None:
+        return None
+
+    def on_flow_end(self, flow: object, reason: str) -> None:
+        time.sleep(3600)
+
+
+def test_a_worker_past_its_stop_allowance_is_killed_and_says_how_many_flows(
+    ns: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One pair of inner addresses: every flow is steered to the same one of the two workers.
+    flows, stop_timeout = 300, 0.3
+    app = in_process(ns, EndsSlowly(), workers=2, stop_timeout=stop_timeout)
+    client = GwlbClient(ns)
+    try:
+        for i in range(flows):
+            client.send(client.frame(inner_udp(b"x", sport=20000 + i)))
+        assert len(client.replies(timeout=3.0, want=flows)) == flows
+        deadline = time.monotonic() + 3
+        while app.stats()["flows_active"] < flows and time.monotonic() < deadline:
+            time.sleep(0.1)
+        live = sorted(s["stats"]["flows_active"] for s in app._worker_states())
+        assert live == [0, flows]
+        start = time.monotonic()
+        with caplog.at_level("ERROR", logger="geneve.appliance"):
+            app.stop()
+        took = time.monotonic() - start
+    finally:
+        client.close()
+        app.stop()
+    # The worker with the flows had its allowance, stop_timeout + 1 ms per live flow, and
+    # not much more; the other stopped by itself.
+    assert stop_timeout + flows * STOP_PER_FLOW <= took < stop_timeout + flows * STOP_PER_FLOW + 1.5
+    (line,) = [r.getMessage() for r in caplog.records if "were lost" in r.getMessage()]
+    assert "killed" in line and f"up to {flows} flows" in line, line

@@ -1,31 +1,17 @@
 """The examples in docs/*.md run: every ```python block, in order, one namespace per file.
 
 A block fenced as ```python is a promise that it runs as written; one that only illustrates
-(it needs root, a network or a running appliance) is fenced ```py instead and is not run.
+(it needs root, a network or a running appliance) is fenced ```py instead and is not run
+(``support.docs`` finds them).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pytest
-
-DOCS = Path(__file__).resolve().parent.parent / "docs"
-# An opening fence of exactly "```python", its body, and the closing fence at the same indent.
-BLOCK = re.compile(r"^([ \t]*)```python[ \t]*\n(.*?)^\1```[ \t]*$", re.MULTILINE | re.DOTALL)
-
-
-def python_blocks(text: str) -> list[tuple[int, str]]:
-    """(line number of the fence, dedented code) for each ```python block of ``text``."""
-    blocks = []
-    for match in BLOCK.finditer(text):
-        indent = match.group(1)
-        lines = match.group(2).splitlines()
-        code = "\n".join(line[len(indent) :] if line.startswith(indent) else line for line in lines)
-        blocks.append((text.count("\n", 0, match.start()) + 1, code + "\n"))
-    return blocks
+from support.docs import DOCS, python_blocks
 
 
 def test_block_extraction() -> None:

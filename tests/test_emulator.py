@@ -1041,6 +1041,7 @@ def test_reject_refuses_tcp_and_udp_through_the_real_appliance(
     assert s["injected"] == 4, s
     assert sum(f["injected"] for f in s["flows"]) == 4
     assert "\ngeneve_rejects_total 4\n" in metrics, metrics
+    assert "\ngeneve_flows_rejects_total 4\n" in metrics, metrics
 
 
 ECHO_SERVERS = r"""

@@ -268,6 +268,21 @@ def test_stats_merge() -> None:
     }
 
 
+
+def test_stats_merge_sums_flow_counters_and_ends_per_reason() -> None:
+    # As the appliance sums its workers: each one's counters sent as a dict, then merged.
+    a, b = Stats(), Stats()
+    a.flows_active, a.flows_created, a.flows_ended = 2, 5, {"fin": 1, "idle": 2}
+    b.flows_active, b.flows_created, b.flows_ended = 3, 4, {"idle": 1}
+    a.flows_early_dropped, b.flow_verdict_packets = 6, 7
+    total = Stats()
+    for part in (a, b):
+        total.merge(Stats.from_dict(part.as_dict()))
+    assert (total.flows_active, total.flows_created) == (5, 9)
+    assert total.flows_ended == {"fin": 1, "idle": 3}
+    assert (total.flows_early_dropped, total.flow_verdict_packets) == (6, 7)
+    assert a.flows_ended == {"fin": 1, "idle": 2}, "merging leaves the parts alone"
+
 actions = st.sampled_from(["none", "forward", "drop", "garbage", "raise", "grow", "shrink"])
 
 

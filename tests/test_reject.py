@@ -24,7 +24,7 @@ from support.frames import check_frame, frame_of, gwlb_frames, make_inner
 
 import geneve
 from geneve import Packet, Pipeline, Stats, Verdict, reject_frame, rules
-from geneve._appliance import _prometheus
+from geneve._appliance import _flows_report, _prometheus
 from geneve._pcap import LINKTYPE_RAW, PcapWriter, read_capture
 from geneve._pipeline import REJECT_FLOWS, REJECTS_PER_SECOND
 from geneve.replay import replay
@@ -451,9 +451,11 @@ def test_a_modifier_returning_something_else_is_still_an_error() -> None:
 
 def test_metrics_count_rejects() -> None:
     counters = {**Stats().as_dict(), "rejected": 3, "not_allowed": 0, "send_errors": 0}
-    text = _prometheus(counters, True, {"uptime_seconds": 1.0})
+    flows = _flows_report(counters, True, 10)
+    text = _prometheus(counters, True, {"uptime_seconds": 1.0, "flows": flows})
     assert "# TYPE geneve_rejects_total counter" in text
     assert "\ngeneve_rejects_total 3\n" in text
+    assert "\ngeneve_flows_rejects_total 3\n" in text
 
 
 def test_the_ipv6_syn_is_refused_through_the_pipeline() -> None:

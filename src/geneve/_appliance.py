@@ -39,14 +39,16 @@ import signal
 import socket
 import threading
 import time
+import typing
 from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
+from ._flows import OTHER_TIMEOUT, TCP_TIMEOUT, EndReason
 from ._headers import GENEVE_PORT
 from ._health import HealthReport, HealthServer
 from ._packet import GWLB_ENCAP_LENGTH, MAX_INNER_LENGTH
-from ._pipeline import ErrorPolicy, Modifier, Stats
+from ._pipeline import ErrorPolicy, FlowTable, Modifier, Stats
 from ._sockets import ReceiveMode, Sockets, broadcast_addresses, local_addresses, steer
 from ._worker import BATCH, HEARTBEAT, Worker, process_main
 
@@ -65,8 +67,24 @@ STALE_AFTER = 3.0
 
 
 #: Seconds the workers get to stop (finish the batch, end their flows, run on_stop) before a
-#: worker process is killed. Stopping normally takes a fraction of a second.
+#: worker process is killed, plus STOP_PER_FLOW for each flow it had live. Stopping normally
+#: takes a fraction of a second.
 STOP_TIMEOUT = 10.0
+#: Seconds of stop time each live flow adds to its worker's allowance: ending a flow and
+#: writing its JSON line (docs/flows.md's logger) took 24 us with the C table (19 us with the
+#: Python one; 100,000 flows), so 1 ms leaves a hook 40 times that. 1,000,000 flows in one
+#: worker: 1000 s more.
+STOP_PER_FLOW = 0.001
+
+#: GWLB's range for its TCP idle timeout (``tcp.idle_timeout.seconds``). Others are accepted,
+#: with a warning: the appliance would end flows GWLB keeps, or keep flows GWLB let go.
+GWLB_TCP_TIMEOUT_RANGE = (60.0, 6000.0)
+#: The default --max-flows: this many, or one flow per MEMORY_PER_FLOW bytes of the machine's
+#: memory when that is fewer (a flow costs far less; the rest is for everything else).
+MAX_FLOWS = 1_000_000
+MEMORY_PER_FLOW = 4096
+#: The reasons a flow ends, each a label of geneve_flows_ended_total even before it happened.
+END_REASONS: tuple[EndReason, ...] = typing.get_args(EndReason)
 
 
 class ApplianceError(Exception):
@@ -92,10 +110,30 @@ def _drop_privileges(user: str) -> None:
     log.info("running as %s (uid %d) from now on", user, entry.pw_uid)
 
 
+def default_max_flows() -> int:
+    """The default bound on live flows: :data:`MAX_FLOWS`, or fewer on a small machine."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # not known here: the default as it is
+        return MAX_FLOWS
+    return max(1, min(MAX_FLOWS, memory // MEMORY_PER_FLOW))
+
+
+def _seconds(name: str, value: object) -> float:
+    """``value`` as a positive, finite number of seconds, or a one-line ApplianceError."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ApplianceError(f"{name} must be a number of seconds, not {value!r}")
+    if not 0 < value < float("inf"):
+        raise ApplianceError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
 class Appliance:
     """A GWLB appliance: sockets, workers running ``modifier``, and a health endpoint.
 
     ``run()`` blocks until SIGTERM/SIGINT; ``start()``/``stop()`` (or ``with``) embed it.
+    Flows are tracked unless ``flows=False`` (docs/flows.md): each worker keeps its own
+    :class:`FlowTable` of the flows steered to it, with ``max_flows`` shared out among them.
     """
 
     def __init__(
@@ -116,6 +154,10 @@ class Appliance:
         batch: int = BATCH,
         fast_path: bool = True,
         stop_timeout: float = STOP_TIMEOUT,
+        flows: bool = True,
+        flow_timeout_tcp: float = TCP_TIMEOUT,
+        flow_timeout_other: float = OTHER_TIMEOUT,
+        max_flows: int | None = None,
     ) -> None:
         if not callable(modifier):
             raise ApplianceError("the modifier must be callable")
@@ -136,6 +178,25 @@ class Appliance:
             raise ApplianceError(f"port {port} is out of range")
         if not 0 < stop_timeout < float("inf"):
             raise ApplianceError("stop_timeout must be a positive number of seconds")
+        self.flow_timeout_tcp = _seconds("flow_timeout_tcp", flow_timeout_tcp)
+        self.flow_timeout_other = _seconds("flow_timeout_other", flow_timeout_other)
+        if max_flows is None:
+            max_flows = default_max_flows()
+        if isinstance(max_flows, bool) or not isinstance(max_flows, int) or max_flows < 1:
+            raise ApplianceError(
+                f"max_flows must be a whole number of at least 1, not {max_flows!r}"
+            )
+        low, high = GWLB_TCP_TIMEOUT_RANGE
+        if flows and not low <= self.flow_timeout_tcp <= high:
+            log.warning(
+                "--flow-timeout-tcp %g s is outside GWLB's %g-%g s: flows will end here while "
+                "GWLB keeps them, or live on after GWLB let them go",
+                self.flow_timeout_tcp,
+                low,
+                high,
+            )
+        self.flows = bool(flows)
+        self.max_flows = max_flows
         # The 68 bytes of encapsulation around the inner packet must still fit in IPv4.
         if not 0 < max_inner_length <= 0xFFFF - GWLB_ENCAP_LENGTH:
             raise ApplianceError(f"max_inner_length must be 1 to {0xFFFF - GWLB_ENCAP_LENGTH}")
@@ -257,6 +318,21 @@ class Appliance:
             f"{self.health_host}:{self.health_address[1]}" if self._health else "off",
         )
 
+    @property
+    def max_flows_per_worker(self) -> int:
+        """Each worker's share of :attr:`max_flows` (every worker keeps its own table)."""
+        return max(1, self.max_flows // self.workers)
+
+    def flow_table(self) -> FlowTable | None:
+        """A new table for one worker, or None with flows off."""
+        if not self.flows:
+            return None
+        return FlowTable(
+            tcp_timeout=self.flow_timeout_tcp,
+            other_timeout=self.flow_timeout_other,
+            max_flows=self.max_flows_per_worker,
+        )
+
     def _make_worker(self, index: int, socks: Sockets, publish: Any) -> Worker:
         return Worker(
             index,
@@ -269,6 +345,7 @@ class Appliance:
             allow_from=self.allow_from,
             batch=self.batch,
             fast_path=self.fast_path,
+            flows=self.flow_table(),
         )
 
     def _check_port_free(self) -> None:
@@ -305,9 +382,12 @@ class Appliance:
         """Stop the workers and the health endpoint.
 
         Each worker finishes the batch in hand, ends its live flows (reason "shutdown") and
-        runs the modifier's ``on_stop()``; all of them within ``timeout`` seconds (default
-        :attr:`stop_timeout`). A worker process still running past it is killed, and what its
-        ``on_stop()`` had not done is lost; a worker thread is left to finish on its own.
+        runs the modifier's ``on_stop()``. It gets ``timeout`` seconds (default
+        :attr:`stop_timeout`, 10) plus :data:`STOP_PER_FLOW` (1 ms) for each flow it had live
+        when the stop began (as its last published counters say). A worker process still
+        running past its allowance is killed and a worker thread is left behind (it dies with
+        the daemon); either way the ends of its remaining flows and its ``on_stop()`` are
+        lost, and one line in the log says for how many flows at most.
         """
         self._stop(self.stop_timeout if timeout is None else timeout)
 
@@ -315,21 +395,34 @@ class Appliance:
         if not self._running:
             return
         self._running = False
-        deadline = time.monotonic() + timeout
+        began = time.monotonic()
+        live = {
+            int(s["index"]): int(s["stats"].get("flows_active", 0)) for s in self._worker_states()
+        }
+
+        def left(index: int) -> float:
+            """Seconds left of worker ``index``'s allowance."""
+            allowance = timeout + STOP_PER_FLOW * live.get(index, 0)
+            return max(0.0, began + allowance - time.monotonic())
+
         for worker in self._local_workers:
             worker.stop.set()
         for proc, _conn in self._processes:
             if proc.is_alive() and proc.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGTERM)
-        for thread in self._threads:
-            if thread.name.startswith("geneve-worker"):
-                thread.join(max(0.0, deadline - time.monotonic()))
-        for proc, _conn in self._processes:
-            proc.join(max(0.0, deadline - time.monotonic()))
+        for worker in self._local_workers:
+            for thread in self._threads:
+                if thread.name == f"geneve-worker-{worker.index}":
+                    thread.join(left(worker.index))
+                    if thread.is_alive():
+                        self._stop_overrun(worker.index, "left behind", began, live)
+        for index, (proc, _conn) in enumerate(self._processes):
+            proc.join(left(index))
             if proc.is_alive():
                 proc.kill()
                 proc.join(0.2)
+                self._stop_overrun(index, "killed", began, live)
         # Let the collector read the final snapshots before it goes.
         time.sleep(0.05)
         self._stopped.set()
@@ -342,6 +435,17 @@ class Appliance:
             self._health.stop()
         if summary:
             log.info("stopped: %s", self._summary_line())
+
+    @staticmethod
+    def _stop_overrun(index: int, what: str, began: float, live: dict[int, int]) -> None:
+        log.error(
+            "worker %d had not stopped after %.1f s, %s: the ends of up to %d flows were lost "
+            "(no on_flow_end for them, no on_stop)",
+            index,
+            time.monotonic() - began,
+            what,
+            live.get(index, 0),
+        )
 
     def run(self) -> None:
         """Start, then block until SIGTERM, SIGINT or SIGHUP (call from the main thread)."""
@@ -452,6 +556,8 @@ class Appliance:
             "uptime_seconds": round(time.monotonic() - self._started, 3),
             "workers": self.workers,
             "counters": counters,
+            # The bound as the workers hold it: their shares together.
+            "flows": _flows_report(counters, self.flows, self.max_flows_per_worker * self.workers),
         }
         if problems:
             body["problems"] = problems
@@ -464,6 +570,20 @@ class Appliance:
             f"rejected {s['rejected']}, dropped {s['dropped']}, malformed {s['malformed']}, "
             f"modifier errors {s['modifier_errors']}, send errors {s['send_errors']}"
         )
+
+
+def _flows_report(counters: dict[str, Any], tracking: bool, max_flows: int) -> dict[str, object]:
+    """The health JSON's "flows": tracking on or off, the bound, and the flow counters."""
+    return {
+        "tracking": tracking,
+        "max_flows": max_flows if tracking else 0,
+        "active": counters["flows_active"],
+        "created": counters["flows_created"],
+        "ended": dict.fromkeys(END_REASONS, 0) | counters["flows_ended"],
+        "verdict_packets": counters["flow_verdict_packets"],
+        "early_dropped": counters["flows_early_dropped"],
+        "rejects": counters["rejected"],
+    }
 
 
 def _prometheus(counters: dict[str, Any], healthy: bool, body: dict[str, object]) -> str:
@@ -489,6 +609,24 @@ def _prometheus(counters: dict[str, Any], healthy: bool, body: dict[str, object]
     metric("geneve_rejects_total", "counter",
            "Frames refused with a TCP RST or ICMP error sent back (REJECT).",
            total("rejected"))  # fmt: skip
+    flows: dict[str, Any] = body["flows"]  # type: ignore[assignment]
+    metric("geneve_flows_enabled", "gauge", "1 when flows are tracked, 0 with --no-flows.",
+           [("", int(flows["tracking"]))])  # fmt: skip
+    metric("geneve_flows_max", "gauge", "Live flows allowed, the workers' shares together.",
+           [("", flows["max_flows"])])  # fmt: skip
+    metric("geneve_flows_active", "gauge", "Flows live now.", [("", flows["active"])])
+    metric("geneve_flows_created_total", "counter", "Flows started.", [("", flows["created"])])
+    metric("geneve_flows_ended_total", "counter", "Flows ended, by reason.",
+           [(f'{{reason="{k}"}}', v) for k, v in flows["ended"].items()])  # fmt: skip
+    metric("geneve_flows_verdict_packets_total", "counter",
+           "Frames decided by their flow's verdict, without the modifier.",
+           [("", flows["verdict_packets"])])  # fmt: skip
+    metric("geneve_flows_early_dropped_total", "counter",
+           "Flows that never saw a reply, ended to make room (the table was full).",
+           [("", flows["early_dropped"])])  # fmt: skip
+    metric("geneve_flows_rejects_total", "counter",
+           "REJECTs sent (a TCP RST or ICMP error), by the modifier or a flow verdict.",
+           [("", flows["rejects"])])  # fmt: skip
     metric("geneve_dropped_total", "counter", "Frames dropped, by reason.",
            [(f'{{reason="{k}"}}', v) for k, v in sorted(counters["drops"].items())])  # fmt: skip
     metric("geneve_malformed_total", "counter", "Malformed frames dropped, by reason.",

@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from ._pipeline import ErrorPolicy, Modifier, Pipeline, Stats
+from ._pipeline import ErrorPolicy, FlowTable, Modifier, Pipeline, Stats
 from ._sockets import Sockets, own_addresses
 from ._transport import (
     NOT_UNICAST,
@@ -69,6 +69,7 @@ class Worker:
         allow_from: tuple[ipaddress.IPv4Network, ...] = (),
         batch: int = BATCH,
         fast_path: bool = True,
+        flows: FlowTable | None = None,
     ) -> None:
         self.index = index
         self.batch = batch
@@ -81,6 +82,7 @@ class Worker:
             on_too_large=on_too_large,
             max_inner_length=max_inner_length,
             port=sockets.port,
+            flows=flows,
         )
         self.stats: Stats = self.pipeline.stats
         self.publish = publish

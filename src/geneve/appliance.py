@@ -48,6 +48,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive number of seconds")
+    return value
+
+
 def _inner_length(text: str) -> int:
     value = _positive(text)
     # The frame around it (68 bytes of encapsulation) must still fit IPv4's 65535.
@@ -175,6 +185,38 @@ def build_parser() -> argparse.ArgumentParser:
         "unchanged [GENEVE_ON_TOO_LARGE] (default: %(default)s)",
     )
     p.add_argument(
+        "--flow-timeout-tcp",
+        type=_seconds,
+        default=_env("FLOW_TIMEOUT_TCP", "350"),
+        metavar="SECONDS",
+        help="a TCP flow with no packet for this long ends ('idle'); GWLB's own is 350 s by "
+        "default, 60-6000 s (a value outside is accepted, with a warning) "
+        "[GENEVE_FLOW_TIMEOUT_TCP] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--flow-timeout-other",
+        type=_seconds,
+        default=_env("FLOW_TIMEOUT_OTHER", "120"),
+        metavar="SECONDS",
+        help="the same for every other protocol (GWLB's: 120 s) [GENEVE_FLOW_TIMEOUT_OTHER] "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-flows",
+        type=_positive,
+        default=_env("MAX_FLOWS", "") or None,
+        help="live flows at most, all workers together (each worker gets its share); past "
+        "it, flows that never saw a reply end early [GENEVE_MAX_FLOWS] (default: 1000000, or "
+        "one per 4 KiB of memory on a smaller machine)",
+    )
+    p.add_argument(
+        "--no-flows",
+        dest="flows",
+        action="store_false",
+        default=True,
+        help="track no flows: no packet.flow, no flow hooks or verdicts [GENEVE_FLOWS=0]",
+    )
+    p.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=("debug", "info", "warning", "error"),
@@ -198,6 +240,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
             )
     if args.fast_path:  # no --no-fast-path: the environment may still say no
         args.fast_path = _switch("FAST_PATH", True)
+    if args.flows:
+        args.flows = _switch("FLOWS", True)
     return args
 
 
@@ -230,6 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             on_too_large=args.on_too_large,
             batch=args.batch,
             fast_path=args.fast_path,
+            flows=args.flows,
+            flow_timeout_tcp=args.flow_timeout_tcp,
+            flow_timeout_other=args.flow_timeout_other,
+            max_flows=args.max_flows,
         )
         appliance.run()
     except (ApplianceError, RulesError) as err:
