@@ -303,6 +303,8 @@ def test_the_flow_logger_keeps_every_flow_through_a_sigterm(
         # Every packet the emulator sent the appliance counted once, in its direction.
         assert sum(record["packets"]) == flow["sent"] == flow["returned"], (record, flow)
         assert record["end"] >= record["start"]
+        # The worker's clock is Unix time: the records read as dates of this test's run.
+        assert time.time() - 600 < record["start"] <= time.time(), record
         if flow["protocol"] == "udp":
             words = {"u1": 2, "u2": 1, "u3": 3}[name]
             size = (20 if flow["ip_version"] == 4 else 40) + 8 + 4  # "u1-a": 4 bytes

@@ -95,8 +95,20 @@ class Worker:
         self.failed: str | None = None
         self.heartbeat = time.monotonic()
         self.own: frozenset[bytes] = frozenset()
+        # The pipeline's clock (see clock()): set again when the worker starts running.
+        self.epoch = time.time() - time.monotonic()
+
+    def clock(self) -> float:
+        """The pipeline's time: wall-clock seconds (Unix time) that never jump.
+
+        The monotonic clock, shifted once by the wall clock when the worker starts: flow
+        times (``first_seen``, ``last_seen``, ``packet.timestamp``) read as dates, and a wall
+        clock stepped later (NTP, a VM resumed) moves no timeout.
+        """
+        return time.monotonic() + self.epoch
 
     def run(self) -> None:
+        self.epoch = time.time() - time.monotonic()
         try:
             interest = self.pipeline.interest if self.fast_path else None
             max_inner = self.pipeline.max_inner_length
@@ -111,7 +123,7 @@ class Worker:
                 self._loop(receiver, sender, fast)
             finally:
                 # However the loop ended: every live flow ends ("shutdown"), then on_stop().
-                self.pipeline.stop(time.monotonic())
+                self.pipeline.stop(self.clock())
         except Exception as err:
             self.failed = f"{type(err).__name__}: {err}"
             log.error("worker %d stopped: %s", self.index, self.failed)
@@ -130,14 +142,14 @@ class Worker:
         send_slots = sender.send_slots if isinstance(sender, BatchSender) else None
         admitted: dict[Any, bytes] = {}
         next_beat = self._beat(admitted, receiver, fast)
-        next_tick = time.monotonic() + TICK
+        monotonic, epoch = time.monotonic, self.epoch
+        next_tick = monotonic() + TICK
         last_logged, logged = 0.0, 0
         stop = self.stop
-        monotonic = time.monotonic
         while not stop.is_set():
             got = receive()
             if got:
-                now = monotonic()  # the pipeline's clock (REJECT's rate limit): once a batch
+                now = monotonic() + epoch  # the pipeline's clock (self.clock): once a batch
                 todo: Any = range(got)
                 if fast is not None:
                     done, todo = fast.forward(got, now)
@@ -185,7 +197,7 @@ class Worker:
             if clock >= next_beat:
                 next_beat = self._beat(admitted, receiver, fast)
                 if clock >= next_tick:  # idle flows end, then the modifier's on_tick(now)
-                    pipeline.tick(clock)
+                    pipeline.tick(clock + epoch)
                     next_tick = clock + TICK
                     if stats.modifier_errors != logged:
                         last_logged, logged = self._log_error(last_logged, logged)
