@@ -47,6 +47,8 @@ from appliance import (  # the benchmark's own plumbing, not a package
     on_signal,
 )
 
+from geneve._emulator.namespaces import ip
+
 
 def resident(pid: int) -> int:
     """Resident memory of ``pid`` and its children (worker processes), in bytes."""
@@ -84,13 +86,25 @@ def metrics(ns: str, port: int) -> dict[str, float]:
     return values
 
 
+#: The established flows' generator has an address of its own (each generator holds the
+#: Geneve port on its address to take its replies).
+ESTABLISHED_ADDR = "10.251.0.3"
+
+
+def second_address(topo: Topology) -> None:
+    ip("-n", topo.gen_ns, "addr", "add", f"{ESTABLISHED_ADDR}/24", "dev", topo.gen_if)
+    mac = topo._mac(topo.gen_ns, topo.gen_if)
+    ip(*f"-n {topo.app_ns} neigh replace {ESTABLISHED_ADDR} lladdr {mac} dev {topo.app_if} "
+       "nud permanent".split())  # fmt: skip
+
+
 def loadgen(
     topo: Topology, binary: Path, cpu: int, *, distinct: bool, rate: float, packets: int,
-    duration: float, flows: int = 256,
+    duration: float, flows: int = 256, src: str | None = None,
 ) -> subprocess.Popen[str]:  # fmt: skip
     args = [
         str(binary),
-        *f"--src {topo.gen_addr} --dst {topo.app_addr} --mix forward --size 156".split(),
+        *f"--src {src or topo.gen_addr} --dst {topo.app_addr} --mix forward --size 156".split(),
         *f"--rate {int(rate)} --duration {duration} --max-packets {packets}".split(),
         *f"--flows {flows} --distinct {int(distinct)} --validate-every 1".split(),
         *f"--tx packet --ifname {topo.gen_if} --dst-mac {topo.app_mac}".split(),
@@ -152,7 +166,7 @@ def one_bound(
         seconds = args.tuples / rate
         established = loadgen(topo, binaries / "loadgen", args.gen_cpu, distinct=False,
                               rate=args.established_pps, packets=50_000_000,
-                              duration=seconds + 1.0)  # fmt: skip
+                              duration=seconds + 1.0, src=ESTABLISHED_ADDR)  # fmt: skip
         time.sleep(0.5)
         flood = loadgen(topo, binaries / "loadgen", args.gen_cpu, distinct=True, rate=rate,
                         packets=args.tuples, duration=seconds + 5)  # fmt: skip
@@ -212,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         binaries = build(workdir)
         topo.up()
+        second_address(topo)
         for bound in (int(b) for b in args.bounds.split(",")):
             results.append(one_bound(topo, binaries, args, bound, workdir))
             print(report(results[-1:]).splitlines()[1], flush=True)
