@@ -60,6 +60,7 @@ from ._pipeline import (
     process,
 )
 from ._reject import reject_frame
+from ._stream import STREAM_LIMIT, StreamStart, stream_start
 
 if TYPE_CHECKING:
     from ._appliance import Appliance, ApplianceError
@@ -96,6 +97,7 @@ __all__ = [
     "IPPROTO_UDP",
     "MAX_FRAME_LENGTH",
     "MAX_INNER_LENGTH",
+    "STREAM_LIMIT",
     "TCP",
     "UDP",
     "Appliance",
@@ -120,6 +122,7 @@ __all__ = [
     "PipelinePacket",
     "ReceiveBuffer",
     "Stats",
+    "StreamStart",
     "TruncatedError",
     "UnsupportedError",
     "Verdict",
@@ -129,6 +132,7 @@ __all__ = [
     "interest_of",
     "process",
     "reject_frame",
+    "stream_start",
 ]
 
 

@@ -98,10 +98,11 @@ class PipelinePacket(Packet):
     pipeline tracks no flows); :attr:`timestamp` the caller's time for this frame.
     """
 
-    __slots__ = ("flow", "timestamp")
+    __slots__ = ("flow", "streams", "timestamp")
 
     flow: Flow | None
     timestamp: float
+    streams: Any  # the pipeline's StreamBudget (geneve.stream_start)
 
 
 class Flow:

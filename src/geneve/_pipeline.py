@@ -20,6 +20,7 @@ from ._flows import DROP_TOMBSTONE, CFlowTable, EndReason, Flow, FlowTable, Pipe
 from ._headers import GENEVE_PORT, IPPROTO_TCP, IPPROTO_UDP
 from ._packet import MAX_INNER_LENGTH, Packet
 from ._reject import reject_frame
+from ._stream import StreamBudget, release_streams
 
 __all__ = [
     "ALL_PACKETS",
@@ -50,6 +51,15 @@ class Verdict(enum.Enum):
     FORWARD = "forward"
     DROP = "drop"
     REJECT = "reject"
+    #: Keep the packet in its flow, unsent, until the flow is decided: when ``flow.verdict`` is
+    #: set (FORWARD: the held frames go, in order, before the packet that decided; DROP or
+    #: REJECT: they are dropped), or else by the next packet of their direction the modifier
+    #: does not hold (its verdict decides them too). Bounded (:data:`HOLD_FLOW_BYTES`,
+    #: :data:`HOLD_SECONDS`, :data:`HOLD_TOTAL_BYTES`); past a bound the pipeline's
+    #: ``on_hold_limit`` decides ("drop": they are dropped and the flow's verdict becomes
+    #: DROP; "forward": they are sent and it becomes FORWARD). Without a flow (flows off, a
+    #: non-IP packet) HOLD is a drop (``hold-limit``).
+    HOLD = "hold"
 
 
 Modifier = Callable[[Packet], "Verdict | None"]
@@ -176,7 +186,12 @@ class Stats:
     With flows on: ``flow_verdict_packets`` of those were decided by their flow's verdict
     (or a tombstone) without the modifier; ``flows_active`` is a gauge, ``flows_created``
     and ``flows_ended`` (by reason) count since the start, ``flows_early_dropped`` counts
-    flows that never saw a reply, ended to make room for new ones.
+    flows that never saw a reply, ended to make room for new ones. ``held`` counts frames a
+    modifier held (:attr:`Verdict.HOLD`), ``held_released`` those sent later, ``held_bytes``
+    is a gauge of the bytes held now; held frames that are not sent are dropped as ``hold``
+    (their flow was dropped, rejected or ended) or ``hold-limit`` (a bound was reached).
+    ``stream_flow_limits`` / ``stream_total_limits`` count the stream starts
+    (:func:`geneve.stream_start`) that reached their cap per direction / the pipeline's.
     """
 
     __slots__ = (
@@ -188,6 +203,9 @@ class Stats:
         "flows_early_dropped",
         "flows_ended",
         "forwarded",
+        "held",
+        "held_bytes",
+        "held_released",
         "last_error",
         "malformed",
         "malformed_reasons",
@@ -196,6 +214,8 @@ class Stats:
         "received",
         "rejected",
         "skipped",
+        "stream_flow_limits",
+        "stream_total_limits",
         "too_large_forwarded",
     )
 
@@ -210,6 +230,11 @@ class Stats:
         self.modifier_errors = 0
         self.too_large_forwarded = 0
         self.flow_verdict_packets = 0
+        self.held = 0
+        self.held_released = 0
+        self.held_bytes = 0
+        self.stream_flow_limits = 0
+        self.stream_total_limits = 0
         self.flows_active = 0
         self.flows_created = 0
         self.flows_early_dropped = 0
@@ -237,6 +262,11 @@ class Stats:
             "flows_active": self.flows_active,
             "flows_created": self.flows_created,
             "flows_early_dropped": self.flows_early_dropped,
+            "held": self.held,
+            "held_released": self.held_released,
+            "held_bytes": self.held_bytes,
+            "stream_flow_limits": self.stream_flow_limits,
+            "stream_total_limits": self.stream_total_limits,
             "drops": dict(self.drops),
             "malformed_reasons": dict(self.malformed_reasons),
             "flows_ended": dict(self.flows_ended),
@@ -257,6 +287,11 @@ class Stats:
         "flows_active",
         "flows_created",
         "flows_early_dropped",
+        "held",
+        "held_released",
+        "held_bytes",
+        "stream_flow_limits",
+        "stream_total_limits",
     )
 
     @classmethod
@@ -286,10 +321,18 @@ class Stats:
 _FORWARD = Verdict.FORWARD
 _DROP = Verdict.DROP
 _REJECT = Verdict.REJECT
+_HOLD = Verdict.HOLD
 
 #: REJECTs sent per flow (inner addresses, ports and protocol, either direction) per second;
 #: past it a REJECT is a DROP. Enough to refuse a connection and its retries at once, too few
 #: for a flood of refused packets to become a flood of replies.
+#: Bytes of frames one flow may hold (:attr:`Verdict.HOLD`): a ClientHello of 1.8 KB in
+#: small segments, with their retransmissions, fits many times over.
+HOLD_FLOW_BYTES = 65536
+#: Seconds a flow may hold frames before the pipeline decides for it (``on_hold_limit``).
+HOLD_SECONDS = 5.0
+#: Bytes of held frames in one pipeline (one worker) at most.
+HOLD_TOTAL_BYTES = 32 * 1024 * 1024
 REJECTS_PER_SECOND = 5
 #: Flows the rate limit remembers; when full, the one rejected longest ago is forgotten.
 REJECT_FLOWS = 4096
@@ -322,13 +365,17 @@ class Pipeline:
     """
 
     __slots__ = (
+        "_held",
         "_on_flow_end",
         "_rejects",
+        "_released",
+        "_streams",
         "flows",
         "interest",
         "max_inner_length",
         "modifier",
         "on_error",
+        "on_hold_limit",
         "on_too_large",
         "port",
         "stats",
@@ -346,9 +393,20 @@ class Pipeline:
         port: int = GENEVE_PORT,
         verify_outer_udp: bool = False,
         flows: FlowTable | bool | None = None,
+        on_hold_limit: ErrorPolicy = "drop",
     ) -> None:
+        if on_hold_limit not in ("drop", "forward"):
+            raise ValueError(f"on_hold_limit must be 'drop' or 'forward', not {on_hold_limit!r}")
+        self.on_hold_limit = on_hold_limit
+        # Frames held per flow (Verdict.HOLD): flow -> [when the first was held, their bytes,
+        # their direction, the frames...].
+        self._held: dict[Flow, list[Any]] = {}
+        # Held frames to send before the frame handle() is answering, when a flow is released.
+        self._released: list[bytes] | None = None
         self.modifier = modifier
         self.stats = Stats() if stats is None else stats
+        # What the stream starts of this pipeline's flows hold (geneve.stream_start).
+        self._streams = StreamBudget(self.stats)
         self.on_error = on_error
         self.on_too_large = on_too_large
         self.max_inner_length = max_inner_length
@@ -376,10 +434,24 @@ class Pipeline:
         bad frame or a failing modifier (see :func:`process`).
         """
         packet = self._decide(buf, length, now)
+        released = self._released
+        if released is not None:  # a flow's held frames go first, in the order they came
+            self._released = None
+            out = self._answer(packet)
+            return (*(memoryview(frame) for frame in released), *out)
         if packet is None:
             return ()
         if type(packet) is memoryview:
             return (packet,)
+        reply = self._reply(packet)
+        return () if reply is None else (reply,)
+
+    def _answer(self, packet: Packet | memoryview | None) -> tuple[memoryview, ...]:
+        if packet is None:
+            return ()
+        if type(packet) is memoryview:
+            return (packet,)
+        assert isinstance(packet, Packet)
         reply = self._reply(packet)
         return () if reply is None else (reply,)
 
@@ -400,14 +472,33 @@ class Pipeline:
         """Call the modifier's ``on_start()``, if it has one (once, before the first frame)."""
         self._hook("on_start")
 
-    def tick(self, now: float) -> None:
-        """End the flows idle (or lingering) past their time, then call ``on_tick(now)``.
+    def tick(self, now: float) -> tuple[memoryview, ...]:
+        """End the flows idle (or lingering) past their time, decide the holds past
+        :data:`HOLD_SECONDS` (:meth:`expire_holds`), then call ``on_tick(now)``.
 
         About once a second on the caller's clock; the cost is that of the flows ending.
+        Returns the held frames a ``"forward"`` hold limit releases, for the caller to send.
         """
         if self.flows is not None:
             self.flows.sweep(now)
+        released = self.expire_holds(now)
         self._hook("on_tick", now)
+        return released
+
+    def expire_holds(self, now: float) -> tuple[memoryview, ...]:
+        """Decide every flow that has held frames for :data:`HOLD_SECONDS` by ``now``.
+
+        ``on_hold_limit="drop"`` (the default) drops them and gives the flow a DROP verdict;
+        ``"forward"`` sends them (returned here, to send) and lets the flow go on.
+        :meth:`tick` calls it.
+        """
+        if not self._held:
+            return ()
+        out: list[memoryview] = []
+        for flow, entry in list(self._held.items()):
+            if now - entry[0] >= HOLD_SECONDS:
+                out += self._hold_limit(flow)
+        return tuple(out)
 
     def stop(self, now: float) -> None:
         """End every live flow (reason ``"shutdown"``), then call ``on_stop()``."""
@@ -427,6 +518,10 @@ class Pipeline:
             self.stats.last_error = exc
 
     def _flow_ended(self, flow: Flow, reason: EndReason) -> None:
+        if self._held:
+            self._discard(flow, "hold")
+        if self._streams.used:
+            release_streams(flow)
         hook = self._on_flow_end
         if hook is None:
             return
@@ -464,6 +559,7 @@ class Pipeline:
             stats.drop("control")
             return None
         packet.timestamp = now
+        packet.streams = self._streams
         flows = self.flows
         if flows is None or not packet.ip_version:
             packet.flow = None
@@ -479,6 +575,8 @@ class Pipeline:
             decided = flow.verdict
             if decided is not None:
                 stats.flow_verdict_packets += 1
+                if self._held:
+                    self._settle(flow, decided)
                 if decided is _FORWARD:
                     return packet
                 if decided is _REJECT:
@@ -493,6 +591,7 @@ class Pipeline:
                 and verdict is not _FORWARD
                 and verdict is not _DROP
                 and verdict is not _REJECT
+                and verdict is not _HOLD
             ):
                 raise TypeError(f"modifier returned {verdict!r}, not a Verdict or None")
         except PacketTooLargeError:
@@ -510,6 +609,21 @@ class Pipeline:
                 stats.drop("modifier-error")
                 return None
             verdict = _FORWARD
+        if verdict is _HOLD:
+            self._hold(packet, now)
+            return None
+        if self._held:
+            flow_ = packet.flow
+            if flow_ is not None:
+                # Held frames follow the flow's verdict when the modifier set one, else the
+                # verdict of the next packet of their direction that is not held.
+                decided = flow_.verdict
+                if decided is None:
+                    entry = self._held.get(flow_)
+                    if entry is not None and entry[2] == flow_.direction:
+                        self._settle(flow_, verdict or _FORWARD)
+                else:
+                    self._settle(flow_, decided)
         if verdict is _DROP:
             stats.drop("rule")
             return None
@@ -519,6 +633,78 @@ class Pipeline:
             stats.drop("too-large")
             return None
         return packet
+
+    # -- HOLD ---------------------------------------------------------------------------------
+
+    def _hold(self, packet: Packet, now: float) -> None:
+        """Keep ``packet``'s reply in its flow until the flow is decided."""
+        stats = self.stats
+        flow = getattr(packet, "flow", None)
+        if flow is None:  # nowhere to keep it
+            stats.drop("hold-limit")
+            return None
+        try:
+            data = bytes(packet.reply())  # as it will be sent: outer addresses swapped
+        except GeneveError as err:  # the modifier broke a length field
+            stats.modifier_errors += 1
+            stats.last_error = err
+            stats.drop("modifier-error")
+            return None
+        entry = self._held.get(flow)
+        if entry is None:
+            entry = self._held[flow] = [now, 0, flow.direction]
+        if (
+            entry[1] + len(data) > HOLD_FLOW_BYTES
+            or stats.held_bytes + len(data) > HOLD_TOTAL_BYTES
+        ):
+            entry.append(data)  # decided with the rest
+            entry[1] += len(data)
+            stats.held += 1
+            stats.held_bytes += len(data)
+            self._released = self._hold_limit(flow, as_bytes=True)
+            return None
+        entry.append(data)
+        entry[1] += len(data)
+        stats.held += 1
+        stats.held_bytes += len(data)
+        return None
+
+    def _settle(self, flow: Flow, verdict: Verdict) -> None:
+        """Release (FORWARD) or drop (otherwise) what ``flow`` holds, if anything."""
+        if flow not in self._held:
+            return
+        if verdict is _FORWARD:
+            entry = self._held.pop(flow)
+            frames: list[bytes] = entry[3:]
+            self.stats.held_bytes -= entry[1]
+            self.stats.held_released += len(frames)
+            self.stats.forwarded += len(frames)
+            self._released = frames
+        else:
+            self._discard(flow, "hold")
+
+    def _discard(self, flow: Flow, reason: str) -> None:
+        entry = self._held.pop(flow, None)
+        if entry is None:
+            return
+        stats = self.stats
+        stats.held_bytes -= entry[1]
+        for _ in entry[3:]:
+            stats.drop(reason)
+
+    def _hold_limit(self, flow: Flow, as_bytes: bool = False) -> list[Any]:
+        """A flow's hold reached a bound: ``on_hold_limit`` decides; the frames to send."""
+        if self.on_hold_limit == "forward":  # fail open: the flow goes on, undecided no more
+            entry = self._held.pop(flow)
+            frames: list[bytes] = entry[3:]
+            self.stats.held_bytes -= entry[1]
+            self.stats.held_released += len(frames)
+            self.stats.forwarded += len(frames)
+            flow.verdict = _FORWARD
+            return frames if as_bytes else [memoryview(f) for f in frames]
+        self._discard(flow, "hold-limit")
+        flow.verdict = _DROP
+        return []
 
     def _reply(self, packet: Packet) -> memoryview | None:
         """Turn a packet to forward into GWLB's reply (:meth:`Packet.reply`); its bytes."""

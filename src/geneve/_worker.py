@@ -197,7 +197,9 @@ class Worker:
             if clock >= next_beat:
                 next_beat = self._beat(admitted, receiver, fast)
                 if clock >= next_tick:  # idle flows end, then the modifier's on_tick(now)
-                    pipeline.tick(clock + epoch)
+                    for frame in pipeline.tick(clock + epoch):  # held frames let go
+                        if send(frame):
+                            self._send_failed(sender.error)
                     next_tick = clock + TICK
                     if stats.modifier_errors != logged:
                         last_logged, logged = self._log_error(last_logged, logged)

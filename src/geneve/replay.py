@@ -92,7 +92,7 @@ def replay(
         if next_tick is None:
             next_tick = float(record.ts_ns // 1_000_000_000 + 1)
         elif now >= next_tick:
-            pipeline.tick(now)
+            pipeline.tick(now)  # (held frames a "forward" hold limit lets go are not written)
             next_tick = float(record.ts_ns // 1_000_000_000 + 1)
         data = record.data
         off = ip_offset(record.linktype, data)
