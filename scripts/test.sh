@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -m pytest -q "$@"
-GENEVE_PURE_PYTHON=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_checksum.py tests/test_packet.py tests/test_pipeline.py tests/test_flows.py
+GENEVE_PURE_PYTHON=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_checksum.py tests/test_packet.py tests/test_pipeline.py tests/test_flows.py tests/test_hold.py
 .venv/bin/mypy --strict src
 .venv/bin/mypy --strict tests benchmarks fuzz
 .venv/bin/ruff check src tests benchmarks fuzz
