@@ -981,3 +981,45 @@ def test_a_worker_past_its_stop_allowance_is_killed_and_says_how_many_flows(
     assert stop_timeout + flows * STOP_PER_FLOW <= took < stop_timeout + flows * STOP_PER_FLOW + 1.5
     (line,) = [r.getMessage() for r in caplog.records if "were lost" in r.getMessage()]
     assert "killed" in line and f"up to {flows} flows" in line, line
+
+
+def _health(p: Pair) -> tuple[int, dict[str, object]]:
+    answer = http(p, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", timeout=2.0)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize("second", [False, True], ids=["drain", "second-sigterm"])
+def test_sigterm_drains_then_stops(ns: Pair, second: bool) -> None:
+    """--drain-seconds: at SIGTERM health answers 503 "draining" at once while frames are
+    still answered; the daemon stops after the drain, or at once on a second SIGTERM."""
+    proc = daemon(ns, "--drain-seconds", "3")
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        status, body = _health(ns)
+        assert status == 503 and body["status"] == "draining"
+        frame = client.frame(inner_udp(b"still here", dport=80))
+        client.send(frame)
+        (reply,) = client.replies(want=1)
+        check_reply(frame, reply)
+        assert proc.poll() is None
+        if second:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        took = time.monotonic() - start
+        assert proc.returncode == 0
+        assert took < 2.5 if second else 3.0 <= took < 6.0, took
+        _out, err = proc.communicate()
+        assert "draining" in err and "stopped:" in err
+    finally:
+        client.close()
+        stop(proc)
+
+
+def test_drain_seconds_is_checked() -> None:
+    with pytest.raises(ApplianceError, match="drain_seconds"):
+        Appliance(lambda packet: None, drain_seconds=-1)

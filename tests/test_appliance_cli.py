@@ -42,6 +42,9 @@ from geneve._loader import RulesError, load_modifier
         (["--max-flows", "1.5"], {}, "--max-flows"),
         ([], {"GENEVE_MAX_FLOWS": "many"}, "--max-flows"),
         ([], {"GENEVE_FLOWS": "perhaps"}, "GENEVE_FLOWS"),
+        (["--drain-seconds", "-1"], {}, "--drain-seconds"),
+        (["--drain-seconds", "nan"], {}, "--drain-seconds"),
+        ([], {"GENEVE_DRAIN_SECONDS": "soon"}, "--drain-seconds"),
     ],
 )
 def test_a_bad_setting_is_one_line_and_exit_2(

@@ -154,6 +154,7 @@ class Appliance:
         batch: int = BATCH,
         fast_path: bool = True,
         stop_timeout: float = STOP_TIMEOUT,
+        drain_seconds: float = 0.0,
         flows: bool = True,
         flow_timeout_tcp: float = TCP_TIMEOUT,
         flow_timeout_other: float = OTHER_TIMEOUT,
@@ -176,6 +177,8 @@ class Appliance:
                 raise ApplianceError(f"{name} must be 'drop' or 'forward', not {policy!r}")
         if not 0 < port < 65536:
             raise ApplianceError(f"port {port} is out of range")
+        if not 0 <= drain_seconds < float("inf"):
+            raise ApplianceError("drain_seconds must be 0 or a positive number of seconds")
         if not 0 < stop_timeout < float("inf"):
             raise ApplianceError("stop_timeout must be a positive number of seconds")
         self.flow_timeout_tcp = _seconds("flow_timeout_tcp", flow_timeout_tcp)
@@ -202,6 +205,9 @@ class Appliance:
             raise ApplianceError(f"max_inner_length must be 1 to {0xFFFF - GWLB_ENCAP_LENGTH}")
         self.modifier = modifier
         self.stop_timeout = stop_timeout
+        self.drain_seconds = drain_seconds
+        # Set by drain(): health checks fail ("draining") while the data path goes on.
+        self._draining = threading.Event()
         self.port = port
         self.bind = bind
         self.health_host = health_host
@@ -236,6 +242,7 @@ class Appliance:
         """Open every socket and start the workers and the health endpoint."""
         if self._running:
             raise ApplianceError("already started")
+        self._draining.clear()
         self._check_port_free()
         sockets: list[Sockets] = []
         try:
@@ -447,12 +454,31 @@ class Appliance:
             live.get(index, 0),
         )
 
+    def drain(self) -> None:
+        """Fail health checks from now on ("draining", HTTP 503) while frames are still
+        forwarded: GWLB stops sending new flows to a target that fails its checks and keeps
+        the existing ones until its deregistration delay. :meth:`stop` afterwards."""
+        if not self._draining.is_set():
+            self._draining.set()
+            log.info("draining: health checks answer 503 from now on, frames are still answered")
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.is_set()
+
     def run(self) -> None:
-        """Start, then block until SIGTERM, SIGINT or SIGHUP (call from the main thread)."""
+        """Start, then block until SIGTERM, SIGINT or SIGHUP (call from the main thread).
+
+        With ``drain_seconds``, the first SIGTERM drains (:meth:`drain`) for that long before
+        stopping; a second signal during the drain stops at once. Stopping ends every live
+        flow and runs ``on_stop()`` either way.
+        """
         self.start()
         stop = threading.Event()
+        signals: list[int] = []
 
         def on_signal(signum: int, frame: object) -> None:
+            signals.append(signum)
             if not stop.is_set():
                 log.info("%s received, stopping", signal.Signals(signum).name)
             stop.set()
@@ -462,6 +488,13 @@ class Appliance:
         try:
             while not stop.wait(0.5):
                 pass
+            if self.drain_seconds > 0 and signals[:1] == [signal.SIGTERM]:
+                self.drain()
+                deadline = time.monotonic() + self.drain_seconds
+                while len(signals) < 2 and time.monotonic() < deadline:
+                    time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+                if len(signals) >= 2:
+                    log.info("a second signal: the drain ends early")
         finally:
             try:
                 self.stop()  # a second signal meanwhile changes nothing
@@ -550,9 +583,11 @@ class Appliance:
 
     def report(self) -> HealthReport:
         problems = self.problems()
+        if self._draining.is_set():
+            problems = ["draining", *problems]
         counters = self.stats()
         body: dict[str, object] = {
-            "status": "ok" if not problems else "unhealthy",
+            "status": "ok" if not problems else "draining" if self.draining else "unhealthy",
             "uptime_seconds": round(time.monotonic() - self._started, 3),
             "workers": self.workers,
             "counters": counters,

@@ -58,6 +58,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _drain(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or a positive number of seconds")
+    return value
+
+
 def _inner_length(text: str) -> int:
     value = _positive(text)
     # The frame around it (68 bytes of encapsulation) must still fit IPv4's 65535.
@@ -210,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
         "one per 4 KiB of memory on a smaller machine)",
     )
     p.add_argument(
+        "--drain-seconds",
+        type=_drain,
+        default=_env("DRAIN_SECONDS", "0"),
+        metavar="SECONDS",
+        help="on SIGTERM, answer health checks 503 \"draining\" and keep forwarding this long "
+        "before stopping (a second SIGTERM stops at once); set it to the target group's "
+        "deregistration delay or less [GENEVE_DRAIN_SECONDS] (default: %(default)s)",
+    )
+    p.add_argument(
         "--no-flows",
         dest="flows",
         action="store_false",
@@ -278,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             flow_timeout_tcp=args.flow_timeout_tcp,
             flow_timeout_other=args.flow_timeout_other,
             max_flows=args.max_flows,
+            drain_seconds=args.drain_seconds,
         )
         appliance.run()
     except (ApplianceError, RulesError) as err:
