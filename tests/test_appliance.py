@@ -620,7 +620,7 @@ def test_user_drops_root_and_keeps_working(ns: Pair, workers: str) -> None:
     assert rc == 0, err
 
 
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGHUP])
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
 def test_workers_do_not_outlive_the_daemon(ns: Pair, how: signal.Signals) -> None:
     proc = daemon(ns, "--workers", "2")
     try:
@@ -1023,3 +1023,69 @@ def test_sigterm_drains_then_stops(ns: Pair, second: bool) -> None:
 def test_drain_seconds_is_checked() -> None:
     with pytest.raises(ApplianceError, match="drain_seconds"):
         Appliance(lambda packet: None, drain_seconds=-1)
+
+
+RULES_V1 = """
+from geneve import Verdict
+
+class Rules:
+    def __call__(self, packet):
+        payload = bytes(packet.buf[packet.payload_offset:packet.ip_end])
+        if payload.startswith(b"stick") and packet.flow is not None:
+            packet.flow.verdict = Verdict.DROP  # this flow: dropped from now on, both ways
+        if b"v1-drops" in payload or payload.startswith(b"stick"):
+            return Verdict.DROP
+        return None
+
+modifier = Rules()
+"""
+RULES_V2 = RULES_V1.replace('b"v1-drops"', 'b"v2-drops"') + "\n# v2\n"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_reloads_the_rules_and_keeps_flows(
+    ns: Pair, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    rules = tmp_path / "rules_under_test.py"
+    rules.write_text(RULES_V1)
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")  # the file is read again, not a cache
+    proc = rules_daemon(ns, tmp_path, monkeypatch, RULES_V1, workers)
+    client = GwlbClient(ns)
+
+    def answered(payload: bytes, sport: int) -> bool:
+        client.send(client.frame(inner_udp(payload, sport=sport, dport=4000), src_port=sport))
+        return bool(client.replies(want=1, timeout=0.5))
+
+    try:
+        wait_healthy(ns)
+        # Several flows (so both workers have some), each checked before and after.
+        ports = range(41000, 41008)
+        assert not any(answered(b"v1-drops", p) for p in ports)
+        assert all(answered(b"v2-drops", p) for p in ports)
+        assert not answered(b"stick", 42000)  # a flow with a DROP verdict
+        rules.write_text(RULES_V2)
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while answered(b"v2-drops", 41000) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(answered(b"v1-drops", p) for p in ports)
+        assert not any(answered(b"v2-drops", p) for p in ports)
+        assert not answered(b"fine", 42000)  # the verdict set before the reload holds
+        assert answered(b"fine", 42001)
+        # A reload that fails keeps the rules running, says so and counts it.
+        rules.write_text("raise RuntimeError('broken on purpose')\n")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert not answered(b"v2-drops", 41003) and answered(b"v1-drops", 41003)
+        status, body = _health(ns)
+        assert status == 200
+        assert body["reloads"] == {"done": 1, "failed": 1}
+        metrics = http(ns, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").decode()
+        assert "geneve_reloads_total 1" in metrics
+        assert "geneve_reload_failures_total 1" in metrics
+        code, err = stop(proc)
+        assert code == 0
+        assert "reload failed, the old rules stay" in err and "broken on purpose" in err
+    finally:
+        client.close()
+        stop(proc)

@@ -47,6 +47,7 @@ from typing import Any
 from ._flows import OTHER_TIMEOUT, TCP_TIMEOUT, EndReason
 from ._headers import GENEVE_PORT
 from ._health import HealthReport, HealthServer
+from ._loader import RulesError, load_modifier
 from ._packet import GWLB_ENCAP_LENGTH, MAX_INNER_LENGTH
 from ._pipeline import ErrorPolicy, FlowTable, Modifier, Stats
 from ._sockets import ReceiveMode, Sockets, broadcast_addresses, local_addresses, steer
@@ -155,6 +156,7 @@ class Appliance:
         fast_path: bool = True,
         stop_timeout: float = STOP_TIMEOUT,
         drain_seconds: float = 0.0,
+        rules: str | None = None,
         flows: bool = True,
         flow_timeout_tcp: float = TCP_TIMEOUT,
         flow_timeout_other: float = OTHER_TIMEOUT,
@@ -206,6 +208,11 @@ class Appliance:
         self.modifier = modifier
         self.stop_timeout = stop_timeout
         self.drain_seconds = drain_seconds
+        # The MODULE:CALLABLE the modifier came from (the daemon's --rules): SIGHUP reads it
+        # again (reload()).
+        self.rules = rules
+        self.reloads = 0
+        self.reload_failures = 0
         # Set by drain(): health checks fail ("draining") while the data path goes on.
         self._draining = threading.Event()
         self.port = port
@@ -345,6 +352,7 @@ class Appliance:
             index,
             socks,
             self.modifier,
+            rules=self.rules,
             on_error=self.on_error,
             on_too_large=self.on_too_large,
             max_inner_length=self.max_inner_length,
@@ -454,6 +462,46 @@ class Appliance:
             live.get(index, 0),
         )
 
+    def reload(self, modifier: Modifier | None = None) -> bool:
+        """Run new rules without a restart; whether they were taken.
+
+        Without ``modifier``, the ``rules`` this appliance was made with (``MODULE:CALLABLE``)
+        are imported again here and checked; if that fails, the old rules stay, one line is
+        logged and ``reload_failures`` counts it. Then every worker takes the new rules
+        between two batches: a thread gets the modifier, a worker process imports the same
+        ``rules`` itself (on SIGHUP). Flows, their state and verdicts stay; the old
+        modifier's ``on_stop()`` and the new one's ``on_start()`` run in each worker. An
+        embedded appliance may pass ``modifier`` instead (threads only: one worker).
+        """
+        if modifier is None:
+            if self.rules is None:
+                log.warning("reload: no rules to read again (made without rules=MODULE:CALLABLE)")
+                return False
+            try:
+                modifier = load_modifier(self.rules, reload=True)
+            except RulesError as err:
+                self.reload_failures += 1
+                log.error("reload failed, the old rules stay: %s", err)
+                return False
+        elif self._processes:
+            raise ApplianceError(
+                "reload(modifier) needs one worker: worker processes import their rules again"
+            )
+        if not callable(modifier):
+            self.reload_failures += 1
+            log.error("reload failed, the old rules stay: the modifier is not callable")
+            return False
+        self.modifier = modifier
+        for worker in self._local_workers:
+            worker.swap = modifier
+        for proc, _conn in self._processes:
+            if proc.is_alive() and proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGHUP)
+        self.reloads += 1
+        log.info("rules reloaded%s", f" from {self.rules}" if self.rules else "")
+        return True
+
     def drain(self) -> None:
         """Fail health checks from now on ("draining", HTTP 503) while frames are still
         forwarded: GWLB stops sending new flows to a target that fails its checks and keeps
@@ -467,7 +515,8 @@ class Appliance:
         return self._draining.is_set()
 
     def run(self) -> None:
-        """Start, then block until SIGTERM, SIGINT or SIGHUP (call from the main thread).
+        """Start, then block until SIGTERM or SIGINT (call from the main thread); SIGHUP
+        reloads the rules (:meth:`reload`).
 
         With ``drain_seconds``, the first SIGTERM drains (:meth:`drain`) for that long before
         stopping; a second signal during the drain stops at once. Stopping ends every live
@@ -476,6 +525,7 @@ class Appliance:
         self.start()
         stop = threading.Event()
         signals: list[int] = []
+        reloads: list[int] = []
 
         def on_signal(signum: int, frame: object) -> None:
             signals.append(signum)
@@ -483,11 +533,23 @@ class Appliance:
                 log.info("%s received, stopping", signal.Signals(signum).name)
             stop.set()
 
-        stopping = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-        previous = {s: signal.signal(s, on_signal) for s in stopping}
+        def on_hangup(signum: int, frame: object) -> None:
+            reloads.append(signum)  # done by the main loop, not in the handler
+            stop.set()
+
+        handlers = {signal.SIGTERM: on_signal, signal.SIGINT: on_signal, signal.SIGHUP: on_hangup}
+        previous = {s: signal.signal(s, h) for s, h in handlers.items()}
         try:
-            while not stop.wait(0.5):
-                pass
+            while True:
+                while not stop.wait(0.5):
+                    pass
+                if signals:
+                    break
+                stop.clear()
+                while reloads:
+                    reloads.pop()
+                    log.info("SIGHUP received, reloading the rules")
+                    self.reload()
             if self.drain_seconds > 0 and signals[:1] == [signal.SIGTERM]:
                 self.drain()
                 deadline = time.monotonic() + self.drain_seconds
@@ -594,6 +656,11 @@ class Appliance:
             # The bound as the workers hold it: their shares together.
             "flows": _flows_report(counters, self.flows, self.max_flows_per_worker * self.workers),
         }
+        worker_failures = sum(snap.get("reload_failures", 0) for snap in self._worker_states())
+        body["reloads"] = {
+            "done": self.reloads,
+            "failed": self.reload_failures + worker_failures,
+        }
         if problems:
             body["problems"] = problems
         return HealthReport(not problems, body, _prometheus(counters, not problems, body))
@@ -672,6 +739,11 @@ def _prometheus(counters: dict[str, Any], healthy: bool, body: dict[str, object]
            total("modifier_errors"))  # fmt: skip
     metric("geneve_not_allowed_total", "counter", "Geneve from sources outside --allow-from.",
            total("not_allowed"))  # fmt: skip
+    reloads: dict[str, int] = body.get("reloads", {"done": 0, "failed": 0})  # type: ignore[assignment]
+    metric("geneve_reloads_total", "counter", "Rules reloaded (SIGHUP).",
+           [("", reloads["done"])])  # fmt: skip
+    metric("geneve_reload_failures_total", "counter",
+           "Reloads that failed: the old rules stayed.", [("", reloads["failed"])])  # fmt: skip
     metric("geneve_send_errors_total", "counter", "Replies the kernel refused to send.",
            total("send_errors"))  # fmt: skip
     return "\n".join(out) + "\n"

@@ -14,13 +14,17 @@ class RulesError(Exception):
     """The --rules value does not name a callable that can be imported."""
 
 
-def load_modifier(spec: str) -> Modifier:
+def load_modifier(spec: str, *, reload: bool = False) -> Modifier:
+    """The modifier ``spec`` names; with ``reload``, its module is read again first (SIGHUP)."""
     module_name, _, attr = spec.partition(":")
     attr = attr or "modifier"
     if not module_name:
         raise RulesError(f"--rules {spec!r}: expected MODULE:CALLABLE")
     try:
         module = importlib.import_module(module_name)
+        if reload:
+            importlib.invalidate_caches()
+            module = importlib.reload(module)
     except (Exception, SystemExit, KeyboardInterrupt) as err:  # not found, or its code failing
         why = f"{type(err).__name__} {err}".strip() if not isinstance(err, Exception) else err
         raise RulesError(f"--rules {spec!r}: cannot import {module_name}: {why}") from err

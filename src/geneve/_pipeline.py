@@ -466,6 +466,15 @@ class Pipeline:
             return None
         return packet
 
+    def set_modifier(self, modifier: Modifier) -> None:
+        """Run ``modifier`` from the next frame on (a reload): its interest and hooks too.
+
+        Flows, their state and verdicts, held frames and counters stay as they are.
+        """
+        self.modifier = modifier
+        self.interest = interest_of(modifier)
+        self._on_flow_end = getattr(modifier, "on_flow_end", None)
+
     # -- the life cycle and the clock ----------------------------------------------------------
 
     def start(self) -> None:

@@ -360,6 +360,11 @@ class FastPath:
             raise ValueError("geneve_fast_forward: the batch's arguments disagree")
         return self._done[0], self._todo_of[:left]
 
+    def set_interest(self, interest: Interest) -> None:
+        """Decide by a new interest from the next batch on (the modifier was reloaded)."""
+        assert _batch is not None
+        self._tables = _interest_tables(_batch.ffi, interest)
+
     def trust(self, source: int) -> None:
         """Let frames from ``source`` (just admitted by Python) take the C path."""
         if self._n_trusted < TRUSTED_MAX:

@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any
 
+from ._loader import RulesError, load_modifier
 from ._pipeline import ErrorPolicy, FlowTable, Modifier, Pipeline, Stats
 from ._sockets import Sockets, own_addresses
 from ._transport import (
@@ -42,6 +43,8 @@ HEARTBEAT = 0.5
 TICK = 1.0
 #: Frames per recvmmsg/sendmmsg call when the C batch module is built.
 BATCH = 64
+#: What Worker.swap holds when a forked worker must read its rules again.
+RELOAD = "reload"
 #: Modifier errors logged at most this often per worker (the rest are counted).
 ERROR_LOG_INTERVAL = 1.0
 #: Sources whose admission is cached at once (the cache is emptied when full).
@@ -70,8 +73,16 @@ class Worker:
         batch: int = BATCH,
         fast_path: bool = True,
         flows: FlowTable | None = None,
+        rules: str | None = None,
     ) -> None:
         self.index = index
+        # The MODULE:CALLABLE the modifier came from, read again at a reload in a process.
+        self.rules = rules
+        # A reload to make between two batches: a new modifier (a thread of the daemon's
+        # process), or RELOAD (read ``rules`` again: a forked worker got SIGHUP).
+        self.swap: Modifier | str | None = None
+        self.reloads = 0
+        self.reload_failures = 0
         self.batch = batch
         self.fast_path = fast_path
         self.allow = tuple((int(net.network_address), int(net.netmask)) for net in allow_from)
@@ -147,6 +158,8 @@ class Worker:
         last_logged, logged = 0.0, 0
         stop = self.stop
         while not stop.is_set():
+            if self.swap is not None:  # between two batches: the reloaded rules take over
+                self._reload(fast)
             got = receive()
             if got:
                 now = monotonic() + epoch  # the pipeline's clock (self.clock): once a batch
@@ -203,6 +216,31 @@ class Worker:
                     next_tick = clock + TICK
                     if stats.modifier_errors != logged:
                         last_logged, logged = self._log_error(last_logged, logged)
+
+    def _reload(self, fast: FastPath | None) -> None:
+        """Swap in the new modifier: the old one's ``on_stop()``, the new one's ``on_start()``;
+        flows, their state and verdicts stay. A modifier that cannot be read again (in a
+        worker process) leaves the old one running, logged and counted."""
+        swap, self.swap = self.swap, None
+        if swap == RELOAD:
+            if self.rules is None:
+                return
+            try:
+                modifier: Modifier = load_modifier(self.rules, reload=True)
+            except RulesError as err:
+                self.reload_failures += 1
+                log.error("worker %d: reload failed, the old rules stay: %s", self.index, err)
+                return
+        else:
+            assert callable(swap)
+            modifier = swap
+        pipeline = self.pipeline
+        pipeline._hook("on_stop")
+        pipeline.set_modifier(modifier)
+        if fast is not None:
+            fast.set_interest(pipeline.interest)
+        pipeline.start()
+        self.reloads += 1
 
     def _admit(self, cache: dict[Any, bytes], key: object, src: bytes) -> bytes:
         """Decide (on a cache miss) whether Geneve from ``src`` may be processed.
@@ -278,6 +316,8 @@ class Worker:
             "send_errors": self.send_errors,
             "own_replies": self.own_replies,
             "not_allowed": self.not_allowed,
+            "reloads": self.reloads,
+            "reload_failures": self.reload_failures,
             "failed": self.failed,
             "final": final,
             "time": time.time(),
@@ -292,7 +332,11 @@ def process_main(worker: Worker, conn: multiprocessing.connection.Connection) ->
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent stops on it, and then stops us
+    def on_reload(signum: int, frame: object) -> None:
+        worker.swap = RELOAD  # read the rules again between two batches
+
+    # The parent reloads on SIGHUP after checking the rules, then sends it to each worker.
+    signal.signal(signal.SIGHUP, on_reload)
     worker.publish = conn.send
     worker.run()
     conn.close()

@@ -298,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             flow_timeout_other=args.flow_timeout_other,
             max_flows=args.max_flows,
             drain_seconds=args.drain_seconds,
+            rules=args.rules,
         )
         appliance.run()
     except (ApplianceError, RulesError) as err:
