@@ -1089,3 +1089,50 @@ def test_sighup_reloads_the_rules_and_keeps_flows(
     finally:
         client.close()
         stop(proc)
+
+
+def test_start_after_stop_is_healthy_and_counts_afresh(ns: Pair) -> None:
+    for workers in (1, 2):
+        app = in_process(ns, lambda packet: None, workers=workers)
+        client = GwlbClient(ns)
+        try:
+            wait_healthy(ns)
+            assert client.exchange(inner_udp(b"one", dport=80)) is not None
+            app.stop()
+            in_netns(ns.ap, app.start)
+            wait_healthy(ns)
+            time.sleep(0.6)  # past a heartbeat: a stale old worker would show now
+            assert app.problems() == []
+            assert app.stats()["received"] == 0
+            assert client.exchange(inner_udp(b"two", dport=80)) is not None
+            deadline = time.monotonic() + 2
+            while app.stats()["received"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert app.stats()["received"] == 1
+        finally:
+            client.close()
+            app.stop()
+
+
+def test_set_modifier_swaps_at_run_time(ns: Pair, tmp_path: pathlib.Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    app = in_process(ns, lambda packet: None)
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        assert client.exchange(inner_udp(b"a", dport=80)) is not None
+        assert app.set_modifier(lambda packet: Verdict.DROP)
+        deadline = time.monotonic() + 3
+        while client.exchange(inner_udp(b"b", dport=80)) is not None:
+            assert time.monotonic() < deadline, "the new modifier never took over"
+        (tmp_path / "swapped_rules.py").write_text("def modifier(packet):\n    return None\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        assert app.set_modifier("swapped_rules:modifier")
+        deadline = time.monotonic() + 3
+        while client.exchange(inner_udp(b"c", dport=80)) is None:
+            assert time.monotonic() < deadline, "the imported modifier never took over"
+        with pytest.raises(ApplianceError, match="cannot import"):
+            app.set_modifier("no_such_module_here:modifier")
+    finally:
+        client.close()
+        app.stop()

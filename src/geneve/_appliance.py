@@ -250,6 +250,12 @@ class Appliance:
         if self._running:
             raise ApplianceError("already started")
         self._draining.clear()
+        # A start after a stop begins afresh: the old workers are gone, and their counters.
+        self._threads = []
+        self._local_workers = []
+        self._processes = []
+        with self._lock:
+            self._snapshots = {}
         self._check_port_free()
         sockets: list[Sockets] = []
         try:
@@ -461,6 +467,28 @@ class Appliance:
             what,
             live.get(index, 0),
         )
+
+    def set_modifier(self, modifier: Modifier | str) -> bool:
+        """Run another modifier from now on: a callable (one worker), or ``MODULE:CALLABLE``,
+        which every worker, thread or process, imports (:meth:`reload`); whether it was taken.
+        Before :meth:`start`, it only replaces what the workers will run."""
+        if isinstance(modifier, str):
+            try:
+                loaded = load_modifier(modifier)
+            except RulesError as err:
+                raise ApplianceError(str(err)) from None
+            self.rules = modifier
+            if not self._running:
+                self.modifier = loaded
+                return True
+            return self.reload()
+        if not callable(modifier):
+            raise ApplianceError("the modifier must be callable")
+        self.rules = None
+        if not self._running:
+            self.modifier = modifier
+            return True
+        return self.reload(modifier)
 
     def reload(self, modifier: Modifier | None = None) -> bool:
         """Run new rules without a restart; whether they were taken.
