@@ -1136,3 +1136,35 @@ def test_set_modifier_swaps_at_run_time(ns: Pair, tmp_path: pathlib.Path,
     finally:
         client.close()
         app.stop()
+
+
+def test_a_modifier_raising_on_most_frames_fails_health_and_logs_tracebacks(
+    ns: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    def modifier(packet: Packet) -> None:
+        raise ValueError("boom in the rules")
+
+    app = in_process(ns, modifier)
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        for i in range(40):
+            client.send(client.frame(inner_udp(b"x", dport=80), src_port=30000 + i))
+        deadline = time.monotonic() + 3
+        while app.stats()["modifier_errors"] < 40 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        answer = http(ns, b"GET / HTTP/1.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 503") and b"the modifier raised on 100%" in answer
+    finally:
+        client.close()
+        app.stop()
+    logged = [r for r in caplog.records if "modifier error" in r.getMessage()]
+    assert logged and logged[0].exc_info is not None
+    assert "boom in the rules" in caplog.text and "Traceback" in caplog.text
+    assert "in modifier" in caplog.text  # the frame of the user's function
+
+
+def test_max_error_share_is_checked() -> None:
+    for share in (0, 1.5, -1):
+        with pytest.raises(ApplianceError, match="max_error_share"):
+            Appliance(lambda packet: None, max_error_share=share)

@@ -43,6 +43,8 @@ from geneve._loader import RulesError, load_modifier
         ([], {"GENEVE_MAX_FLOWS": "many"}, "--max-flows"),
         ([], {"GENEVE_FLOWS": "perhaps"}, "GENEVE_FLOWS"),
         (["--drain-seconds", "-1"], {}, "--drain-seconds"),
+        (["--max-error-share", "0"], {}, "--max-error-share"),
+        (["--max-error-share", "2"], {}, "--max-error-share"),
         (["--drain-seconds", "nan"], {}, "--drain-seconds"),
         ([], {"GENEVE_DRAIN_SECONDS": "soon"}, "--drain-seconds"),
     ],

@@ -26,6 +26,7 @@ worker died or its heartbeat is stale.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import ipaddress
@@ -66,6 +67,12 @@ log = logging.getLogger("geneve.appliance")
 #: A worker whose heartbeat is older than this is reported as not making progress.
 STALE_AFTER = 3.0
 
+
+#: Modifier errors above this share of the frames received make the appliance unhealthy
+#: (a modifier raising on every packet drops every packet while the data path "works").
+MAX_ERROR_SHARE = 0.5
+#: Over how many seconds that share is measured.
+ERROR_WINDOW = 10.0
 
 #: Seconds the workers get to stop (finish the batch, end their flows, run on_stop) before a
 #: worker process is killed, plus STOP_PER_FLOW for each flow it had live. Stopping normally
@@ -157,6 +164,7 @@ class Appliance:
         stop_timeout: float = STOP_TIMEOUT,
         drain_seconds: float = 0.0,
         rules: str | None = None,
+        max_error_share: float | None = MAX_ERROR_SHARE,
         flows: bool = True,
         flow_timeout_tcp: float = TCP_TIMEOUT,
         flow_timeout_other: float = OTHER_TIMEOUT,
@@ -179,6 +187,8 @@ class Appliance:
                 raise ApplianceError(f"{name} must be 'drop' or 'forward', not {policy!r}")
         if not 0 < port < 65536:
             raise ApplianceError(f"port {port} is out of range")
+        if max_error_share is not None and not 0 < max_error_share <= 1:
+            raise ApplianceError("max_error_share must be above 0 and at most 1 (or None)")
         if not 0 <= drain_seconds < float("inf"):
             raise ApplianceError("drain_seconds must be 0 or a positive number of seconds")
         if not 0 < stop_timeout < float("inf"):
@@ -208,6 +218,9 @@ class Appliance:
         self.modifier = modifier
         self.stop_timeout = stop_timeout
         self.drain_seconds = drain_seconds
+        self.max_error_share = max_error_share
+        # (time, frames received, modifier errors), a sample a second over ERROR_WINDOW.
+        self._error_samples: collections.deque[tuple[float, int, int]] = collections.deque()
         # The MODULE:CALLABLE the modifier came from (the daemon's --rules): SIGHUP reads it
         # again (reload()).
         self.rules = rules
@@ -669,7 +682,32 @@ class Appliance:
                 found.append(f"worker {snap['index']} is not running")
             elif snap["stale"]:
                 found.append(f"worker {snap['index']} is not making progress")
+        erring = self._error_share()
+        if erring:
+            found.append(erring)
         return found
+
+    def _error_share(self) -> str | None:
+        """A problem when the modifier raised on more than ``max_error_share`` of the frames
+        received over the last :data:`ERROR_WINDOW` seconds (at least 20 frames)."""
+        if self.max_error_share is None:
+            return None
+        counters = self.stats()
+        now = time.monotonic()
+        samples = self._error_samples
+        if not samples or now - samples[-1][0] >= 1.0:
+            samples.append((now, counters["received"], counters["modifier_errors"]))
+        while len(samples) > 1 and now - samples[1][0] >= ERROR_WINDOW:
+            samples.popleft()
+        _then, received, errors = samples[0]
+        frames = counters["received"] - received
+        raised = counters["modifier_errors"] - errors
+        if frames >= 20 and raised > self.max_error_share * frames:
+            return (
+                f"the modifier raised on {100 * raised / frames:.0f}% of the frames "
+                f"of the last {now - _then:.0f} s"
+            )
+        return None
 
     def report(self) -> HealthReport:
         problems = self.problems()

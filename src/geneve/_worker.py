@@ -288,6 +288,8 @@ class Worker:
                 type(err).__name__,
                 err,
                 f" ({suppressed} more not logged)" if suppressed > 0 else "",
+                # Its traceback, which names the line of the modifier that raised.
+                exc_info=(type(err), err, err.__traceback__) if err is not None else None,
             )
             return now, self.stats.modifier_errors
         return last_logged, logged_count

@@ -58,6 +58,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share (0 to 1)") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be above 0 and at most 1")
+    return value
+
+
 def _drain(text: str) -> float:
     try:
         value = float(text)
@@ -220,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
         "one per 4 KiB of memory on a smaller machine)",
     )
     p.add_argument(
+        "--max-error-share",
+        type=_share,
+        default=_env("MAX_ERROR_SHARE", "0.5"),
+        metavar="SHARE",
+        help="health fails while the modifier raises on more than this share of the frames "
+        "of the last 10 s (0 < SHARE <= 1; 1: never) [GENEVE_MAX_ERROR_SHARE] "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "--drain-seconds",
         type=_drain,
         default=_env("DRAIN_SECONDS", "0"),
@@ -299,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_flows=args.max_flows,
             drain_seconds=args.drain_seconds,
             rules=args.rules,
+            max_error_share=args.max_error_share,
         )
         appliance.run()
     except (ApplianceError, RulesError) as err:
