@@ -134,9 +134,26 @@ def test_replay_cli_on_error_forward(tmp_path: Path) -> None:
     write_pcap(src, sample_frames()[:2])
     env = {"PYTHONPATH": str(tmp_path)}
     proc = run_replay(str(src), str(dst), "--rules", "buggy", env=env)
-    assert proc.returncode == 0 and "forwarded 0," in proc.stdout and "dropped 2," in proc.stdout
+    assert proc.returncode == 1 and "forwarded 0," in proc.stdout and "dropped 2," in proc.stdout
+    assert "modifier errors 2" in proc.stdout
+    # The first error's traceback names the rule's own line.
+    assert "Traceback" in proc.stderr and "RuntimeError: bug" in proc.stderr
+    assert "buggy.py" in proc.stderr
     proc = run_replay(str(src), str(dst), "--rules", "buggy", "--on-error", "forward", env=env)
-    assert proc.returncode == 0 and "forwarded 2," in proc.stdout
+    assert proc.returncode == 1 and "forwarded 2," in proc.stdout
+
+
+def test_replay_warns_when_the_capture_holds_the_replies_too(tmp_path: Path) -> None:
+    frames = sample_frames()[:2]
+    reply = bytearray(frames[0])  # Ethernet: the outer IPv4 addresses at 14 + 12 and 14 + 16
+    reply[26:30], reply[30:34] = frames[0][30:34], frames[0][26:30]
+    src, dst = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    write_pcap(src, frames)
+    proc = run_replay(str(src), str(dst))
+    assert proc.returncode == 0 and "warning" not in proc.stdout
+    write_pcap(src, [*frames, bytes(reply)])
+    proc = run_replay(str(src), str(dst))
+    assert proc.returncode == 0 and "warning: Geneve goes both ways between" in proc.stdout
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:

@@ -197,6 +197,7 @@ class Stats:
     __slots__ = (
         "dropped",
         "drops",
+        "first_error",
         "flow_verdict_packets",
         "flows_active",
         "flows_created",
@@ -242,6 +243,13 @@ class Stats:
         self.drops: dict[str, int] = {}
         self.malformed_reasons: dict[str, int] = {}
         self.last_error: BaseException | None = None
+        self.first_error: BaseException | None = None
+
+    def note_error(self, error: BaseException) -> None:
+        """Keep the first and the latest modifier error (their tracebacks name the rule)."""
+        if self.first_error is None:
+            self.first_error = error
+        self.last_error = error
 
     def drop(self, reason: str) -> None:
         self.dropped += 1
@@ -524,7 +532,7 @@ class Pipeline:
             hook(*args)
         except Exception as exc:  # a user's bug must not stop the appliance
             self.stats.modifier_errors += 1
-            self.stats.last_error = exc
+            self.stats.note_error(exc)
 
     def _flow_ended(self, flow: Flow, reason: EndReason) -> None:
         if self._held:
@@ -538,7 +546,7 @@ class Pipeline:
             hook(flow, reason)
         except Exception as exc:
             self.stats.modifier_errors += 1
-            self.stats.last_error = exc
+            self.stats.note_error(exc)
 
     def _decide(self, buf: bytearray, length: int, now: float) -> Packet | memoryview | None:
         """Parse and check the frame, run the modifier: the packet to send back, the refusal
@@ -612,7 +620,7 @@ class Pipeline:
             verdict = _FORWARD
         except Exception as exc:  # a user's bug must not stop the appliance
             stats.modifier_errors += 1
-            stats.last_error = exc
+            stats.note_error(exc)
             # "forward" means forward unchanged; an edit already made cannot be undone: drop.
             if self.on_error != "forward" or packet.modified:
                 stats.drop("modifier-error")
@@ -656,7 +664,7 @@ class Pipeline:
             data = bytes(packet.reply())  # as it will be sent: outer addresses swapped
         except GeneveError as err:  # the modifier broke a length field
             stats.modifier_errors += 1
-            stats.last_error = err
+            stats.note_error(err)
             stats.drop("modifier-error")
             return None
         entry = self._held.get(flow)
@@ -723,7 +731,7 @@ class Pipeline:
             reply = packet.reply()  # checksums fixed when edited, outer addresses swapped
         except GeneveError as err:  # the modifier broke a length field
             stats.modifier_errors += 1
-            stats.last_error = err
+            stats.note_error(err)
             stats.drop("modifier-error")
             return None
         if modified:

@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import os
 import secrets
 import stat
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import BinaryIO
 
 from ._flows import FlowTable
+from ._headers import GENEVE_PORT
 from ._loader import RulesError, load_modifier
 from ._pcap import (
     LINKTYPE_ETHERNET,
@@ -47,9 +50,12 @@ DEFAULT_RULES = "geneve.rules.reference:modifier"
 
 
 class ReplayResult:
-    def __init__(self, stats: Stats, read: int) -> None:
+    def __init__(self, stats: Stats, read: int, both_ways: tuple[str, str] | None = None) -> None:
         self.stats = stats
         self.read = read
+        #: Two outer addresses with Geneve between them both ways: the capture holds the
+        #: appliance's own replies beside GWLB's frames (they are replayed too).
+        self.both_ways = both_ways
 
     def summary(self) -> str:
         s = self.stats
@@ -63,6 +69,14 @@ class ReplayResult:
             line += f" ({reasons})"
         if s.rejected:
             line += f", rejected {s.rejected} (a RST or ICMP error written instead)"
+        if s.modifier_errors:
+            line += f", modifier errors {s.modifier_errors}"
+        if self.both_ways:
+            a, b = self.both_ways
+            line += (
+                f"\nwarning: Geneve goes both ways between {a} and {b}: the capture holds the "
+                "appliance's replies too, and they were replayed as if GWLB had sent them"
+            )
         return line
 
 
@@ -86,6 +100,7 @@ def replay(
     read = 0
     now = 0.0
     next_tick: float | None = None
+    pairs: set[bytes] = set()  # outer (source, destination) of the Geneve frames read
     for record in records:
         read += 1
         now = record.ts_ns / 1e9
@@ -98,6 +113,14 @@ def replay(
         off = ip_offset(record.linktype, data)
         if off < 0:
             continue  # not IPv4 at all: skipped
+        ihl = (data[off] & 0x0F) * 4 if len(data) > off else 0
+        if (
+            ihl >= 20
+            and len(data) >= off + ihl + 4
+            and data[off + 9] == 17  # outer UDP to the Geneve port
+            and int.from_bytes(data[off + ihl + 2 : off + ihl + 4], "big") == GENEVE_PORT
+        ):
+            pairs.add(bytes(data[off + 12 : off + 20]))  # its outer (source, destination)
         buf = bytearray(data[off:])
         frames = pipeline.handle(buf, len(buf), now)
         if not frames:
@@ -115,7 +138,11 @@ def replay(
     pipeline.stop(now)
     if writer is None:  # nothing forwarded: an empty capture of the input's link type
         PcapWriter(dst, info.linktype, nanosecond=info.nanosecond)
-    return ReplayResult(pipeline.stats, read)
+    both = next((p for p in sorted(pairs) if p[4:] + p[:4] in pairs and p[:4] != p[4:]), None)
+    ends = None
+    if both is not None:
+        ends = (str(ipaddress.IPv4Address(both[:4])), str(ipaddress.IPv4Address(both[4:])))
+    return ReplayResult(pipeline.stats, read, ends)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,6 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"geneve.replay: {message}", file=sys.stderr)
         return 2
     print(result.summary())
+    first = result.stats.first_error
+    if first is not None:  # every such packet was dropped (or forwarded, --on-error forward)
+        print("geneve.replay: the modifier raised; the first error:", file=sys.stderr)
+        traceback.print_exception(first, file=sys.stderr)
+        return 1
     return 0
 
 
