@@ -59,6 +59,11 @@ def test_wheel_from_sdist_has_the_c_implementation(
     assert any(n.startswith("geneve/_batch_cffi") and n.endswith(".so") for n in names)
     assert any(n.startswith("geneve/_flows_cffi") and n.endswith(".so") for n in names)
     assert "geneve/py.typed" in names
+    with zipfile.ZipFile(wheel) as zf:
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        scripts = zf.read(entry_points).decode()
+    for script in ("geneve-appliance", "geneve-replay", "geneve-emulator"):
+        assert f"{script} = " in scripts, scripts
     assert {"geneve/_checksum_cffi.pyi", "geneve/_batch_cffi.pyi", "geneve/_flows_cffi.pyi"} <= set(
         names
     )

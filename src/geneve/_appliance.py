@@ -237,10 +237,18 @@ class Appliance:
         self.on_too_large = on_too_large
         self.receive = receive
         self.max_inner_length = max_inner_length
-        try:
-            self.allow_from = tuple(ipaddress.IPv4Network(c, strict=False) for c in allow_from)
-        except ValueError as err:
-            raise ApplianceError(f"--allow-from: {err}") from None
+        nets = []
+        for cidr in allow_from:
+            try:
+                net = ipaddress.ip_network(cidr, strict=False)
+            except ValueError as err:
+                raise ApplianceError(f"--allow-from: {err}") from None
+            if net.version != 4:
+                raise ApplianceError(
+                    f"--allow-from {cidr}: GWLB sends Geneve over IPv4 only; give IPv4 networks"
+                )
+            nets.append(net)
+        self.allow_from = tuple(ipaddress.IPv4Network(str(n)) for n in nets)
         if user is not None:
             _user_entry(user)  # a user that does not exist stops us before any socket opens
         self.user = user
