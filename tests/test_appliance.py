@@ -1168,3 +1168,29 @@ def test_max_error_share_is_checked() -> None:
     for share in (0, 1.5, -1):
         with pytest.raises(ApplianceError, match="max_error_share"):
             Appliance(lambda packet: None, max_error_share=share)
+
+
+def test_the_modifiers_own_reasons_and_counters_reach_metrics(ns: Pair) -> None:
+    import geneve
+
+    denied = Verdict.drop("policy-x")
+
+    def modifier(packet: Packet) -> geneve.Drop | None:
+        geneve.count("live-seen")
+        return denied if bytes(packet.payload or b"") == b"no" else None
+
+    before = geneve._pipeline.rule_counters().get("live-seen", 0)
+    app = in_process(ns, modifier)
+    client = GwlbClient(ns)
+    try:
+        wait_healthy(ns)
+        assert client.exchange(inner_udp(b"no", dport=80)) is None
+        assert client.exchange(inner_udp(b"yes", dport=80)) is not None
+        metrics = http(ns, b"GET /metrics HTTP/1.1\r\n\r\n").decode()
+        assert 'geneve_dropped_total{reason="rule:policy-x"} 1' in metrics
+        assert f'geneve_rule_counter_total{{name="live-seen"}} {before + 2}' in metrics
+        _status, body = _health(ns)
+        assert body["rule_counters"] == {"live-seen": before + 2}
+    finally:
+        client.close()
+        app.stop()

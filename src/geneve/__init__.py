@@ -46,6 +46,7 @@ from ._headers import (
 from ._packet import MAX_FRAME_LENGTH, MAX_INNER_LENGTH, Packet, ReceiveBuffer, build_frame
 from ._pipeline import (
     ALL_PACKETS,
+    Drop,
     ErrorPolicy,
     Flow,
     FlowTable,
@@ -55,6 +56,7 @@ from ._pipeline import (
     PipelinePacket,
     Stats,
     Verdict,
+    count,
     declare_interest,
     interest_of,
     process,
@@ -102,6 +104,7 @@ __all__ = [
     "UDP",
     "Appliance",
     "ApplianceError",
+    "Drop",
     "ErrorPolicy",
     "Flow",
     "FlowTable",
@@ -127,6 +130,7 @@ __all__ = [
     "UnsupportedError",
     "Verdict",
     "build_frame",
+    "count",
     "declare_interest",
     "fix_frame",
     "interest_of",

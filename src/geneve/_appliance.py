@@ -730,7 +730,13 @@ class Appliance:
             # The bound as the workers hold it: their shares together.
             "flows": _flows_report(counters, self.flows, self.max_flows_per_worker * self.workers),
         }
-        worker_failures = sum(snap.get("reload_failures", 0) for snap in self._worker_states())
+        states = list(self._worker_states())
+        worker_failures = sum(snap.get("reload_failures", 0) for snap in states)
+        rule_counts: dict[str, int] = {}
+        for snap in states:
+            for name, value in snap.get("rule_counters", {}).items():
+                rule_counts[name] = rule_counts.get(name, 0) + value
+        body["rule_counters"] = rule_counts
         body["reloads"] = {
             "done": self.reloads,
             "failed": self.reload_failures + worker_failures,
@@ -813,6 +819,10 @@ def _prometheus(counters: dict[str, Any], healthy: bool, body: dict[str, object]
            total("modifier_errors"))  # fmt: skip
     metric("geneve_not_allowed_total", "counter", "Geneve from sources outside --allow-from.",
            total("not_allowed"))  # fmt: skip
+    rule_counts: dict[str, int] = body.get("rule_counters", {})  # type: ignore[assignment]
+    metric("geneve_rule_counter_total", "counter",
+           "Counters of the modifier's own (geneve.count), by name.",
+           [(f'{{name="{k}"}}', v) for k, v in sorted(rule_counts.items())])  # fmt: skip
     reloads: dict[str, int] = body.get("reloads", {"done": 0, "failed": 0})  # type: ignore[assignment]
     metric("geneve_reloads_total", "counter", "Rules reloaded (SIGHUP).",
            [("", reloads["done"])])  # fmt: skip

@@ -11,6 +11,7 @@ counters.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
@@ -24,6 +25,7 @@ from ._stream import StreamBudget, release_streams
 
 __all__ = [
     "ALL_PACKETS",
+    "Drop",
     "ErrorPolicy",
     "Flow",
     "FlowTable",
@@ -33,9 +35,11 @@ __all__ = [
     "PipelinePacket",
     "Stats",
     "Verdict",
+    "count",
     "declare_interest",
     "interest_of",
     "process",
+    "rule_counters",
 ]
 
 
@@ -61,8 +65,69 @@ class Verdict(enum.Enum):
     #: non-IP packet) HOLD is a drop (``hold-limit``).
     HOLD = "hold"
 
+    @staticmethod
+    def drop(reason: str) -> Drop:
+        """A DROP counted under a reason of the modifier's own: ``rule:<reason>`` in
+        ``Stats.drops`` and ``/metrics`` (the prefix keeps it apart from the pipeline's own
+        reasons). ``reason``: 1-48 letters, digits, ``_``, ``-`` or ``.``. Make it once
+        (``DENIED = Verdict.drop("denied")``) and return it. At most :data:`MAX_RULE_REASONS`
+        distinct reasons are counted apart per worker; later ones count as ``rule:other``."""
+        return Drop(reason)
 
-Modifier = Callable[[Packet], "Verdict | None"]
+
+_REASON_OK = re.compile(r"[A-Za-z0-9_.-]{1,48}\Z")
+
+
+class Drop:
+    """What :meth:`Verdict.drop` returns: a DROP with its reason."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        if not isinstance(reason, str) or not _REASON_OK.match(reason):
+            raise ValueError(
+                f"a drop reason is 1-48 letters, digits, '_', '-' or '.', not {reason!r}"
+            )
+        self.reason = "rule:" + reason
+
+    def __repr__(self) -> str:
+        return f"Verdict.drop({self.reason[5:]!r})"
+
+
+#: Distinct reasons of a modifier's own (Verdict.drop) counted apart per pipeline.
+MAX_RULE_REASONS = 64
+
+# Counters a modifier keeps (count()): per process, so per worker; the appliance sums them.
+_RULE_COUNTERS: dict[str, int] = {}
+#: Distinct counter names kept at most; more are refused (ValueError) rather than grow.
+MAX_RULE_COUNTERS = 256
+
+
+def count(name: str, n: int = 1) -> None:
+    """Add ``n`` to the modifier's own counter ``name`` (made at first use).
+
+    Exported by the appliance as ``geneve_rule_counter_total{name="..."}`` in ``/metrics`` and
+    under ``"rule_counters"`` in the health JSON, summed over the workers. ``name``: as a
+    :meth:`Verdict.drop` reason. Counters live per process (each worker its own).
+    """
+    counters = _RULE_COUNTERS
+    if name not in counters:
+        if not isinstance(name, str) or not _REASON_OK.match(name):
+            raise ValueError(
+                f"a counter name is 1-48 letters, digits, '_', '-' or '.', not {name!r}"
+            )
+        if len(counters) >= MAX_RULE_COUNTERS:
+            raise ValueError(f"more than {MAX_RULE_COUNTERS} counters: {name!r} refused")
+        counters[name] = 0
+    counters[name] += n
+
+
+def rule_counters() -> dict[str, int]:
+    """A copy of this process's modifier counters (:func:`count`)."""
+    return dict(_RULE_COUNTERS)
+
+
+Modifier = Callable[[Packet], "Verdict | Drop | None"]
 ErrorPolicy = Literal["drop", "forward"]
 
 
@@ -609,6 +674,7 @@ class Pipeline:
                 and verdict is not _DROP
                 and verdict is not _REJECT
                 and verdict is not _HOLD
+                and type(verdict) is not Drop
             ):
                 raise TypeError(f"modifier returned {verdict!r}, not a Verdict or None")
         except PacketTooLargeError:
@@ -646,6 +712,13 @@ class Pipeline:
             return None
         if verdict is _REJECT:
             return self._reject(packet, now)
+        if type(verdict) is Drop:
+            reason = verdict.reason
+            drops = stats.drops
+            if reason not in drops and sum(k[:5] == "rule:" for k in drops) >= MAX_RULE_REASONS:
+                reason = "rule:other"
+            stats.drop(reason)
+            return None
         if packet.modified and packet.length - packet.inner_offset > max_inner_length:
             stats.drop("too-large")
             return None
@@ -686,7 +759,7 @@ class Pipeline:
         stats.held_bytes += len(data)
         return None
 
-    def _settle(self, flow: Flow, verdict: Verdict) -> None:
+    def _settle(self, flow: Flow, verdict: Verdict | Drop) -> None:
         """Release (FORWARD) or drop (otherwise) what ``flow`` holds, if anything."""
         if flow not in self._held:
             return

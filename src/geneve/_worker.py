@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from ._loader import RulesError, load_modifier
-from ._pipeline import ErrorPolicy, FlowTable, Modifier, Pipeline, Stats
+from ._pipeline import ErrorPolicy, FlowTable, Modifier, Pipeline, Stats, rule_counters
 from ._sockets import Sockets, own_addresses
 from ._transport import (
     NOT_UNICAST,
@@ -319,6 +319,7 @@ class Worker:
             "own_replies": self.own_replies,
             "not_allowed": self.not_allowed,
             "reloads": self.reloads,
+            "rule_counters": rule_counters(),
             "reload_failures": self.reload_failures,
             "failed": self.failed,
             "final": final,

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from .._headers import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
 from .._packet import Packet
-from .._pipeline import Interest, Modifier, Verdict, declare_interest, interest_of
+from .._pipeline import Drop, Interest, Modifier, Verdict, declare_interest, interest_of
 
 __all__ = [
     "Interest",
@@ -45,6 +45,7 @@ _T = TypeVar("_T", bound=Callable[..., object])
 
 _DROP = Verdict.DROP
 _REJECT = Verdict.REJECT
+_FORWARD = Verdict.FORWARD
 _NO_UDP_NO_TCP = Interest(frozenset(), frozenset())
 _NOTHING = Interest(frozenset(), frozenset(), frozenset())  # the identity of |
 
@@ -181,7 +182,7 @@ def icmp_echo_every(n: int, action: Modifier = drop) -> Modifier:
     if n < 1:
         raise ValueError("n must be at least 1")
 
-    def modifier(packet: Packet) -> Verdict | None:
+    def modifier(packet: Packet) -> Verdict | Drop | None:
         # Most packets are not ICMP: one attribute read settles it.
         if packet.l4_protocol not in _ICMP_PROTOCOLS:
             return None
@@ -201,7 +202,7 @@ def drop_if_contains(needle: bytes) -> Modifier:
     if not needle:
         raise ValueError("needle must not be empty")
 
-    def modifier(packet: Packet) -> Verdict | None:
+    def modifier(packet: Packet) -> Verdict | Drop | None:
         start = packet.payload_offset
         if start < 0:
             start = _first_fragment_payload(packet)
@@ -228,7 +229,8 @@ def replace(old: bytes, new: bytes) -> Modifier:
 
 
 def chain(*modifiers: Modifier) -> Modifier:
-    """Run modifiers in order; the first DROP or REJECT stops the chain and is its verdict."""
+    """Run modifiers in order; the first verdict other than FORWARD (DROP, REJECT, HOLD, a
+    ``Verdict.drop(reason)``) stops the chain and is its verdict."""
     if len(modifiers) == 1:
         return modifiers[0]
     interest = _NOTHING
@@ -237,19 +239,19 @@ def chain(*modifiers: Modifier) -> Modifier:
     if len(modifiers) == 2:
         first, second = modifiers
 
-        def pair(packet: Packet) -> Verdict | None:
+        def pair(packet: Packet) -> Verdict | Drop | None:
             verdict = first(packet)
-            if verdict is _DROP or verdict is _REJECT:
+            if verdict is not None and verdict is not _FORWARD:
                 return verdict
             verdict = second(packet)
-            return verdict if verdict is _DROP or verdict is _REJECT else None
+            return None if verdict is _FORWARD else verdict
 
         return _declared(pair, interest)
 
-    def modifier(packet: Packet) -> Verdict | None:
+    def modifier(packet: Packet) -> Verdict | Drop | None:
         for step in modifiers:
             verdict = step(packet)
-            if verdict is _DROP or verdict is _REJECT:
+            if verdict is not None and verdict is not _FORWARD:
                 return verdict
         return None
 
@@ -260,7 +262,7 @@ def when(predicate: Predicate, *modifiers: Modifier) -> Modifier:
     """Run ``modifiers`` (as :func:`chain`) only on packets for which ``predicate`` is true."""
     inner = chain(*modifiers)
 
-    def modifier(packet: Packet) -> Verdict | None:
+    def modifier(packet: Packet) -> Verdict | Drop | None:
         return inner(packet) if predicate(packet) else None
 
     # Nothing happens unless the predicate holds and the modifiers would act.
