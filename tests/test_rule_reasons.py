@@ -7,7 +7,7 @@ from support.frames import flow_frame
 
 import geneve
 from geneve import Packet, Pipeline, Verdict
-from geneve._pipeline import MAX_RULE_REASONS, _RULE_COUNTERS
+from geneve._pipeline import _RULE_COUNTERS, MAX_RULE_REASONS
 from geneve.rules import chain
 
 POLICY_X = Verdict.drop("policy-x")
