@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from support.frames import flow_frame
 
@@ -75,3 +77,35 @@ def test_count_keeps_named_counters() -> None:
     assert _RULE_COUNTERS["test-seen"] == before.get("test-seen", 0) + 5
     with pytest.raises(ValueError, match="counter name"):
         geneve.count("bad name")
+
+
+def two(packet: object, other: object) -> None:
+    return None
+
+
+@pytest.mark.parametrize("bad", [two, lambda: None, "not callable"])
+def test_a_modifier_that_cannot_take_a_packet_is_refused_at_once(bad: object) -> None:
+    with pytest.raises(TypeError, match="modifier"):
+        Pipeline(bad)  # type: ignore[arg-type]
+    with pytest.raises(geneve.ApplianceError, match="modifier"):
+        geneve.Appliance(bad)  # type: ignore[arg-type]
+
+
+def test_a_modifier_with_defaults_or_varargs_is_fine() -> None:
+    def flexible(packet: object, extra: int = 1, *rest: object) -> None:
+        return None
+
+    Pipeline(flexible)
+    Pipeline(print)  # no signature to read: taken as it is
+
+
+def test_the_daemon_refuses_a_wrong_signature_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from geneve import appliance
+
+    (tmp_path / "two_args_rules.py").write_text("def modifier(packet, other):\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert appliance.main(["--rules", "two_args_rules"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "must take one argument" in err

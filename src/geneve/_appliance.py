@@ -50,7 +50,7 @@ from ._headers import GENEVE_PORT
 from ._health import HealthReport, HealthServer
 from ._loader import RulesError, load_modifier
 from ._packet import GWLB_ENCAP_LENGTH, MAX_INNER_LENGTH
-from ._pipeline import ErrorPolicy, FlowTable, Modifier, Stats
+from ._pipeline import ErrorPolicy, FlowTable, Modifier, Stats, check_modifier
 from ._sockets import ReceiveMode, Sockets, broadcast_addresses, local_addresses, steer
 from ._worker import BATCH, HEARTBEAT, Worker, process_main
 
@@ -170,8 +170,10 @@ class Appliance:
         flow_timeout_other: float = OTHER_TIMEOUT,
         max_flows: int | None = None,
     ) -> None:
-        if not callable(modifier):
-            raise ApplianceError("the modifier must be callable")
+        try:
+            check_modifier(modifier)
+        except TypeError as err:
+            raise ApplianceError(str(err)) from None
         if workers < 1:
             raise ApplianceError("workers must be at least 1")
         if not 1 <= batch <= 64:

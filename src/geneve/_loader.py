@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import cast
 
-from ._pipeline import Modifier
+from ._pipeline import Modifier, check_modifier
 
 __all__ = ["RulesError", "load_modifier"]
 
@@ -38,4 +38,8 @@ def load_modifier(spec: str, *, reload: bool = False) -> Modifier:
             raise RulesError(f"--rules {spec!r}: reading {attr} failed: {err}") from err
     if not callable(target):
         raise RulesError(f"--rules {spec!r}: {attr} is not callable")
+    try:
+        check_modifier(target)
+    except TypeError as err:
+        raise RulesError(f"--rules {spec!r}: {err}") from None
     return cast(Modifier, target)

@@ -11,6 +11,7 @@ counters.
 from __future__ import annotations
 
 import enum
+import inspect
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -101,6 +102,23 @@ MAX_RULE_REASONS = 64
 _RULE_COUNTERS: dict[str, int] = {}
 #: Distinct counter names kept at most; more are refused (ValueError) rather than grow.
 MAX_RULE_COUNTERS = 256
+
+
+def check_modifier(modifier: object) -> None:
+    """Refuse, with one line, what cannot be called as ``modifier(packet)``."""
+    if not callable(modifier):
+        raise TypeError(f"the modifier must be callable, not {type(modifier).__name__}")
+    try:
+        signature = inspect.signature(modifier)
+    except (TypeError, ValueError):  # a callable without one (a builtin): cannot tell
+        return
+    try:
+        signature.bind(None)
+    except TypeError:
+        name = getattr(modifier, "__qualname__", type(modifier).__name__)
+        raise TypeError(
+            f"the modifier {name}{signature} must take one argument, the packet"
+        ) from None
 
 
 def count(name: str, n: int = 1) -> None:
@@ -470,6 +488,7 @@ class Pipeline:
     ) -> None:
         if on_hold_limit not in ("drop", "forward"):
             raise ValueError(f"on_hold_limit must be 'drop' or 'forward', not {on_hold_limit!r}")
+        check_modifier(modifier)
         self.on_hold_limit = on_hold_limit
         # Frames held per flow (Verdict.HOLD): flow -> [when the first was held, their bytes,
         # their direction, the frames...].
