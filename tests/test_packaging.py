@@ -46,6 +46,9 @@ def test_sdist_carries_the_c_sources(sdist: pathlib.Path) -> None:
     )
     for needed in (*needed_files, "_batch_cffi.pyi", "_flows_cffi.pyi", "py.typed", "setup.py"):
         assert needed in names
+    # No tests: they need the repository around them (MANIFEST.in says why).
+    with tarfile.open(sdist) as tar:
+        assert not [n for n in tar.getnames() if "/tests/" in n or n.endswith(".so")]
 
 
 def test_wheel_from_sdist_has_the_c_implementation(
