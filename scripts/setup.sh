@@ -18,6 +18,10 @@ if command -v python3 >/dev/null; then
     || need_apt+=(python3-dev)
 fi
 command -v setpriv >/dev/null || need_apt+=(util-linux)
+# Real clients for the inspection parsers' tests (tests/test_inspect.py).
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v dig >/dev/null || need_apt+=(bind9-dnsutils)
 # The fuzz targets (scripts/fuzz.sh): clang, and its sanitizer and libFuzzer runtime, which is
 # only a recommendation of clang on Debian 12.
 command -v clang >/dev/null || need_apt+=(clang)
