@@ -88,7 +88,7 @@ def parse_http_request(data: Buffer) -> HttpRequest:
         first, newline, _ = buf.partition(b"\n")
         if newline:
             _request_line(first + newline)
-        elif _REQUEST_LINE_START.match(first) is None:
+        elif first and _REQUEST_LINE_START.match(first) is None:
             raise Malformed("not an HTTP/1.x request line")
         raise Incomplete("HTTP request head has no empty line yet")
     head_len = end_match.end()

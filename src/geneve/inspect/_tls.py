@@ -109,6 +109,8 @@ def parse_client_hello(data: Buffer) -> ClientHello:
             # RFC 8446 5.1: "Implementations MUST NOT send zero-length fragments of Handshake
             # types."
             raise Malformed("empty TLS handshake record")
+        if rec_len > MAX_FRAGMENT:
+            raise Malformed("TLS record longer than 2^14 bytes")
         start = pos + 5
         end = start + rec_len
         if total < 0:
