@@ -19,6 +19,9 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 SEEDS = HERE / "seeds"
 TARGETS = ("fuzz_sum", "fuzz_fix", "fuzz_fast_forward", "fuzz_batch", "fuzz_flows")
+# The atheris targets of geneve.inspect (fuzz/<target>.py): seeded at build time only, with the
+# messages tests/support/messages.py builds and the payloads of the captures.
+INSPECT_TARGETS = ("fuzz_tls", "fuzz_http", "fuzz_dns")
 PER_CAPTURE = 40  # frames taken from one capture at most: seeds, not a copy of the captures
 
 
@@ -204,6 +207,49 @@ def build(out: pathlib.Path, vectors: pathlib.Path) -> None:
                 data = wrap(target, frame, variant)
                 name = "capture-" + hashlib.sha1(data).hexdigest()[:16]
                 (folder / name).write_bytes(data)
+    for target, seeds in inspect_seeds(frames).items():
+        folder = out / target
+        folder.mkdir(parents=True, exist_ok=True)
+        for data in seeds:
+            (folder / ("seed-" + hashlib.sha1(data).hexdigest()[:16])).write_bytes(data)
+
+
+def inspect_seeds(frames: list[bytes]) -> dict[str, list[bytes]]:
+    """Seeds for the atheris targets: valid messages, and what the captures carry."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from support.messages import client_hello, dns_query, http_request
+
+    from geneve import GeneveError, Packet
+
+    payloads = []
+    for frame in frames:
+        try:
+            payload = Packet.parse(bytearray(frame)).payload
+        except GeneveError:
+            continue
+        if payload:
+            payloads.append(bytes(payload))
+    questions = (("example.com", 1, 1), ("www.example.org", 28, 1))
+    return {
+        "fuzz_tls": [
+            client_hello("example.com"),
+            client_hello(None, extensions=False),
+            client_hello("a.example", key_share=1216, max_record=400),
+            *payloads,
+        ],
+        "fuzz_http": [
+            http_request(),
+            http_request("CONNECT", "example.com:443"),
+            http_request("GET", "http://user@example.com:8080/x", None, newline=b"\n"),
+            *payloads,
+        ],
+        "fuzz_dns": [
+            b"\0" + dns_query(questions),
+            b"\0" + dns_query(edns=True),
+            b"\1" + dns_query(questions, tcp=True),
+            *(b"\0" + p for p in payloads),
+        ],
+    }
 
 
 if __name__ == "__main__":

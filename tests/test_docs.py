@@ -24,7 +24,7 @@ WITH_EXAMPLES = [d for d in sorted(DOCS.glob("*.md")) if python_blocks(d.read_te
 
 def test_the_guides_have_examples() -> None:
     names = {d.name for d in WITH_EXAMPLES}
-    assert {"codec.md", "appliance.md", "emulator.md"} <= names
+    assert {"codec.md", "appliance.md", "emulator.md", "inspection.md"} <= names
 
 
 @pytest.mark.parametrize("doc", WITH_EXAMPLES, ids=lambda path: path.name)

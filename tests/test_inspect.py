@@ -327,6 +327,15 @@ def test_malformed_http(data: bytes, why: str) -> None:
         parse_http_request(data)
 
 
+def test_a_bad_field_line_is_malformed_before_the_head_ends() -> None:
+    start = b"GET / HTTP/1.1\r\nHost: a.example\r\n"
+    with pytest.raises(Incomplete):
+        parse_http_request(start + b"Accept: */")
+    for rest in (b"\x16\x03\x01", b"Accept : x", b" folded", b"X: a\rb"):
+        with pytest.raises(Malformed):
+            parse_http_request(start + rest)
+
+
 def test_no_host_and_an_empty_host() -> None:
     assert parse_http_request(b"GET / HTTP/1.0\r\n\r\n").host is None
     assert parse_http_request(b"GET / HTTP/1.1\r\nHost:\r\n\r\n").host is None

@@ -35,7 +35,13 @@ _REQUEST_LINE_START = re.compile(
 )
 # RFC 9112 5: field-line = field-name ":" OWS field-value OWS; no whitespace before the colon
 # (5.1), no line folding (5.2), no bare CR or other control character but HTAB in the value.
-_FIELD_LINES = re.compile(rb"(?:" + _TCHAR + rb"+:[^\x00-\x08\x0a-\x1f\x7f]*?\r?\n)*\r?\n")
+_FIELD_VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]*"
+_FIELD_LINE = _TCHAR + rb"+:" + _FIELD_VALUE + rb"\r?\n"
+_FIELD_LINES = re.compile(rb"(?:" + _FIELD_LINE + rb")*\r?\n")
+# The same, cut anywhere: whole field lines, then the start of one or of the empty line.
+_FIELD_LINES_START = re.compile(
+    rb"(?:" + _FIELD_LINE + rb")*(?:" + _TCHAR + rb"+(?::" + _FIELD_VALUE + rb"\r?)?|\r)?\Z"
+)
 _HOST_FIELD = re.compile(rb"^host:[ \t]*(.*?)[ \t]*\r?$", re.I | re.M)
 # RFC 3986 3.2.2: host = IP-literal / IPv4address / reg-name, then an optional ":" port.
 _HOST = re.compile(rb"(\[[0-9a-f:.]+\]|[a-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?\Z", re.I)
@@ -87,7 +93,9 @@ def parse_http_request(data: Buffer) -> HttpRequest:
             raise Malformed(f"HTTP request head longer than {MAX_HEAD} bytes")
         first, newline, _ = buf.partition(b"\n")
         if newline:
-            _request_line(first + newline)
+            line_end = _request_line(first + newline).end()
+            if _FIELD_LINES_START.match(buf, line_end) is None:
+                raise Malformed("HTTP request has a malformed field line")
         elif first and _REQUEST_LINE_START.match(first) is None:
             raise Malformed("not an HTTP/1.x request line")
         raise Incomplete("HTTP request head has no empty line yet")

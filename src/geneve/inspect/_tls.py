@@ -11,6 +11,7 @@ Extensions other than the three read here are skipped by their length, not rejec
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 
 from ._errors import Incomplete, Malformed
@@ -35,6 +36,7 @@ MAX_HELLO_BODY = 2 + 32 + 33 + 65536 + 256 + 65537
 MIN_HELLO_BODY = 2 + 32 + 1 + 4 + 2
 # A host name as RFC 6066 3 sends it: ASCII, dot-separated labels, no trailing dot. Letters,
 # digits, hyphen and underscore; labels of 1 to 63 (RFC 1035 2.3.4), at most 253 in all.
+_EXTENSION_HEADER = struct.Struct("!HH")  # RFC 8446 4.2: extension_type, extension_data length
 _HOST_NAME = re.compile(rb"(?=.{1,253}\Z)[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*\Z", re.I | re.S)
 
 
@@ -178,27 +180,27 @@ def _parse_body(b: Buffer, p: int, end: int, length: int) -> ClientHello:
     if p + 2 + (b[p] << 8 | b[p + 1]) != end:
         raise Malformed("ClientHello extensions do not fill the hello")
     p += 2
-    seen = set()
+    kinds: list[int] = []
+    header = _EXTENSION_HEADER.unpack_from
     while p < end:
         if p + 4 > end:
             raise Malformed("ClientHello extension header cut short")
-        kind = b[p] << 8 | b[p + 1]
-        e_end = p + 4 + (b[p + 2] << 8 | b[p + 3])
-        p += 4
-        if e_end > end:
+        kind, size = header(b, p)
+        start = p + 4
+        p = start + size
+        if p > end:
             raise Malformed("ClientHello extension runs past the hello")
-        # RFC 8446 4.2: "There MUST NOT be more than one extension of the same type in a given
-        # extension block."
-        if kind in seen:
-            raise Malformed(f"ClientHello repeats extension {kind}")
-        seen.add(kind)
+        kinds.append(kind)
         if kind == EXT_SERVER_NAME:
-            sni = _server_name(b, p, e_end)
+            sni = _server_name(b, start, p)
         elif kind == EXT_ALPN:
-            alpn = _alpn(b, p, e_end)
+            alpn = _alpn(b, start, p)
         elif kind == EXT_SUPPORTED_VERSIONS:
-            versions = _supported_versions(b, p, e_end)
-        p = e_end
+            versions = _supported_versions(b, start, p)
+    # RFC 8446 4.2: "There MUST NOT be more than one extension of the same type in a given
+    # extension block."
+    if len(set(kinds)) != len(kinds):
+        raise Malformed("ClientHello repeats an extension")
     return ClientHello(sni, alpn, legacy_version, versions, length)
 
 
