@@ -12,7 +12,16 @@ from typing import Any
 
 import pytest
 from support.frames import FLOW_TABLES as TABLES
-from support.frames import TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN, check_frame, tcp_segment
+from support.frames import (
+    TCP_ACK,
+    TCP_PSH,
+    TCP_RST,
+    TCP_SYN,
+    check_frame,
+    frame_of,
+    make_inner,
+    tcp_segment,
+)
 from support.messages import client_hello, dns_query, http_request
 
 import geneve
@@ -318,6 +327,19 @@ def test_a_denied_udp_query_is_answered_refused() -> None:
     assert (ident, flags & 0x8000, flags & 0xF, qdcount) == (0xBEEF, 0x8000, 5, 1)
     assert facts.payload[12:] == query[12 : 12 + len(facts.payload) - 12]
     assert p.stats.forwarded == 1 and p.stats.dropped == 0
+
+
+def test_a_denied_query_over_ipv6_is_answered_refused_too() -> None:
+    query = dns_query((("x.org", 1, 1),), ident=7)
+    inner = make_inner(6, "udp", query, src=CLIENT6, dst=SERVER6, sport=40000, dport=53)
+    p = Pipeline(DomainFilter(deny=["x.org"], action="reject"), flows=True)
+    (out,) = run(p, [frame_of(inner)])
+    (answer,) = out
+    facts = check_frame(answer)
+    assert facts.inner[8:24] == ipaddress.ip_address(SERVER6).packed
+    assert facts.inner[24:40] == ipaddress.ip_address(CLIENT6).packed
+    assert struct.unpack_from("!HH", facts.inner, 40) == (53, 40000)
+    assert facts.payload == dns_refused(query)
 
 
 @pytest.mark.parametrize("action", ["drop", "reject"])

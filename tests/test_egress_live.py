@@ -200,6 +200,10 @@ def test_reject_refuses_denied_names_at_once_and_lets_the_allowed_ones_go(egress
     assert "status: NOERROR" in dig(emu, ALLOWED, "+tcp")
     over_tcp = dig(emu, DENIED, "+tcp")
     assert "status:" not in over_tcp, over_tcp
+    # The denied hello came in several segments: those before its last were held, then dropped.
+    metrics = emu.http_get("/metrics").body.decode()
+    held = [line for line in metrics.splitlines() if 'reason="hold"}' in line]
+    assert held and float(held[0].split()[-1]) >= 1, metrics
     s = emu.summary()
     assert s["failed"] == 0 and s["errors"] == {} and s["modified"] == 0, s
     assert s["injected"] >= 4, s  # the resets of TLS, HTTP and DNS over TCP; REFUSED
