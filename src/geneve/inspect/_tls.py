@@ -137,7 +137,8 @@ def parse_client_hello(data: Buffer) -> ClientHello:
 
 def _handshake_total(buf: Buffer, spans: list[tuple[int, int]], start: int, stop: int) -> int:
     """4 + the handshake length once its 4-byte header is in (it may span records), else -1."""
-    head = b"".join(buf[s:e] for s, e in spans) + buf[start:stop] if spans else buf[start:stop]
+    # Only the first 4 bytes: the spans so far hold fewer, or the header would be known.
+    head = b"".join(buf[s:e] for s, e in spans) + buf[start : min(stop, start + 4)]
     if len(head) >= 1 and head[0] != HANDSHAKE_CLIENT_HELLO:
         raise Malformed("TLS handshake message is not a ClientHello")
     if len(head) < 4:
