@@ -110,6 +110,33 @@ def test_rules_that_fail_to_load_are_a_rules_error(
     assert "\n" not in str(caught.value) and "--rules" in str(caught.value)
 
 
+def test_a_factory_is_called_once_and_its_value_error_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "qa_factory.py").write_text(
+        "import os\n"
+        "from geneve.rules import drop, modifier_factory\n"
+        "calls = []\n"
+        "@modifier_factory\n"
+        "def build():\n"
+        "    calls.append(1)\n"
+        "    if os.environ.get('QA_FACTORY') == 'bad':\n"
+        "        raise ValueError('QA_FACTORY: bad is not a setting')\n"
+        "    return drop\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import geneve.rules
+
+    assert load_modifier("qa_factory:build") is geneve.rules.drop
+    monkeypatch.setenv("QA_FACTORY", "bad")
+    with pytest.raises(RulesError) as caught:
+        load_modifier("qa_factory:build")
+    assert str(caught.value) == "--rules 'qa_factory:build': QA_FACTORY: bad is not a setting"
+    import qa_factory  # type: ignore[import-not-found]
+
+    assert qa_factory.calls == [1, 1]
+
+
 # -- flows: flags and keywords ---------------------------------------------------------------
 
 

@@ -610,6 +610,45 @@ def test_an_injected_refusal_is_checked_and_delivered(
     assert "injected: 5 refusals" in format_summary(s)
 
 
+def test_a_dns_refused_answer_in_a_querys_place_is_an_injected_refusal(
+    plane: tuple[DataPlane, FakeSender, int],
+) -> None:
+    from geneve.rules.egress import DomainFilter
+
+    dp, sender, tun = plane
+    client, server = "10.200.1.2", "10.200.2.2"
+    query = b"\xbe\xef\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03bad\x04test\x00\x00\x01\x00\x01"
+    for sport in (40005, 40006, 40007):
+        dp._from_tun(bytes(IP(src=client, dst=server) / UDP(sport=sport, dport=53) / query))
+    egress = geneve.Pipeline(DomainFilter(deny=["bad.test"], action="reject"), flows=True)
+    answers = []
+    for frame in sender.frames:
+        buf = bytearray(frame)
+        (answer,) = egress.handle(buf, len(buf))
+        answers.append(bytes(answer))
+    good, other_id, not_refused = answers
+    dp._from_appliance(good)
+    delivered = _delivered(tun)
+    assert delivered == good[68:] and delivered[12:16] == socket.inet_aton(server)
+    # Not a refusal of a query of its flow: another id; an answer that is not REFUSED (rcode
+    # 0). With one outer port for both directions they pass as edited replies.
+    changed = bytearray(other_id)
+    changed[68 + 28] ^= 1
+    udp = geneve.Packet.parse(changed)
+    udp.mark_modified()
+    udp.fix_checksums()
+    dp._from_appliance(bytes(changed))
+    changed = bytearray(not_refused)
+    changed[68 + 28 + 3] &= 0xF0
+    udp = geneve.Packet.parse(changed)
+    udp.mark_modified()
+    udp.fix_checksums()
+    dp._from_appliance(bytes(changed))
+    s = dp.summary()
+    assert (s["injected"], s["modified"], s["failed"]) == (1, 2, 0), s
+    assert "DNS REFUSED" in format_summary(s)
+
+
 def test_a_broken_refusal_is_a_failure(plane: tuple[DataPlane, FakeSender, int]) -> None:
     dp, sender, tun = plane
     dp._from_tun(bytes(IP(src="10.200.1.2", dst="10.200.2.2") / TCP(dport=8081, flags="S")))
@@ -635,6 +674,7 @@ def test_a_refusal_must_answer_a_packet_of_the_flow(
     other = bytearray(refusal_of(request(udp_inner(b"never sent"), geneve_bytes=g)))
     other[20:22] = sender.frames[0][20:22]  # the flow's source port
     dp._from_appliance(bytes(other))
+
     # A RST travelling with the flow, not against it: not a refusal (an edited reply, here).
     def tuple_of(packet: bytes) -> checker.FiveTuple:
         t = checker.five_tuple(packet)

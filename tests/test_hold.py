@@ -3,26 +3,20 @@ TCP direction in sequence order), through the pipeline with both flow tables."""
 
 from __future__ import annotations
 
-import ipaddress
 import random
-import struct
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.frames import TCP_ACK, TCP_PSH, TCP_SYN
+from support.frames import FLOW_TABLES as TABLES
+from support.frames import TCP_ACK, TCP_PSH, TCP_SYN, tcp_segment
 
 import geneve
 from geneve import Packet, Pipeline, PipelinePacket, StreamStart, Verdict, stream_start
-from geneve._flows import CFlowTable, PyFlowTable
-from geneve._flows import _c as flows_c_module
 from geneve._pipeline import HOLD_FLOW_BYTES, HOLD_SECONDS
 
 CLIENT, SERVER = "10.0.0.1", "10.0.0.2"
-TABLES = [pytest.param(PyFlowTable, id="python")] + (
-    [pytest.param(CFlowTable, id="c")] if flows_c_module is not None else []
-)
 
 
 def segment(
@@ -34,12 +28,7 @@ def segment(
     sport: int = 40000,
 ) -> bytearray:
     """A GWLB frame around one TCP segment between CLIENT:sport and SERVER:443."""
-    a, b = ipaddress.ip_address(CLIENT).packed, ipaddress.ip_address(SERVER).packed
-    ports = (443, sport) if reply else (sport, 443)
-    tcp = struct.pack("!HHIIBBHHH", *ports, seq, 1, 5 << 4, flags, 65535, 0, 0) + payload
-    src, dst = (b, a) if reply else (a, b)
-    ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0) + src + dst
-    return geneve.build_frame(ip + tcp, endpoint_id=5, flow_cookie=9)
+    return tcp_segment(CLIENT, SERVER, payload, seq, flags, reply=reply, sport=sport)
 
 
 class Holder:

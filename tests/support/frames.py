@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from hypothesis import strategies as st
 
 # Scapy only for tests; its contrib Geneve layer binds UDP/6081 so frames decode whole.
@@ -24,6 +25,8 @@ from scapy.packet import Packet as ScapyPacket
 from scapy.packet import Raw
 
 import geneve
+from geneve._flows import CFlowTable, PyFlowTable
+from geneve._flows import _c as flows_c_module
 
 # -- a naive reference checksum and an independent frame verifier -----------------------------
 
@@ -291,6 +294,10 @@ def gwlb_frames(
 # -- plain inner packets for flow tests (quick: no scapy, checksums left 0) ------------------
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+#: Both flow tables, to parametrize a test by (the C one when it was built).
+FLOW_TABLES = [pytest.param(PyFlowTable, id="python")] + (
+    [pytest.param(CFlowTable, id="c")] if flows_c_module is not None else []
+)
 
 
 def flow_frame(
@@ -330,3 +337,27 @@ def flow_frame(
         inner = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(body), 1, 0, 64, number, 0)
         inner += a.packed + b.packed
     return geneve.build_frame(inner + body, endpoint_id=endpoint_id, flow_cookie=cookie)
+
+
+def tcp_segment(
+    client: str,
+    server: str,
+    payload: bytes = b"",
+    seq: int = 1000,
+    flags: int = TCP_PSH | TCP_ACK,
+    *,
+    reply: bool = False,
+    sport: int = 40000,
+    dport: int = 443,
+) -> bytearray:
+    """A GWLB frame around one TCP segment of client:sport <-> server:dport (the server's with
+    ``reply``), at sequence number ``seq``; inner checksums 0. IPv6 when ``client`` has a colon."""
+    a, b = ipaddress.ip_address(client).packed, ipaddress.ip_address(server).packed
+    ports = (dport, sport) if reply else (sport, dport)
+    body = struct.pack("!HHIIBBHHH", *ports, seq, 1, 5 << 4, flags, 65535, 0, 0) + payload
+    src, dst = (b, a) if reply else (a, b)
+    if len(a) == 16:
+        ip = struct.pack("!IHBB", 0x60000000, len(body), 6, 64) + src + dst
+    else:
+        ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(body), 1, 0, 64, 6, 0) + src + dst
+    return geneve.build_frame(ip + body, endpoint_id=5, flow_cookie=9)

@@ -9,7 +9,7 @@ Checksums use one big-integer remainder: 2**16 is 1 modulo 0xFFFF, so ``int.from
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 # The protocol facts, stated here rather than imported from the codec (tests/test_layers.py
@@ -139,6 +139,59 @@ def refuses(
     quote = memoryview(inner)[l4 + 8 :]
     q = five_tuple(quote) if len(quote) >= least else None
     return q is not None and q in directions and (q[2], q[4]) == (dst, src) and quoted(quote)
+
+
+_DNS_PORT = 53  # RFC 1035 4.2.1
+_DNS_HEADER = 12  # RFC 1035 4.1.1
+_DNS_REFUSED = 5  # RCODE 5, "Refused"
+
+
+def _udp_payload(inner: Buffer) -> memoryview | None:
+    """The payload of an unfragmented UDP packet (IPv4, or IPv6 without extension headers)."""
+    if inner[0] >> 4 == 4:
+        if _U16.unpack_from(inner, 6)[0] & 0x3FFF:
+            return None
+        l4 = (inner[0] & 0x0F) << 2
+    else:
+        l4 = 40
+    return memoryview(inner)[l4 + 8 :] if len(inner) >= l4 + 8 else None
+
+
+def answers_refused(
+    inner: Buffer, directions: Collection[FiveTuple], requests: Callable[[], Iterable[bytes]]
+) -> bool:
+    """Whether ``inner`` is a DNS answer REFUSED that an appliance sent back for a query of the
+    flow in the query's place (an egress filter's refusal, RFC 1035 4.1.1).
+
+    UDP from port 53, travelling against one of the flow's ``directions``; QR set, RCODE 5,
+    no answer, authority or additional record; its id, opcode and question section those of
+    one of ``requests()`` (the flow's packets that have not come back) sent the other way.
+    """
+    t = five_tuple(inner)
+    if t is None or t[1] != IPPROTO_UDP or t[3] != _DNS_PORT:
+        return False
+    version, proto, src, sport, dst, dport = t
+    if (version, proto, dst, dport, src, sport) not in directions:
+        return False
+    answer = _udp_payload(inner)
+    if answer is None or len(answer) < _DNS_HEADER:
+        return False
+    if not answer[2] & 0x80 or answer[3] & 0x0F != _DNS_REFUSED or any(answer[6:12]):
+        return False
+    for request in requests():
+        if five_tuple(request) != (version, proto, dst, dport, src, sport):
+            continue
+        query = _udp_payload(request)
+        if (
+            query is not None
+            and len(query) >= len(answer)
+            and query[:2] == answer[:2]
+            and query[2] & 0x78 == answer[2] & 0x78  # the opcode
+            and query[4:6] == answer[4:6]  # QDCOUNT
+            and query[_DNS_HEADER : len(answer)] == answer[_DNS_HEADER:]
+        ):
+            return True
+    return False
 
 
 def geneve_header(

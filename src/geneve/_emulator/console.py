@@ -42,8 +42,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
     if s["injected"]:
         lines.append(
-            f"  injected: {s['injected']} refusals from the appliance (a TCP RST or an ICMP "
-            "unreachable for a packet it rejected), checked and delivered"
+            f"  injected: {s['injected']} refusals from the appliance (a TCP RST, an ICMP "
+            "unreachable or a DNS REFUSED for a packet it rejected), checked and delivered"
         )
     if s.get("expired_dropped"):
         lines.append(

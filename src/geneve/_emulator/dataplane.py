@@ -31,6 +31,7 @@ from .checker import (
     Expected,
     FiveTuple,
     FlowKey,
+    answers_refused,
     check_inner,
     check_outer,
     encapsulate,
@@ -338,14 +339,14 @@ class DataPlane:
         # a broken or repeated one takes nothing, so the genuine replies still pair right.
         pending = flow.pending
         if not forward:
-            if against and refuses(inner, flow.directions, pending.quoted):
+            if against and self._refusal(flow, inner):
                 self._injected(flow, inner, reason)
             else:
                 self._fail(flow, "outer-udp-ports")
             return
         if pending.take(inner) or pending.take_late(inner):
             request, changed = inner, False
-        elif refuses(inner, flow.directions, pending.quoted):
+        elif self._refusal(flow, inner):
             if not against:
                 self._fail(flow, "outer-udp-ports")
                 return
@@ -379,6 +380,14 @@ class DataPlane:
             flow.modified += 1
             self.modified += 1
         self._deliver(inner)
+
+    @staticmethod
+    def _refusal(flow: Flow, inner: bytes) -> bool:
+        """Whether ``inner`` refuses a packet of ``flow``: a RST, an ICMP error, a DNS REFUSED."""
+        pending = flow.pending
+        return refuses(inner, flow.directions, pending.quoted) or answers_refused(
+            inner, flow.directions, pending.requests
+        )
 
     def _injected(self, flow: Flow, inner: bytes, reason: str | None) -> None:
         """A refusal the appliance injected (REJECT): checked like a reply, then delivered."""

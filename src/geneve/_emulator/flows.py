@@ -109,6 +109,10 @@ class Pending:
         """
         return any(request.startswith(quote) for request, _ in reversed(self._requests.values()))
 
+    def requests(self) -> list[bytes]:
+        """The requests waiting, newest first (for a refusal an appliance injects)."""
+        return [request for request, _ in reversed(self._requests.values())]
+
     def take_late(self, inner: bytes) -> bool:
         """Whether these are the bytes of a request pushed out by newer ones; forget it if so.
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .._headers import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
+from .._loader import modifier_factory
 from .._packet import Packet
 from .._pipeline import Drop, Interest, Modifier, Verdict, declare_interest, interest_of
 
@@ -33,6 +34,7 @@ __all__ = [
     "drop_if_contains",
     "icmp_echo_every",
     "icmp_echo_sequence",
+    "modifier_factory",
     "reject",
     "replace",
     "tcp_port",
