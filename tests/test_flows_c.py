@@ -330,3 +330,120 @@ def test_a_view_keeps_its_table_alive() -> None:
         keys.add((view.key, view.ports, view.first_seen))
         keys.add((flow_key(packet)[0], (7, 9), 1.0))
     assert len(keys) == 1
+
+
+# -- found by review, each failed before its fix ------------------------------------------------
+
+
+def udp_packet(src: str, dst: str, sport: int, dport: int) -> Packet:
+    return Packet.parse(bytes(flow_frame(src, dst, "udp", sport, dport)))
+
+
+def both_tables(**options: Any) -> list[Any]:
+    return [CFlowTable(**options), PyFlowTable(**options)]
+
+
+def test_a_sweep_that_stops_at_its_limit_after_a_jump_misses_no_flow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import geneve._flows as flows_module
+
+    monkeypatch.setattr(flows_module, "_CHUNK", 7)  # many calls, each stopping mid-slot
+    for table in both_tables(other_timeout=120.0, max_flows=10_000):
+        for i in range(100):
+            table.track(udp_packet("10.0.0.1", "10.0.0.2", 1000 + i, 53), 0.0)
+        table.track(udp_packet("10.0.0.1", "10.0.0.2", 1000, 53), 100.0)  # its deadline moves
+        assert table.sweep(4096 * 3 + 200.0) == 100 and len(table) == 0
+
+
+def test_a_flow_made_after_the_clock_went_back_still_times_out() -> None:
+    for table in both_tables(other_timeout=120.0, max_flows=10):
+        table.track(udp_packet("10.0.0.1", "10.0.0.2", 1, 2), 990.0)
+        table.sweep(1000.0)
+        table.track(udp_packet("10.0.0.1", "10.0.0.2", 3, 4), 500.0)  # deadline 620
+        for now in range(1001, 1200):
+            table.sweep(float(now))
+        assert len(table) == 0
+
+
+def test_ipv4_and_ipv6_keys_that_pad_alike_are_two_flows() -> None:
+    table = CFlowTable(max_flows=10)
+    a = table.track(udp_packet("0.0.0.0", "0.0.0.0", 0, 0), 1.0)
+    b = table.track(udp_packet("::", "::", 0, 0), 2.0)
+    assert a is not b and len(table) == 2 and not isinstance(b, str) and len(b.key) == 45
+
+
+def test_release_takes_only_what_pop_handed_out() -> None:
+    ffi, lib = _flows_c.ffi, _flows_c.lib
+    t = ffi.gc(lib.geneve_flow_table_new(1, 30.0, 12.0), lib.geneve_flow_table_free)
+    first = Packet.parse(bytes(flow_frame("10.0.0.1", "10.0.0.2", "udp", 1, 2)))
+    second = Packet.parse(bytes(flow_frame("10.0.0.1", "10.0.0.2", "udp", 3, 4)))
+    for packet in (first, second):  # the second evicts the first
+        frame = ffi.from_buffer(packet.buf)
+        assert (
+            lib.geneve_flow_track(
+                t,
+                frame,
+                len(packet.buf),
+                4,
+                packet.ip_offset,
+                packet.l4_offset,
+                packet.ip_end,
+                17,
+                -1,
+                0,
+                -1,
+                1.0,
+            )
+            >= 0
+        )
+    assert lib.geneve_flow_release(t, 0) == lib.GENEVE_FLOW_BAD_ARGUMENT  # not popped yet
+    assert lib.geneve_flow_pop_ended(t) == 0
+    assert lib.geneve_flow_release(t, 0) == 0
+    assert lib.geneve_flow_release(t, 0) == lib.GENEVE_FLOW_BAD_ARGUMENT  # once
+
+
+@pytest.mark.parametrize("now", [float("inf"), float("-inf"), 1e19, float("nan")])
+def test_a_time_past_what_the_table_holds_is_refused(now: float) -> None:
+    table = CFlowTable(max_flows=10)
+    packet = udp_packet("10.0.0.1", "10.0.0.2", 1, 2)
+    with pytest.raises(ValueError):
+        table.track(packet, now)
+    with pytest.raises(ValueError):
+        table.sweep(now)
+
+
+def test_a_flow_holding_frames_is_left_to_python_by_the_fast_path() -> None:
+    """A packet outside the interest forwards as if the modifier returned None: in Python that
+    releases what the flow held; the fast path must not forward it ahead of them."""
+
+    def holder(packet: Packet) -> Verdict | None:
+        assert isinstance(packet, PipelinePacket) and packet.flow is not None
+        if b"GET" in bytes(packet.buf[packet.payload_offset : packet.ip_end]):
+            return Verdict.HOLD
+        return None
+
+    modifier = declare_interest(holder, tcp_ports=[80], payload_contains=[b"GET"])
+    pipeline = Pipeline(modifier, flows=CFlowTable())
+    table = pipeline.flows
+    assert isinstance(table, CFlowTable)
+    slots = Slots(4, c=True)
+    fast = FastPath(slots, pipeline.interest, 8500, PORT, table)
+    fast.trust(SOURCE)
+    sent: list[bytes] = []
+    for payload in (b"GET / HT", b"TP/1.1\r\n"):
+        frame = bytes(flow_frame("10.0.0.1", "10.0.0.2", "tcp", 1000, 80, payload=payload))
+        slots.bufs[0][: len(frame)] = frame
+        slots.lens[0], slots.sources[0] = len(frame), SOURCE
+        done, todo = fast.forward(1, 1.0)
+        c = fast.counts
+        pipeline.count_fast_path(done, c[0], c[1], c[2], bool(c[3]))
+        if done:
+            sent.append(bytes(slots.bufs[0][: slots.out[0]]))
+        for i in todo:
+            sent += [bytes(f) for f in pipeline.handle(slots.bufs[i], slots.lens[i], 1.0)]
+    assert [bytes(s[-len(p) :]) for s, p in zip(sent, (b"GET / HT", b"TP/1.1\r\n"))] == [
+        b"GET / HT",
+        b"TP/1.1\r\n",
+    ]  # in order: the held segment first
+    assert pipeline.stats.held_released == 1 and pipeline.stats.drops == {}

@@ -228,6 +228,8 @@ static int check_arguments(uint8_t **slots, int slot_size, const int32_t *lens,
 static int flow_of(struct geneve_flow_table *flows, const uint8_t *f, int ipv4,
                    const uint8_t *l4, uint32_t proto, uint32_t length, int create, double now)
 {
+    if (!(now > -1e15) || !(now < 1e15)) /* a time the table refuses: Python says so */
+        return GENEVE_FLOW_SLOW;
     uint8_t key[48];
     const uint8_t *ip = f + GENEVE_LAYOUT_INNER;
     const uint8_t *src = ip + (ipv4 ? 12 : 8), *dst = ip + (ipv4 ? 16 : 24);
@@ -248,6 +250,7 @@ static int flow_of(struct geneve_flow_table *flows, const uint8_t *f, int ipv4,
     k = 9 + 2 * alen;
     put16(key + k, pa);
     put16(key + k + 2, pb);
+    key[47] = (uint8_t)(k + 4); /* the key's length, as _flowtable.c's make_key writes it */
     return geneve_flow_fast(flows, key, k + 4, low, proto == 6 ? l4[13] : 0,
                             be32p(f + GENEVE_LAYOUT_OPTION3 + 4), length, create, now);
 }

@@ -247,6 +247,10 @@ class Flow:
             "tcp_state": self.tcp_state,
         }
 
+    def _set_holding(self, holding: bool) -> None:
+        """Whether the pipeline holds frames of this flow (a C table then decides none of its
+        packets in the fast path); nothing to do for a Python flow."""
+
     def __repr__(self) -> str:
         (src, sport), (dst, dport) = self._ends()
         return (
@@ -565,6 +569,7 @@ else:
         _c = None
 
 _NEED_IDS = -5 if _c is None else _c.lib.GENEVE_FLOW_NEED_IDS
+_HOLDING = 64 if _c is None else _c.lib.GENEVE_FLOW_HOLDING
 # Whether ReceiveBuffer._target is a C view of the buffer (the C checksum module's).
 _TARGETS = _checksum.IMPLEMENTATION == "c"
 #: The most flows one C table holds (the bound is per table: per worker in the appliance).
@@ -639,6 +644,10 @@ class CFlow(Flow):
             raise TypeError(f"flow.verdict must be a Verdict or None, not {value!r}")
         self._e.verdict = code
         self._verdict = value
+
+    def _set_holding(self, holding: bool) -> None:
+        e = self._e
+        e.flags = (e.flags | _HOLDING) if holding else (e.flags & ~_HOLDING & 0xFF)
 
     @property
     def packets(self) -> tuple[int, int]:

@@ -26,6 +26,8 @@ class _Lib:
     GENEVE_FLOW_LIVE: Final[int]
     GENEVE_FLOW_TOMB: Final[int]
     GENEVE_FLOW_PENDING: Final[int]
+    GENEVE_FLOW_HOLDING: Final[int]
+    GENEVE_FLOW_POPPED: Final[int]
     GENEVE_FLOW_LINGER: Final[int]
     GENEVE_FLOW_TOMBSTONE: Final[int]
     GENEVE_FLOW_COUNT_LIVE: Final[int]

@@ -31,6 +31,9 @@
 #define WHEEL 4096 /* one-second slots: 68 minutes before a slot comes round again */
 #define SLACK 4096 /* entries that ended and wait for Python, beyond the bound */
 #define MAX_FLOWS_LIMIT (1u << 24)
+/* Times (seconds) at most this far from 0 either way: an int64 holds their second. Not a
+ * number, infinity and beyond are refused. */
+#define TIME_LIMIT 1e15
 
 enum { SYN_SENT = 1, SYN_RECV, ESTABLISHED, FIN_WAIT, TIME_WAIT, CLOSE };
 enum { TCP_FIN = 0x01, TCP_SYN = 0x02, TCP_RST = 0x04, TCP_ACK = 0x10 };
@@ -47,6 +50,7 @@ struct geneve_flow_table {
     uint32_t tomb_head, tomb_tail;
     uint32_t pend_head, pend_tail;
     uint32_t live, tombs, pending, max_flows;
+    uint32_t end_cursor; /* where the next geneve_flow_end_all call goes on (0: the start) */
     double tcp_timeout, other_timeout;
 };
 
@@ -186,7 +190,12 @@ static void wheel_add(struct geneve_flow_table *t, uint32_t ref)
 {
     struct geneve_flow *f = E(t, ref);
     uint32_t *head;
-    f->slot = slot_of(deadline(t, f));
+    double due = deadline(t, f);
+    /* A deadline before the seconds swept already (a clock that went back) goes in the first
+     * slot a sweep will look at, not one it has passed. */
+    if (t->wheel_started && due < (double)t->wheel_done)
+        due = (double)t->wheel_done;
+    f->slot = slot_of(due);
     head = &t->wheel[f->slot];
     f->qprev = 0;
     f->qnext = *head;
@@ -448,6 +457,7 @@ static int make_key(uint8_t *key, uint64_t endpoint, int proto, const uint8_t *s
     key[10 + 2 * alen] = (uint8_t)pa;
     key[11 + 2 * alen] = (uint8_t)(pb >> 8);
     key[12 + 2 * alen] = (uint8_t)pb;
+    key[47] = (uint8_t)(13 + 2 * alen); /* IPv4 and IPv6 keys never compare equal */
     return low;
 }
 
@@ -474,7 +484,8 @@ int32_t geneve_flow_track(struct geneve_flow_table *t, const void *frame, size_t
     uint32_t sport = 0, dport = 0;
     int flags = 0, alen, low;
     if (!t || !buf || ip_off < 0 || ip_end < ip_off || (size_t)ip_end > size || proto < 0 ||
-        proto > 255 || cookie < -1 || cookie > 0xffffffffL || now != now)
+        proto > 255 || cookie < -1 || cookie > 0xffffffffL || !(now > -TIME_LIMIT) ||
+        !(now < TIME_LIMIT))
         return GENEVE_FLOW_BAD_ARGUMENT;
     if ((version != 4 && version != 6) || ip_end - ip_off < (version == 4 ? 20 : 40))
         return GENEVE_FLOW_BAD_ARGUMENT;
@@ -543,6 +554,7 @@ int32_t geneve_flow_fast(struct geneve_flow_table *t, const uint8_t *key, int ke
         int d = original ? 0 : 1;
         int seen = (f->flags & (original ? GENEVE_FLOW_COOKIE_O : GENEVE_FLOW_COOKIE_R)) != 0;
         if (f->end_at >= 0 || now >= deadline(t, f) || (syn && seen && f->cookie[d] != cookie) ||
+            (f->flags & GENEVE_FLOW_HOLDING) ||
             f->verdict == GENEVE_FLOW_REJECT || (f->verdict == GENEVE_FLOW_UNDECIDED && !create_flow))
             return GENEVE_FLOW_SLOW;
         count(t, ref, original, tcp ? tcp_flags : 0, 1, cookie, length, now);
@@ -570,6 +582,7 @@ int32_t geneve_flow_pop_ended(struct geneve_flow_table *t)
     if (!t->pend_head)
         t->pend_tail = 0;
     E(t, ref)->qnext = 0;
+    E(t, ref)->flags |= GENEVE_FLOW_POPPED;
     /* Still PENDING until released: Python reads it first. */
     return (int32_t)(ref - 1);
 }
@@ -580,9 +593,10 @@ int geneve_flow_release(struct geneve_flow_table *t, int32_t index)
     if (!t || index < 0 || (uint32_t)index >= t->used)
         return GENEVE_FLOW_BAD_ARGUMENT;
     f = &t->e[index];
-    if (!(f->flags & GENEVE_FLOW_PENDING))
+    /* Only an ended flow handed out by geneve_flow_pop_ended, once. */
+    if (!(f->flags & GENEVE_FLOW_PENDING) || !(f->flags & GENEVE_FLOW_POPPED))
         return GENEVE_FLOW_BAD_ARGUMENT;
-    f->flags &= (uint8_t)~GENEVE_FLOW_PENDING;
+    f->flags &= (uint8_t)~(GENEVE_FLOW_PENDING | GENEVE_FLOW_POPPED);
     t->pending--;
     free_if_unused(t, (uint32_t)index + 1);
     return 0;
@@ -594,7 +608,7 @@ int32_t geneve_flow_sweep(struct geneve_flow_table *t, double now, int32_t max_e
 {
     int64_t last, second;
     int32_t ended = 0;
-    if (!t || max_ends < 1 || now != now)
+    if (!t || max_ends < 1 || !(now > -TIME_LIMIT) || !(now < TIME_LIMIT))
         return GENEVE_FLOW_BAD_ARGUMENT;
     while (t->tomb_head && E(t, t->tomb_head)->expires <= now)
         drop_tombstone(t, t->tomb_head);
@@ -615,7 +629,14 @@ int32_t geneve_flow_sweep(struct geneve_flow_table *t, double now, int32_t max_e
             uint32_t next = E(t, ref)->qnext;
             struct geneve_flow *f = E(t, ref);
             f->qprev = f->qnext = 0;
-            if (ended < max_ends && deadline(t, f) <= now) {
+            if (ended >= max_ends) {
+                /* The limit: the rest stays in this slot as it was, for the next call (not
+                 * moved to a slot this pass may have swept already). */
+                f->qnext = *head;
+                if (*head)
+                    E(t, *head)->qprev = ref;
+                *head = ref;
+            } else if (deadline(t, f) <= now) {
                 end_flow(t, ref, f->end_at >= 0 ? f->reason : GENEVE_FLOW_IDLE);
                 ended++;
             } else {
@@ -638,13 +659,16 @@ int32_t geneve_flow_end_all(struct geneve_flow_table *t, int reason, int32_t max
     int32_t ended = 0;
     if (!t || max_ends < 1 || reason < GENEVE_FLOW_IDLE || reason > GENEVE_FLOW_SHUTDOWN)
         return GENEVE_FLOW_BAD_ARGUMENT;
-    for (ref = 1; ref <= t->used && ended < max_ends; ref++) {
+    /* Each call goes on where the last one stopped: every entry is looked at once. */
+    for (ref = t->end_cursor ? t->end_cursor : 1; ref <= t->used && ended < max_ends; ref++) {
         if (E(t, ref)->flags & GENEVE_FLOW_LIVE) {
             end_flow(t, ref, reason);
             ended++;
         }
     }
+    t->end_cursor = ref;
     if (ended < max_ends) { /* every flow is gone: so are the tombstones */
+        t->end_cursor = 0;
         while (t->tomb_head)
             drop_tombstone(t, t->tomb_head);
     }
@@ -659,6 +683,7 @@ int32_t geneve_flow_lookup(struct geneve_flow_table *t, const uint8_t *key, size
         return GENEVE_FLOW_BAD_ARGUMENT;
     memset(full, 0, 48);
     memcpy(full, key, key_len);
+    full[47] = (uint8_t)key_len;
     ref = find(t, full, GENEVE_FLOW_LIVE);
     return ref ? (int32_t)(ref - 1) : -1;
 }

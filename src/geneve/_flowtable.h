@@ -26,13 +26,16 @@
 #define GENEVE_FLOW_LIVE 8
 #define GENEVE_FLOW_TOMB 16
 #define GENEVE_FLOW_PENDING 32
+#define GENEVE_FLOW_HOLDING 64 /* Python holds frames of it (Verdict.HOLD): C decides none */
+#define GENEVE_FLOW_POPPED 128 /* ended, handed to Python, not yet released */
 /* How long a flow lingers after FIN both ways or a RST, and a dropped flow's tombstone. */
 #define GENEVE_FLOW_LINGER 10
 #define GENEVE_FLOW_TOMBSTONE 60
 
 /* One flow: 152 bytes. Links are entry index + 1 (0: none). */
 struct geneve_flow {
-    uint8_t key[48]; /* endpoint id, protocol, low end's address, high end's, their ports */
+    uint8_t key[48]; /* endpoint id, protocol, low end's address, high end's, their ports;
+                      * zeros after them, and the key's length in the last byte */
     double first_seen;
     double last_seen;
     double end_at;  /* when FIN both ways or a RST ended it (it lingers); -1: not yet */

@@ -714,6 +714,10 @@ class Pipeline:
         if verdict is _HOLD:
             self._hold(packet, now)
             return None
+        if self._streams.used:
+            flow_ = packet.flow
+            if flow_ is not None and flow_.verdict is not None:
+                release_streams(flow_)  # decided: its stream starts are read for good
         if self._held:
             flow_ = packet.flow
             if flow_ is not None:
@@ -762,6 +766,7 @@ class Pipeline:
         entry = self._held.get(flow)
         if entry is None:
             entry = self._held[flow] = [now, 0, flow.direction]
+            flow._set_holding(True)  # the fast path leaves the flow to Python meanwhile
         if (
             entry[1] + len(data) > HOLD_FLOW_BYTES
             or stats.held_bytes + len(data) > HOLD_TOTAL_BYTES
@@ -784,6 +789,7 @@ class Pipeline:
             return
         if verdict is _FORWARD:
             entry = self._held.pop(flow)
+            flow._set_holding(False)
             frames: list[bytes] = entry[3:]
             self.stats.held_bytes -= entry[1]
             self.stats.held_released += len(frames)
@@ -796,6 +802,7 @@ class Pipeline:
         entry = self._held.pop(flow, None)
         if entry is None:
             return
+        flow._set_holding(False)
         stats = self.stats
         stats.held_bytes -= entry[1]
         for _ in entry[3:]:
@@ -805,6 +812,7 @@ class Pipeline:
         """A flow's hold reached a bound: ``on_hold_limit`` decides; the frames to send."""
         if self.on_hold_limit == "forward":  # fail open: the flow goes on, undecided no more
             entry = self._held.pop(flow)
+            flow._set_holding(False)
             frames: list[bytes] = entry[3:]
             self.stats.held_bytes -= entry[1]
             self.stats.held_released += len(frames)

@@ -24,7 +24,7 @@ from .._flows import Flow
 from .._headers import IPPROTO_TCP, IPPROTO_UDP
 from .._loader import modifier_factory
 from .._packet import Packet
-from .._pipeline import Interest, Verdict, declare_interest
+from .._pipeline import Interest, Verdict, count, declare_interest
 from .._stream import STREAM_LIMIT, release_streams, stream_start
 from ..inspect import (
     Incomplete,
@@ -115,7 +115,11 @@ class EgressStats:
         }
 
     def count(self, allowed: bool, reason: str) -> None:
-        self.counts["allowed" if allowed else "denied"][reason] += 1
+        outcome = "allowed" if allowed else "denied"
+        self.counts[outcome][reason] += 1
+        # Also the appliance's counters of the modifier's own: /metrics shows them as
+        # geneve_rule_counter_total{name="egress-allowed-tls"} and so on, summed over workers.
+        count(f"egress-{outcome}-{reason}")
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         return {outcome: dict(by_reason) for outcome, by_reason in self.counts.items()}
