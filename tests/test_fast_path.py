@@ -367,7 +367,7 @@ def damage(frame: bytearray, rng: random.Random, kind: str) -> bytearray:
     elif kind == "protocol":  # Geneve protocol type or the inner IP protocol
         if rng.random() < 0.5:
             _u16(data, 30, rng.choice([0x0800, 0x86DD, 0x6558, 0x0806]))
-        else:
+        elif len(data) > (74 if ip6 else 77):  # a truncation may have cut it off
             data[74 if ip6 else 77] = rng.choice([1, 6, 17, 58, 0, 43, 44, 60])
     elif kind == "tcp-offset" and l4 + 13 <= len(data):
         data[l4 + 12] = rng.randrange(16) << 4
