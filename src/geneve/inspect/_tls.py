@@ -11,7 +11,6 @@ Extensions other than the three read here are skipped by their length, not rejec
 from __future__ import annotations
 
 import re
-import struct
 from dataclasses import dataclass
 
 from ._errors import Incomplete, Malformed
@@ -36,7 +35,6 @@ MAX_HELLO_BODY = 2 + 32 + 33 + 65536 + 256 + 65537
 MIN_HELLO_BODY = 2 + 32 + 1 + 4 + 2
 # A host name as RFC 6066 3 sends it: ASCII, dot-separated labels, no trailing dot. Letters,
 # digits, hyphen and underscore; labels of 1 to 63 (RFC 1035 2.3.4), at most 253 in all.
-_EXTENSION_HEADER = struct.Struct("!HH")  # RFC 8446 4.2: extension_type, extension_data length
 _HOST_NAME = re.compile(rb"(?=.{1,253}\Z)[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*\Z", re.I | re.S)
 
 
@@ -138,7 +136,9 @@ def parse_client_hello(data: Buffer) -> ClientHello:
 def _handshake_total(buf: Buffer, spans: list[tuple[int, int]], start: int, stop: int) -> int:
     """4 + the handshake length once its 4-byte header is in (it may span records), else -1."""
     # Only the first 4 bytes: the spans so far hold fewer, or the header would be known.
-    head = b"".join(buf[s:e] for s, e in spans) + buf[start : min(stop, start + 4)]
+    head = buf[start : min(stop, start + 4)]
+    if spans:
+        head = b"".join(buf[s:e] for s, e in spans) + head
     if len(head) >= 1 and head[0] != HANDSHAKE_CLIENT_HELLO:
         raise Malformed("TLS handshake message is not a ClientHello")
     if len(head) < 4:
@@ -181,27 +181,26 @@ def _parse_body(b: Buffer, p: int, end: int, length: int) -> ClientHello:
     if p + 2 + (b[p] << 8 | b[p + 1]) != end:
         raise Malformed("ClientHello extensions do not fill the hello")
     p += 2
-    kinds: list[int] = []
-    header = _EXTENSION_HEADER.unpack_from
+    seen = set()
     while p < end:
         if p + 4 > end:
             raise Malformed("ClientHello extension header cut short")
-        kind, size = header(b, p)
+        kind = b[p] << 8 | b[p + 1]
         start = p + 4
-        p = start + size
+        p = start + (b[p + 2] << 8 | b[p + 3])
         if p > end:
             raise Malformed("ClientHello extension runs past the hello")
-        kinds.append(kind)
+        # RFC 8446 4.2: "There MUST NOT be more than one extension of the same type in a given
+        # extension block."
+        if kind in seen:
+            raise Malformed(f"ClientHello repeats extension {kind}")
+        seen.add(kind)
         if kind == EXT_SERVER_NAME:
             sni = _server_name(b, start, p)
         elif kind == EXT_ALPN:
             alpn = _alpn(b, start, p)
         elif kind == EXT_SUPPORTED_VERSIONS:
             versions = _supported_versions(b, start, p)
-    # RFC 8446 4.2: "There MUST NOT be more than one extension of the same type in a given
-    # extension block."
-    if len(set(kinds)) != len(kinds):
-        raise Malformed("ClientHello repeats an extension")
     return ClientHello(sni, alpn, legacy_version, versions, length)
 
 
