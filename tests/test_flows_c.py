@@ -442,8 +442,7 @@ def test_a_flow_holding_frames_is_left_to_python_by_the_fast_path() -> None:
             sent.append(bytes(slots.bufs[0][: slots.out[0]]))
         for i in todo:
             sent += [bytes(f) for f in pipeline.handle(slots.bufs[i], slots.lens[i], 1.0)]
-    assert [bytes(s[-len(p) :]) for s, p in zip(sent, (b"GET / HT", b"TP/1.1\r\n"), strict=True)] == [
-        b"GET / HT",
-        b"TP/1.1\r\n",
-    ]  # in order: the held segment first
+    payloads = (b"GET / HT", b"TP/1.1\r\n")
+    # In order: the held segment first.
+    assert [bytes(s[-len(p) :]) for s, p in zip(sent, payloads, strict=True)] == list(payloads)
     assert pipeline.stats.held_released == 1 and pipeline.stats.drops == {}
