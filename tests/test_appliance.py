@@ -1194,3 +1194,41 @@ def test_the_modifiers_own_reasons_and_counters_reach_metrics(ns: Pair) -> None:
     finally:
         client.close()
         app.stop()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_reads_the_rules_config_again(
+    ns: Pair, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    (tmp_path / "ported_rules.py").write_text(
+        "from geneve import Verdict\n"
+        "def make(table):\n"
+        "    blocked = set(table['blocked_ports'])\n"
+        "    return lambda packet: Verdict.DROP if packet.ports[1] in blocked else None\n"
+    )
+    config = tmp_path / "rules.toml"
+    config.write_text("blocked_ports = [4001]\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    proc = daemon(ns, "--workers", str(workers), "--rules-factory", "ported_rules:make",
+                  "--rules-config", str(config))  # fmt: skip
+    client = GwlbClient(ns)
+
+    def answered(dport: int, sport: int) -> bool:
+        client.send(client.frame(inner_udp(b"x", sport=sport, dport=dport), src_port=sport))
+        return bool(client.replies(want=1, timeout=0.5))
+
+    try:
+        wait_healthy(ns)
+        ports = range(41000, 41006)
+        assert not any(answered(4001, p) for p in ports) and all(answered(4002, p) for p in ports)
+        config.write_text("blocked_ports = [4002]\n")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while answered(4002, 41000) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(answered(4001, p) for p in ports) and not any(answered(4002, p) for p in ports)
+    finally:
+        client.close()
+        code, err = stop(proc)
+    assert code == 0, err

@@ -48,7 +48,7 @@ from typing import Any
 from ._flows import OTHER_TIMEOUT, TCP_TIMEOUT, EndReason
 from ._headers import GENEVE_PORT
 from ._health import HealthReport, HealthServer
-from ._loader import RulesError, load_modifier
+from ._loader import RulesError, RulesSource, load_modifier, load_rules
 from ._packet import GWLB_ENCAP_LENGTH, MAX_INNER_LENGTH
 from ._pipeline import ErrorPolicy, FlowTable, Modifier, Stats, check_modifier
 from ._sockets import ReceiveMode, Sockets, broadcast_addresses, local_addresses, steer
@@ -163,7 +163,7 @@ class Appliance:
         fast_path: bool = True,
         stop_timeout: float = STOP_TIMEOUT,
         drain_seconds: float = 0.0,
-        rules: str | None = None,
+        rules: RulesSource | str | None = None,
         max_error_share: float | None = MAX_ERROR_SHARE,
         flows: bool = True,
         flow_timeout_tcp: float = TCP_TIMEOUT,
@@ -529,7 +529,7 @@ class Appliance:
                 log.warning("reload: no rules to read again (made without rules=MODULE:CALLABLE)")
                 return False
             try:
-                modifier = load_modifier(self.rules, reload=True)
+                modifier = load_rules(self.rules, reload=True)
             except RulesError as err:
                 self.reload_failures += 1
                 log.error("reload failed, the old rules stay: %s", err)

@@ -8,12 +8,19 @@ environment); a ``ValueError`` it raises is the one-line reason the load fails.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
-from typing import TypeVar, cast
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, as the backport (a dependency on 3.10 only)
+    import tomli as tomllib
 
 from ._pipeline import Modifier, check_modifier
 
-__all__ = ["RulesError", "load_modifier", "modifier_factory"]
+__all__ = ["RulesError", "RulesSource", "load_modifier", "load_rules", "modifier_factory"]
 
 _FACTORY = "__geneve_modifier_factory__"
 _F = TypeVar("_F", bound=Callable[[], object])
@@ -64,3 +71,76 @@ def load_modifier(spec: str, *, reload: bool = False) -> Modifier:
     except TypeError as err:
         raise RulesError(f"--rules {spec!r}: {err}") from None
     return cast(Modifier, target)
+
+
+@dataclass(frozen=True)
+class RulesSource:
+    """Where a modifier comes from, so that a reload (SIGHUP) can read it again.
+
+    ``rules``: ``MODULE:CALLABLE`` as :func:`load_modifier` takes it. Or ``factory``: a
+    ``MODULE:CALLABLE`` called with one argument, the table read from the TOML file
+    ``config`` (an empty one without a file), which returns the modifier: rules that take
+    arguments. A reload imports the module and reads the file again.
+    """
+
+    rules: str | None = None
+    factory: str | None = None
+    config: str | None = None
+
+    def __str__(self) -> str:
+        if self.factory is not None:
+            return f"{self.factory}({self.config or ''})"
+        return self.rules or ""
+
+
+def load_rules(source: RulesSource | str, *, reload: bool = False) -> Modifier:
+    """The modifier ``source`` names (a string is ``RulesSource(rules=...)``)."""
+    if isinstance(source, str):
+        return load_modifier(source, reload=reload)
+    if source.factory is None:
+        if source.config is not None:
+            raise RulesError("--rules-config needs --rules-factory: the factory takes the table")
+        if source.rules is None:
+            raise RulesError("no rules named")
+        return load_modifier(source.rules, reload=reload)
+    table: dict[str, Any] = {}
+    if source.config is not None:
+        try:
+            with open(source.config, "rb") as stream:
+                table = tomllib.load(stream)
+        except OSError as err:
+            raise RulesError(f"--rules-config {source.config}: {err.strerror}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise RulesError(f"--rules-config {source.config}: not TOML: {err}") from None
+    factory = _import(source.factory, "--rules-factory", reload)
+    try:
+        target = factory(table)
+    except (ValueError, TypeError, KeyError) as err:  # the factory's word on its table
+        why = f"{type(err).__name__}: {err}"
+        raise RulesError(f"--rules-factory {source.factory!r}: {why}") from err
+    try:
+        check_modifier(target)
+    except TypeError as err:
+        raise RulesError(
+            f"--rules-factory {source.factory!r} returned no modifier: {err}"
+        ) from None
+    return cast(Modifier, target)
+
+
+def _import(spec: str, flag: str, reload: bool) -> Callable[[Any], object]:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise RulesError(f"{flag} {spec!r}: expected MODULE:CALLABLE")
+    try:
+        module = importlib.import_module(module_name)
+        if reload:
+            importlib.invalidate_caches()
+            module = importlib.reload(module)
+        target = getattr(module, attr)
+    except AttributeError:
+        raise RulesError(f"{flag} {spec!r}: {module_name} has no {attr}") from None
+    except (Exception, SystemExit, KeyboardInterrupt) as err:
+        raise RulesError(f"{flag} {spec!r}: cannot import {module_name}: {err}") from err
+    if not callable(target):
+        raise RulesError(f"{flag} {spec!r}: {attr} is not callable")
+    return cast(Callable[[Any], object], target)

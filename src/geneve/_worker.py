@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from ._loader import RulesError, load_modifier
+from ._loader import RulesError, RulesSource, load_rules
 from ._pipeline import ErrorPolicy, FlowTable, Modifier, Pipeline, Stats, rule_counters
 from ._sockets import Sockets, own_addresses
 from ._transport import (
@@ -73,7 +73,7 @@ class Worker:
         batch: int = BATCH,
         fast_path: bool = True,
         flows: FlowTable | None = None,
-        rules: str | None = None,
+        rules: RulesSource | str | None = None,
     ) -> None:
         self.index = index
         # The MODULE:CALLABLE the modifier came from, read again at a reload in a process.
@@ -226,7 +226,7 @@ class Worker:
             if self.rules is None:
                 return
             try:
-                modifier: Modifier = load_modifier(self.rules, reload=True)
+                modifier: Modifier = load_rules(self.rules, reload=True)
             except RulesError as err:
                 self.reload_failures += 1
                 log.error("worker %d: reload failed, the old rules stay: %s", self.index, err)

@@ -17,7 +17,7 @@ import typing
 from collections.abc import Sequence
 
 from ._appliance import Appliance, ApplianceError, ReceiveMode
-from ._loader import RulesError, load_modifier
+from ._loader import RulesError, RulesSource, load_rules
 from ._packet import GWLB_ENCAP_LENGTH
 
 __all__ = ["Appliance", "main"]
@@ -121,6 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--rules",
         default=_env("RULES", DEFAULT_RULES),
         help="modifier as MODULE:CALLABLE [GENEVE_RULES] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--rules-factory",
+        default=_env("RULES_FACTORY", "") or None,
+        metavar="MODULE:CALLABLE",
+        help="instead of --rules: a callable given the --rules-config table that returns the "
+        "modifier [GENEVE_RULES_FACTORY]",
+    )
+    p.add_argument(
+        "--rules-config",
+        default=_env("RULES_CONFIG", "") or None,
+        metavar="FILE",
+        help="a TOML file whose table goes to --rules-factory; read again on SIGHUP "
+        "[GENEVE_RULES_CONFIG]",
     )
     p.add_argument(
         "--port",
@@ -305,7 +319,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        modifier = load_modifier(args.rules)
+        if args.rules_factory is not None:
+            source = RulesSource(factory=args.rules_factory, config=args.rules_config)
+        else:
+            source = RulesSource(rules=args.rules, config=args.rules_config)
+        modifier = load_rules(source)
         receive: ReceiveMode = args.receive
         appliance = Appliance(
             modifier,
@@ -327,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             flow_timeout_other=args.flow_timeout_other,
             max_flows=args.max_flows,
             drain_seconds=args.drain_seconds,
-            rules=args.rules,
+            rules=source,
             max_error_share=args.max_error_share,
         )
         appliance.run()
