@@ -27,7 +27,7 @@ def _run(*args: str, env: dict[str, str] | None = None, cwd: pathlib.Path | None
 def sdist(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("dist")
     _run(sys.executable, "-m", "build", "--sdist", "--outdir", str(out), str(ROOT))
-    (path,) = out.glob("geneve-*.tar.gz")
+    (path,) = out.glob("geneve_gwlb-*.tar.gz")
     return path
 
 
@@ -55,7 +55,7 @@ def test_wheel_from_sdist_has_the_c_implementation(
     sdist: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
     _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), str(sdist))
-    (wheel,) = tmp_path.glob("geneve-*.whl")
+    (wheel,) = tmp_path.glob("geneve_gwlb-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
     assert any(n.startswith("geneve/_checksum_cffi") and n.endswith(".so") for n in names)
