@@ -18,6 +18,8 @@ if command -v python3 >/dev/null; then
     || need_apt+=(python3-dev)
 fi
 command -v setpriv >/dev/null || need_apt+=(util-linux)
+# systemd-analyze verifies the shipped unit (deploy/systemd/).
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 # Real clients for the inspection parsers' tests (tests/test_inspect.py).
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)

@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -1232,3 +1233,51 @@ def test_sighup_reads_the_rules_config_again(
         client.close()
         code, err = stop(proc)
     assert code == 0, err
+
+
+def test_the_daemon_tells_systemd_ready_reloading_stopping(
+    ns: Pair, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    proc = daemon(ns)
+
+    def message() -> set[str]:
+        return set(sock.recv(4096).decode().splitlines())
+
+    try:
+        ready = message()
+        assert "READY=1" in ready and any(line.startswith("MAINPID=") for line in ready)
+        assert http(ns, b"GET / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200")  # ready means ready
+        proc.send_signal(signal.SIGHUP)
+        reloading = message()
+        assert "RELOADING=1" in reloading
+        assert any(line.startswith("MONOTONIC_USEC=") for line in reloading)
+        assert "READY=1" in message()
+        proc.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in message()
+        assert proc.wait(5) == 0
+    finally:
+        sock.close()
+        stop(proc)
+
+
+def test_the_shipped_systemd_unit_verifies(tmp_path: pathlib.Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian: systemd)")
+    unit = pathlib.Path(__file__).parents[1] / "deploy" / "systemd" / "geneve-appliance.service"
+    text = unit.read_text()
+    assert "Type=notify" in text and "ExecReload=/bin/kill -HUP $MAINPID" in text
+    # verify wants ExecStart to exist: point it at this checkout's command.
+    command = pathlib.Path(sys.executable).with_name("geneve-appliance")
+    copy = tmp_path / unit.name
+    copy.write_text(text.replace("/opt/geneve/.venv/bin/geneve-appliance", str(command)))
+    result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result
+    drain = int(text.split("GENEVE_DRAIN_SECONDS=")[1].split()[0])
+    assert int(text.split("TimeoutStopSec=")[1].split()[0]) > drain + 5

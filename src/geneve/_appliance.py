@@ -49,6 +49,7 @@ from ._flows import OTHER_TIMEOUT, TCP_TIMEOUT, EndReason
 from ._headers import GENEVE_PORT
 from ._health import HealthReport, HealthServer
 from ._loader import RulesError, RulesSource, load_modifier, load_rules
+from ._notify import notify
 from ._packet import GWLB_ENCAP_LENGTH, MAX_INNER_LENGTH
 from ._pipeline import ErrorPolicy, FlowTable, Modifier, Stats, check_modifier
 from ._sockets import ReceiveMode, Sockets, broadcast_addresses, local_addresses, steer
@@ -574,6 +575,7 @@ class Appliance:
         flow and runs ``on_stop()`` either way.
         """
         self.start()
+        notify("READY=1", f"STATUS=serving on port {self.port}", f"MAINPID={os.getpid()}")
         stop = threading.Event()
         signals: list[int] = []
         reloads: list[int] = []
@@ -600,8 +602,11 @@ class Appliance:
                 while reloads:
                     reloads.pop()
                     log.info("SIGHUP received, reloading the rules")
-                    self.reload()
+                    notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+                    taken = self.reload()
+                    notify("READY=1", "STATUS=rules reloaded" if taken else "STATUS=reload failed")
             if self.drain_seconds > 0 and signals[:1] == [signal.SIGTERM]:
+                notify(f"STATUS=draining for {self.drain_seconds:g} s")
                 self.drain()
                 deadline = time.monotonic() + self.drain_seconds
                 while len(signals) < 2 and time.monotonic() < deadline:
@@ -609,6 +614,7 @@ class Appliance:
                 if len(signals) >= 2:
                     log.info("a second signal: the drain ends early")
         finally:
+            notify("STOPPING=1", "STATUS=stopping: ending flows")
             try:
                 self.stop()  # a second signal meanwhile changes nothing
             finally:
