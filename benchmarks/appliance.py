@@ -23,14 +23,21 @@ replies; the appliance under test runs pinned to the other core. Appliances:
   tracking costs);
 - ``geneve-verdict`` / ``geneve-verdict-py``: ``benchmarks/flow_rules.py``'s modifiers over the
   generator's 256 flows: a FORWARD flow verdict on each flow's first packet (the rest forwarded
-  in C), and the same decision taken in Python for every packet.
+  in C), and the same decision taken in Python for every packet;
+- ``geneve-egress``: the egress filter, ``--rules geneve.rules.egress:from_env`` with
+  ``GENEVE_EGRESS_ALLOW=.example``, on the ``egress`` mix: TCP connections in the generator's
+  256 flow slots, each opened by a 517-byte TLS ClientHello to ``allowed.example`` and then
+  ``--flow-packets`` data frames (200: 100 each way), after which the slot opens a new
+  connection. The floors run the same mix when it is in the plan.
 
 For each appliance, frame size and traffic mix it measures the reply rate at saturation, the
 highest offered rate with less than 0.1% loss and replies keeping pace (15% steps from the
 saturation rate, then a short bisection) and the round-trip latency at 20k pps, and counts lost
-and invalid replies. The floors only forward, so they run the ``forward`` mix; ``geneve`` also
-runs the ``rules`` mix (10% of frames rewritten), compared against the single floor's
-forwarding. Appliances alternate (A B C A B C ...) for several rounds; the table shows medians.
+and invalid replies. The floors only forward, so they run the ``forward`` mix (and the
+``egress`` mix when an appliance of the plan does: the generator's egress frames are first
+read back with geneve's own parsers); ``geneve`` also runs the ``rules`` mix (10% of frames
+rewritten), compared against the single floor's forwarding. Appliances alternate
+(A B C A B C ...) for several rounds; the table shows medians.
 
 The C programs are compiled with ``gcc -O2`` into a temporary directory at every run. The
 namespaces and every process started are removed at the end, also after Ctrl-C.
@@ -38,18 +45,24 @@ namespaces and every process started are removed at the end, also after Ctrl-C.
 
 from __future__ import annotations
 
+import os
+import sys
+
+# Run as a script, this file's folder comes first on sys.path, where benchmarks/inspect.py
+# would hide the standard library's inspect module (which dataclasses imports).
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]
+
 import argparse
 import contextlib
 import hashlib
 import json
-import os
 import platform
 import resource
 import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -58,7 +71,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from geneve import GeneveError, Packet
 from geneve._emulator.namespaces import EmulatorError, Namespaces, ip, veth
+from geneve.checksum import internet_checksum
+from geneve.inspect import InspectError, parse_client_hello
 
 HERE = Path(__file__).resolve().parent
 C_DIR = HERE / "c"
@@ -137,6 +153,15 @@ class Appliance:
             return [*daemon, "--no-fast-path"]
         if self.name == "geneve-noflows":
             return [*daemon, "--no-flows"]
+        if self.name == "geneve-egress":
+            # The filter allows every hello of the egress mix: its SNI is allowed.example.
+            return [
+                "env",
+                "GENEVE_EGRESS_ALLOW=.example",
+                *daemon,
+                "--rules",
+                "geneve.rules.egress:from_env",
+            ]
         if self.name in ("geneve-verdict", "geneve-verdict-py"):
             # benchmarks/flow_rules.py: a FORWARD verdict on each flow's first packet, or the
             # same decision in Python for every packet.
@@ -147,8 +172,9 @@ class Appliance:
 
 APPLIANCES = {
     "geneve": Appliance("geneve", ("forward", "rules"), None),
-    "floor_single": Appliance("floor_single", ("forward",), None),
-    "floor_batch": Appliance("floor_batch", ("forward",), None),
+    # The floors forward anything: they run each mix the plan's other appliances forward.
+    "floor_single": Appliance("floor_single", ("forward", "egress"), None),
+    "floor_batch": Appliance("floor_batch", ("forward", "egress"), None),
     "geneve-raw": Appliance("geneve-raw", ("forward",), (156,)),
     "geneve-w2": Appliance("geneve-w2", ("forward",), (156,)),
     "geneve-b1": Appliance("geneve-b1", ("forward",), (156,)),
@@ -157,7 +183,26 @@ APPLIANCES = {
     "geneve-noflows": Appliance("geneve-noflows", ("forward", "rules"), None),
     "geneve-verdict": Appliance("geneve-verdict", ("forward",), (156,)),
     "geneve-verdict-py": Appliance("geneve-verdict-py", ("forward",), (156,)),
+    "geneve-egress": Appliance("geneve-egress", ("egress",), None),
 }
+FLOORS = ("floor_single", "floor_batch")
+
+
+def mixes_for(app: Appliance, plan: Plan) -> tuple[str, ...]:
+    """The mixes ``app`` runs in ``plan``: its own; for a floor, those that the plan's other
+    appliances are compared on (``rules`` against the floors' ``forward``), ``forward`` alone
+    in a plan of floors only."""
+    if app.name not in FLOORS:
+        return app.mixes
+    wanted = {
+        "forward" if mix == "rules" else mix
+        for name in plan.appliances
+        if name not in FLOORS
+        for mix in APPLIANCES[name].mixes
+    } or {"forward"}
+    return tuple(mix for mix in app.mixes if mix in wanted)
+
+
 #: The interpreter of the checkout that ``geneve-base`` runs (``--baseline``).
 BASELINE_PYTHON: Path | None = None
 
@@ -185,6 +230,75 @@ def build(into: Path) -> Path:
         source, binary = C_DIR / f"{name}.c", into / name
         run(cc, "-O2", "-std=gnu99", "-Wall", "-o", str(binary), str(source), timeout=120)
     return into
+
+
+#: The name in the egress mix's ClientHellos (loadgen.c's HELLO_SNI), and the allow list entry
+#: of ``geneve-egress`` that lets it through.
+EGRESS_SNI = "allowed.example"
+
+
+def check_egress_mix(loadgen: Path, size: int, flows: int = 3, flow_packets: int = 5) -> None:
+    """Read the egress mix as loadgen writes it with geneve's parsers (two generations of a
+    small mix): every checksum valid, each connection's ClientHello parsed by
+    ``geneve.inspect.parse_client_hello`` and sent before its data, data frames of ``size``
+    bytes alternating direction under one GWLB header, sequence and acknowledgment numbers
+    following the bytes each side sent. BenchmarkError on the first thing wrong."""
+    count = 2 * flows * (1 + flow_packets)
+    out = run(
+        *f"{loadgen} --mix egress --size {size} --flows {flows} --flow-packets {flow_packets}"
+        f" --dump-frames {count}".split()
+    )
+    frames = [bytearray.fromhex(line) for line in out.split()]
+    if len(frames) != count:
+        raise BenchmarkError(f"loadgen --dump-frames: {len(frames)} frames, not {count}")
+    opened: dict[int, bytes] = {}  # flow slot -> its connection's client endpoint
+    next_seq: dict[bytes, int] = {}  # sender endpoint -> the sequence number its next byte has
+    for number, frame in enumerate(frames):
+        where = f"egress mix frame {number} ({size} bytes)"
+        try:
+            packet = Packet.parse(frame)
+            tcp = packet.tcp
+            payload = packet.payload
+        except GeneveError as err:
+            raise BenchmarkError(f"{where}: {err}") from err
+        ip_start = packet.ip_offset
+        if tcp is None or payload is None or ip_start < 0:
+            raise BenchmarkError(f"{where}: not TCP in IPv4")
+        inner = bytes(frame[ip_start : packet.ip_end])
+        segment = inner[20:]
+        pseudo = inner[12:20] + bytes((0, 6)) + len(segment).to_bytes(2, "big")
+        if (
+            internet_checksum(frame[:20])
+            or internet_checksum(inner[:20])
+            or internet_checksum(pseudo + segment)
+        ):
+            raise BenchmarkError(f"{where}: a checksum is wrong")
+        slot = frame[20:22]  # GWLB's outer source port: one per flow slot, both directions
+        flow = int.from_bytes(slot, "big")
+        src = inner[12:16] + tcp.src_port.to_bytes(2, "big")
+        dst = inner[16:20] + tcp.dst_port.to_bytes(2, "big")
+        if number % (flows * (1 + flow_packets)) < flows:  # a connection opens
+            try:
+                hello = parse_client_hello(payload)
+            except InspectError as err:
+                raise BenchmarkError(f"{where}: ClientHello: {err}") from err
+            if hello.sni != EGRESS_SNI or 0x0304 not in hello.supported_versions:
+                raise BenchmarkError(f"{where}: ClientHello for {hello.sni!r}, not TLS 1.3")
+            if opened.get(flow) == src:
+                raise BenchmarkError(f"{where}: a new connection reuses the last one's port")
+            opened[flow] = src
+            next_seq[src] = tcp.seq
+            next_seq[dst] = tcp.ack
+        else:
+            client = opened.get(flow)
+            if len(frame) != size or client not in (src, dst):
+                raise BenchmarkError(f"{where}: not a data frame of its slot's connection")
+            expect_reverse = (number % (flows * (1 + flow_packets)) - flows) // flows % 2
+            if (src != client) != bool(expect_reverse):
+                raise BenchmarkError(f"{where}: directions do not alternate")
+        if tcp.seq != next_seq[src] or tcp.ack != next_seq[dst]:
+            raise BenchmarkError(f"{where}: sequence numbers do not follow the bytes sent")
+        next_seq[src] = (tcp.seq + len(payload)) % 2**32
 
 
 # -- the machine -------------------------------------------------------------------------------
@@ -400,6 +514,7 @@ class Generator:
     cpu: int
     nice: int
     tx: str
+    flow_packets: int = 200  # the egress mix: data frames per connection, both ways together
 
     def __call__(
         self, *, mix: str, size: int, rate: float, duration: float, validate_every: int = 8
@@ -411,6 +526,8 @@ class Generator:
         ]
         args += f"--size {size} --rate {int(rate)} --duration {duration} --tx {self.tx}".split()
         args += f"--validate-every {validate_every} --warmup {min(0.3, duration / 4)}".split()
+        if mix == "egress":
+            args += ["--flow-packets", str(self.flow_packets)]
         if self.tx == "packet":
             args += ["--ifname", topo.gen_if, "--dst-mac", topo.app_mac]
         argv = in_ns(topo.gen_ns, self.cpu, self.nice, args)
@@ -508,6 +625,10 @@ def measure(gen: Generator, mix: str, size: int, plan: Plan) -> dict[str, Any]:
     return {
         "saturation_pps": sat["rx_pps"],
         "generator_pps": sat["tx_pps"],
+        # The egress mix: connections opened (one ClientHello each) in the saturation run.
+        "hellos": sat.get("hellos", 0),
+        "saturation_sent": sat["sent"],
+        "saturation_s": sat["duration"],
         "generator_bound": generator_bound,
         "no_loss_pps": no_loss,
         "no_loss_generator_bound": no_loss_bound,
@@ -566,6 +687,12 @@ def summarize(results: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[
             "validated": sum(r["validated"] for r in rs),
             "rewritten_ok": sum(r["rewritten_ok"] for r in rs),
             "duplicates": sum(r["duplicates"] for r in rs),
+            # The egress mix's saturation runs: connections opened per second, and data frames
+            # sent per connection (a run's last connections are cut short by its end).
+            "hellos_per_s": median([r["hellos"] / r["saturation_s"] for r in rs if r["hellos"]]),
+            "data_per_hello": median(
+                [(r["saturation_sent"] - r["hellos"]) / r["hellos"] for r in rs if r["hellos"]]
+            ),
             "steal_cores": median([r["noise"]["steal_cores"] for r in rs]),
             "other_cores": median([r["noise"]["other_cores"] for r in rs]),
         }
@@ -659,6 +786,33 @@ def ratios(summary: dict[tuple[str, str, int], dict[str, Any]]) -> list[str]:
                 cost = on["saturation_pps"] / g["saturation_pps"]
                 line += f"; geneve (flows on) / --no-flows {cost:.2f}x"
             out.append(line)
+    for size in sizes:  # the egress filter against the floors, all on the egress mix
+        g = summary.get(("geneve-egress", "egress", size))
+        egress_floors: tuple[tuple[str, float | None], ...] = (
+            ("floor_single", 0.9),
+            ("floor_batch", None),
+        )
+        for floor, wanted in egress_floors:
+            f = summary.get((floor, "egress", size))
+            if not g or not f or not f["saturation_pps"] or not f["no_loss_pps"]:
+                continue
+            sat = g["saturation_pps"] / f["saturation_pps"]
+            goal = ""
+            if wanted is not None:
+                goal = f" ({'meets' if sat >= wanted else 'misses'} >= {wanted}x)"
+            out.append(
+                f"{size:>5} geneve-egress egress / {floor:<12}: saturation {sat:.2f}x{goal}, "
+                f"no-loss {g['no_loss_pps'] / f['no_loss_pps']:.2f}x, "
+                f"p50 {g['p50_us'] - f['p50_us']:+.1f} us"
+            )
+        for name in ("geneve-egress", *FLOORS):
+            e = summary.get((name, "egress", size))
+            if e and e["data_per_hello"] == e["data_per_hello"]:  # not NaN: it ran
+                out.append(
+                    f"{size:>5} egress mix at {name}'s saturation: "
+                    f"{e['hellos_per_s']:,.0f} connections/s, each a ClientHello then "
+                    f"{e['data_per_hello']:.0f} data frames"
+                )
     for size in sizes:  # this checkout against --baseline's, mix by mix, in the same run
         for mix in ("forward", "rules"):
             g = summary.get(("geneve", mix, size))
@@ -703,6 +857,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="packet",
         help="how the generator sends (default packet: AF_PACKET, faster)",
     )
+    p.add_argument(
+        "--flow-packets",
+        type=int,
+        default=200,
+        help="egress mix: data frames per connection after its ClientHello, both ways together "
+        "(default 200: 100 each way)",
+    )
     p.add_argument("--json", type=Path, help="write every result to this file")
     p.add_argument(
         "--baseline",
@@ -742,6 +903,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif "geneve-base" in plan.appliances:
         print("geneve-base needs --baseline PYTHON", file=sys.stderr)
         return 2
+    if args.flow_packets < 1:
+        print("--flow-packets must be at least 1", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("needs root (network namespaces, raw sockets)", file=sys.stderr)
         return 2
@@ -769,8 +933,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         binaries = build(workdir)
+        if any("egress" in mixes_for(APPLIANCES[name], plan) for name in plan.appliances):
+            for size in plan.sizes:
+                check_egress_mix(binaries / "loadgen", size)
         topo.up()
-        gen = Generator(topo, binaries / "loadgen", args.gen_cpu, args.nice, args.tx)
+        gen = Generator(
+            topo, binaries / "loadgen", args.gen_cpu, args.nice, args.tx, args.flow_packets
+        )
         for rnd in range(plan.rounds):
             for name in plan.appliances:
                 app = APPLIANCES[name]
@@ -782,7 +951,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sizes = [s for s in plan.sizes if app.sizes is None or s in app.sizes]
                 measured = []
                 for size in sizes:
-                    for mix in app.mixes:
+                    for mix in mixes_for(app, plan):
                         m = measure(gen, mix, size, plan)
                         m.update(appliance=name, mix=mix, size=size, round=rnd)
                         measured.append(m)

@@ -17,6 +17,9 @@
  * the payload carries "weakly typed", so the generator knows what each reply must look like
  * without remembering what it sent. A bitmap of sequence numbers gives loss and duplicates.
  *
+ * The egress mix (--mix egress) is TCP instead: flows opened by a TLS ClientHello, then data
+ * both ways. Frame seq's place in it is computed from seq, as above; see egress_frame().
+ *
  * Modes: --rate R paces R frames/s for --duration seconds; --rate 0 sends as fast as it can
  * (saturation). Every run stops by itself: duration at most 120 s and at most --max-packets
  * frames, then at most --drain seconds waiting for late replies. Prints one JSON line.
@@ -46,6 +49,7 @@
 #define GENEVE_PORT 6081
 #define OUTER_LEN 68 /* outer IPv4 20 + UDP 8 + Geneve 8 + GWLB options 32 */
 #define INNER_HDR 28 /* inner IPv4 20 + UDP 8 */
+#define INNER_TCP_HDR 40 /* inner IPv4 20 + TCP 20 (no options) */
 #define STAMP_LEN 20 /* run id (4) + sequence (8) + send time (8) */
 #define MIN_FRAME (OUTER_LEN + INNER_HDR + STAMP_LEN + 16)
 #define MAX_FRAME 8900
@@ -56,6 +60,11 @@
 #define HIST_BINS (1000 * 1000)       /* 100 ms at 100 ns */
 #define PORT_FORWARD 4000             /* a port no reference rule looks at */
 #define PORT_RULES 3000               /* the reference rules' port */
+#define PORT_HTTPS 443                /* the egress mix's server port */
+#define HELLO_LEN 517                 /* curl's ClientHello: one 512-byte record */
+#define HELLO_RANDOM 11               /* record header 5 + handshake header 4 + version 2 */
+#define HELLO_SNI "allowed.example"
+#define TCP_ACK_PSH 0x18
 
 static const char WEAK[] = "weakly typed";
 static const char STRONG[] = "strongly typed";
@@ -63,11 +72,11 @@ static const char FILLER[] = "the quick brown fox jumps over a lazy dog 01234567
 
 enum reason {
     R_LENGTH, R_OUTER_IP, R_OUTER_UDP, R_GENEVE, R_INNER_IP, R_INNER_UDP, R_PAYLOAD,
-    R_UNPARSABLE, R_SEQ, R_TRUNCATED, R_COUNT
+    R_UNPARSABLE, R_SEQ, R_TRUNCATED, R_INNER_TCP, R_COUNT
 };
 static const char *REASON_NAMES[R_COUNT] = {
     "length", "outer_ip", "outer_udp", "geneve", "inner_ip", "inner_udp", "payload",
-    "unparsable", "sequence", "truncated"
+    "unparsable", "sequence", "truncated", "inner_tcp"
 };
 
 struct config {
@@ -76,6 +85,9 @@ struct config {
     const char *ifname;      /* AF_PACKET: the generator's interface */
     uint8_t dst_mac[6];      /* AF_PACKET: the appliance's MAC address */
     int rules;
+    int egress;       /* --mix egress: TCP flows, each opened by a ClientHello */
+    int flow_packets; /* egress: data frames per flow (both directions), then a new flow */
+    int dump_frames;  /* print the mix's first N frames in hex and exit */
     int size;
     double rate;
     double duration;
@@ -167,13 +179,14 @@ static uint64_t pseudo_sum(const uint8_t *ip, uint16_t l4_len) {
 static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
 static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 
-static void write_ipv4(uint8_t *ip, uint16_t total, uint16_t id, uint32_t src, uint32_t dst) {
+static void write_ipv4(uint8_t *ip, uint16_t total, uint16_t id, uint32_t src, uint32_t dst,
+                       uint8_t protocol) {
     memset(ip, 0, 20);
     ip[0] = 0x45;
     put16(ip + 2, total);
     put16(ip + 4, id);
     ip[8] = 64;
-    ip[9] = IPPROTO_UDP;
+    ip[9] = protocol;
     memcpy(ip + 12, &src, 4);
     memcpy(ip + 16, &dst, 4);
     uint16_t c = (uint16_t)~csum_fold(csum_add(0, ip, 20));
@@ -186,6 +199,36 @@ static int is_weak(uint64_t seq) {
 }
 
 static unsigned flow_of(uint64_t seq) { return (unsigned)(seq % (uint64_t)cfg.flows); }
+
+/* Flow f's outer IPv4, UDP and Geneve header with GWLB's options, for a frame of len bytes. */
+static void write_outer(uint8_t *b, int f, int len) {
+    write_ipv4(b, (uint16_t)len, 0, cfg.src.s_addr, cfg.dst.s_addr, IPPROTO_UDP);
+    put16(b + 20, (uint16_t)(20000 + f)); /* GWLB picks a source port per flow */
+    put16(b + 22, GENEVE_PORT);
+    put16(b + 24, (uint16_t)(len - 20));
+    memset(b + 26, 0, OUTER_LEN - 26); /* outer UDP checksum 0, as GWLB usually sends */
+    uint8_t *g = b + 28;
+    g[0] = 32 / 4; /* version 0, Opt Len 8 words */
+    g[1] = 0;
+    put16(g + 2, 0x0800);
+    /* VNI 0 */
+    uint8_t *o = g + 8;
+    uint64_t endpoint = 0x0a1b2c3d00000000ull | (uint64_t)(f % 4);
+    uint64_t attachment = 0x1122334455667700ull | (uint64_t)(f % 2);
+    uint32_t cookie = (uint32_t)f * 2654435761u;
+    put16(o, 0x0108); o[2] = 1; o[3] = 2;
+    for (int i = 0; i < 8; i++) o[4 + i] = (uint8_t)(endpoint >> (56 - 8 * i));
+    o += 12;
+    put16(o, 0x0108); o[2] = 2; o[3] = 2;
+    for (int i = 0; i < 8; i++) o[4 + i] = (uint8_t)(attachment >> (56 - 8 * i));
+    o += 12;
+    put16(o, 0x0108); o[2] = 3; o[3] = 1;
+    for (int i = 0; i < 4; i++) o[4 + i] = (uint8_t)(cookie >> (24 - 8 * i));
+}
+
+/* Flow f's inner client (198.18.x.y) and server (198.19.0.z) addresses. */
+static uint32_t client_addr(int f) { return htonl(0xC6120000u | (uint32_t)(f + 1)); }
+static uint32_t server_addr(int f) { return htonl(0xC6130000u | (uint32_t)(f % 200 + 1)); }
 
 static void build_templates(void) {
     body_len = (size_t)frame_len - OUTER_LEN - INNER_HDR - STAMP_LEN;
@@ -200,34 +243,10 @@ static void build_templates(void) {
     for (int f = 0; f < cfg.flows; f++) {
         for (int weak = 0; weak < 2; weak++) {
             uint8_t *b = calloc(1, (size_t)frame_len);
-            uint16_t outer_udp_len = (uint16_t)(frame_len - 20);
-            write_ipv4(b, (uint16_t)frame_len, 0, cfg.src.s_addr, cfg.dst.s_addr);
-            put16(b + 20, (uint16_t)(20000 + f)); /* GWLB picks a source port per flow */
-            put16(b + 22, GENEVE_PORT);
-            put16(b + 24, outer_udp_len);
-            /* outer UDP checksum 0, as GWLB usually sends */
-            uint8_t *g = b + 28;
-            g[0] = 32 / 4; /* version 0, Opt Len 8 words */
-            g[1] = 0;
-            put16(g + 2, 0x0800);
-            /* VNI 0 */
-            uint8_t *o = g + 8;
-            uint64_t endpoint = 0x0a1b2c3d00000000ull | (uint64_t)(f % 4);
-            uint64_t attachment = 0x1122334455667700ull | (uint64_t)(f % 2);
-            uint32_t cookie = (uint32_t)f * 2654435761u;
-            put16(o, 0x0108); o[2] = 1; o[3] = 2;
-            for (int i = 0; i < 8; i++) o[4 + i] = (uint8_t)(endpoint >> (56 - 8 * i));
-            o += 12;
-            put16(o, 0x0108); o[2] = 2; o[3] = 2;
-            for (int i = 0; i < 8; i++) o[4 + i] = (uint8_t)(attachment >> (56 - 8 * i));
-            o += 12;
-            put16(o, 0x0108); o[2] = 3; o[3] = 1;
-            for (int i = 0; i < 4; i++) o[4 + i] = (uint8_t)(cookie >> (24 - 8 * i));
+            write_outer(b, f, frame_len);
             uint8_t *ip = b + OUTER_LEN;
-            uint32_t isrc = htonl(0xC6120000u | (uint32_t)(f + 1));       /* 198.18.x.y */
-            uint32_t idst = htonl(0xC6130000u | (uint32_t)(f % 200 + 1)); /* 198.19.0.z */
             uint16_t inner_total = (uint16_t)(frame_len - OUTER_LEN);
-            write_ipv4(ip, inner_total, (uint16_t)f, isrc, idst);
+            write_ipv4(ip, inner_total, (uint16_t)f, client_addr(f), server_addr(f), IPPROTO_UDP);
             uint8_t *udp = ip + 20;
             put16(udp, (uint16_t)(10000 + f));
             put16(udp + 2, cfg.rules ? PORT_RULES : PORT_FORWARD);
@@ -245,6 +264,184 @@ static void build_templates(void) {
     }
 }
 
+/* -- the egress mix ----------------------------------------------------------------------------
+ *
+ * Flow slot f (--flows of them) carries one TCP connection at a time from its client
+ * 198.18.x.y to 198.19.0.z port 443, under slot f's GWLB header. A connection opens with a
+ * TLS ClientHello to allowed.example (HELLO_LEN bytes, in one segment), then --flow-packets
+ * data frames of --size bytes, client->server and server->client in turn (inner addresses and
+ * ports swapped, the GWLB header the same); then the slot starts its next connection (the
+ * next generation: the client's port moves on). Within a generation the frames go: every
+ * slot's hello, then data frame 0 of every slot, data frame 1 of every slot, ... So each
+ * connection's hello leaves before its data. Sequence and acknowledgment numbers follow the
+ * bytes each side sent. The stamp is the data's first bytes, or the first 20 bytes of the
+ * hello's random (which a ClientHello fills with any bytes it likes).
+ */
+static uint8_t hello[HELLO_LEN];
+static uint8_t *egress_outer;  /* [flow * 2 + is hello]: the outer header, OUTER_LEN bytes */
+static uint32_t port_base;     /* where this run's client ports start */
+static int hello_frame_len;    /* OUTER_LEN + INNER_TCP_HDR + HELLO_LEN */
+
+static uint8_t *put_ext(uint8_t *p, uint16_t type, const uint8_t *data, size_t n) {
+    put16(p, type);
+    put16(p + 2, (uint16_t)n);
+    memcpy(p + 4, data, n);
+    return p + 4 + n;
+}
+
+/* A TLS 1.3 ClientHello as browsers and curl send it (RFC 8446 4.1.2), padded (RFC 7685) to
+ * curl's 517 bytes. Its random and session id are fixed filler: the random carries the stamp. */
+static void build_hello(void) {
+    static const uint8_t suites[] = {0x13, 0x01, 0x13, 0x02, 0x13, 0x03, 0xc0, 0x2c, 0xc0, 0x2b,
+                                     0xc0, 0x30, 0xc0, 0x2f, 0xcc, 0xa9, 0xcc, 0xa8};
+    static const uint8_t groups[] = {0x00, 0x06, 0x00, 0x1d, 0x00, 0x17, 0x00, 0x18};
+    static const uint8_t points[] = {0x01, 0x00};
+    static const uint8_t alpn[] = {0x00, 0x0c, 2, 'h', '2', 8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+    static const uint8_t sigalgs[] = {0x00, 0x08, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01, 0x05, 0x01};
+    static const uint8_t versions[] = {0x04, 0x03, 0x04, 0x03, 0x03}; /* TLS 1.3, 1.2 */
+    static const uint8_t psk_modes[] = {0x01, 0x01};                   /* psk_dhe_ke */
+    uint8_t sni[5 + sizeof HELLO_SNI - 1], share[2 + 4 + 32], pad[HELLO_LEN];
+    size_t name = sizeof HELLO_SNI - 1;
+    put16(sni, (uint16_t)(name + 3)); /* server_name_list */
+    sni[2] = 0;                       /* host_name */
+    put16(sni + 3, (uint16_t)name);
+    memcpy(sni + 5, HELLO_SNI, name);
+    put16(share, 36); /* client_shares: x25519 and a 32-byte key */
+    put16(share + 2, 0x001d);
+    put16(share + 4, 32);
+    for (int i = 0; i < 32; i++)
+        share[6 + i] = (uint8_t)(0x40 + i);
+
+    uint8_t *p = hello;
+    p[0] = 0x16; /* handshake record, legacy version 0x0301 */
+    put16(p + 1, 0x0301);
+    p[5] = 0x01; /* client_hello; record and handshake lengths below */
+    put16(p + 9, 0x0303);
+    for (int i = 0; i < 32; i++)
+        p[HELLO_RANDOM + i] = (uint8_t)(0xa0 + i);
+    p += HELLO_RANDOM + 32;
+    *p++ = 32; /* legacy_session_id */
+    for (int i = 0; i < 32; i++)
+        *p++ = (uint8_t)(0x60 + i);
+    put16(p, sizeof suites);
+    memcpy(p + 2, suites, sizeof suites);
+    p += 2 + sizeof suites;
+    *p++ = 1; /* legacy_compression_methods: null */
+    *p++ = 0;
+    uint8_t *ext_len = p;
+    p += 2;
+    p = put_ext(p, 0x0000, sni, sizeof sni);
+    p = put_ext(p, 0x000b, points, sizeof points);
+    p = put_ext(p, 0x000a, groups, sizeof groups);
+    p = put_ext(p, 0x0010, alpn, sizeof alpn);
+    p = put_ext(p, 0x000d, sigalgs, sizeof sigalgs);
+    p = put_ext(p, 0x002b, versions, sizeof versions);
+    p = put_ext(p, 0x002d, psk_modes, sizeof psk_modes);
+    p = put_ext(p, 0x0033, share, sizeof share);
+    size_t used = (size_t)(p - hello) + 4;
+    memset(pad, 0, sizeof pad);
+    p = put_ext(p, 0x0015, pad, HELLO_LEN - used);
+    put16(ext_len, (uint16_t)(p - ext_len - 2));
+    put16(hello + 3, HELLO_LEN - 5);
+    hello[6] = 0;
+    put16(hello + 7, HELLO_LEN - 9);
+}
+
+static void build_egress(void) {
+    build_hello();
+    hello_frame_len = OUTER_LEN + INNER_TCP_HDR + HELLO_LEN;
+    body_len = (size_t)frame_len - OUTER_LEN - INNER_TCP_HDR - STAMP_LEN;
+    body_plain = malloc(body_len);
+    for (size_t i = 0; i < body_len; i++)
+        body_plain[i] = (uint8_t)FILLER[i % (sizeof FILLER - 1)];
+    egress_outer = malloc((size_t)cfg.flows * 2 * OUTER_LEN);
+    uint8_t b[OUTER_LEN];
+    for (int f = 0; f < cfg.flows; f++) {
+        for (int h = 0; h < 2; h++) {
+            write_outer(b, f, h ? hello_frame_len : frame_len);
+            memcpy(egress_outer + ((size_t)f * 2 + (size_t)h) * OUTER_LEN, b, OUTER_LEN);
+        }
+    }
+    uint32_t r;
+    memcpy(&r, run_id, 4);
+    port_base = r % 64512u; /* a new run's connections are new flows to the appliance */
+}
+
+static uint32_t mix32(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return (uint32_t)x;
+}
+
+/* Write frame seq of the egress mix into buf (stamped with send time now_ns); its length. */
+static size_t egress_frame(uint8_t *buf, uint64_t seq, uint64_t now_ns) {
+    uint64_t flows = (uint64_t)cfg.flows, per_gen = flows * (1 + (uint64_t)cfg.flow_packets);
+    uint64_t gen = seq / per_gen, r = seq % per_gen;
+    int is_hello = r < flows;
+    unsigned f = (unsigned)(is_hello ? r : (r - flows) % flows);
+    uint64_t i = is_hello ? 0 : (r - flows) / flows; /* data frame i of the connection */
+    int reverse = (int)(i & 1);                       /* odd: server -> client */
+    uint32_t j = (uint32_t)(i / 2);                   /* its place in its direction */
+    uint32_t data = (uint32_t)body_len + STAMP_LEN;   /* TCP payload of a data frame */
+    uint32_t isn_c = mix32(gen * flows + f), isn_s = mix32(~(gen * flows + f));
+    uint32_t after_hello = isn_c + HELLO_LEN;
+    uint32_t seq_no, ack_no;
+    if (is_hello) {
+        seq_no = isn_c;
+        ack_no = isn_s;
+    } else if (!reverse) {
+        seq_no = after_hello + j * data;
+        ack_no = isn_s + j * data;
+    } else {
+        seq_no = isn_s + j * data;
+        ack_no = after_hello + (j + 1) * data;
+    }
+    size_t len = is_hello ? (size_t)hello_frame_len : (size_t)frame_len;
+    memcpy(buf, egress_outer + ((size_t)f * 2 + (size_t)is_hello) * OUTER_LEN, OUTER_LEN);
+    uint32_t client = client_addr((int)f), server = server_addr((int)f);
+    uint16_t client_port = (uint16_t)(1024 + (port_base + gen) % 64512u);
+    uint8_t *ip = buf + OUTER_LEN, *tcp = ip + 20, *pl = tcp + 20;
+    uint16_t seg = (uint16_t)(len - OUTER_LEN - 20);
+    write_ipv4(ip, (uint16_t)(len - OUTER_LEN), (uint16_t)seq, reverse ? server : client,
+               reverse ? client : server, IPPROTO_TCP);
+    put16(tcp, reverse ? PORT_HTTPS : client_port);
+    put16(tcp + 2, reverse ? client_port : PORT_HTTPS);
+    put16(tcp + 4, (uint16_t)(seq_no >> 16));
+    put16(tcp + 6, (uint16_t)seq_no);
+    put16(tcp + 8, (uint16_t)(ack_no >> 16));
+    put16(tcp + 10, (uint16_t)ack_no);
+    tcp[12] = 5 << 4; /* data offset: no options */
+    tcp[13] = TCP_ACK_PSH;
+    put16(tcp + 14, 65535);
+    memset(tcp + 16, 0, 4); /* checksum below, urgent pointer 0 */
+    uint8_t *stamp = pl;
+    if (is_hello) {
+        memcpy(pl, hello, HELLO_LEN);
+        stamp = pl + HELLO_RANDOM;
+    } else {
+        memcpy(pl + STAMP_LEN, body_plain, body_len);
+    }
+    memcpy(stamp, run_id, 4);
+    memcpy(stamp + 4, &seq, 8);
+    memcpy(stamp + 12, &now_ns, 8);
+    uint16_t c = (uint16_t)~csum_fold(csum_add(pseudo_sum(ip, seg), tcp, seg));
+    memcpy(tcp + 16, &c, 2);
+    return len;
+}
+
+static int egress_is_hello(uint64_t seq) {
+    uint64_t flows = (uint64_t)cfg.flows;
+    return seq % (flows * (1 + (uint64_t)cfg.flow_packets)) < flows;
+}
+
+/* Hellos among the first n frames: the connections opened. */
+static uint64_t egress_hellos(uint64_t n) {
+    uint64_t flows = (uint64_t)cfg.flows, per_gen = flows * (1 + (uint64_t)cfg.flow_packets);
+    uint64_t rest = n % per_gen;
+    return n / per_gen * flows + (rest < flows ? rest : flows);
+}
+
 /* --distinct: frame seq's own inner source address and port (65536 ports an address, from
  * 198.18.128.0 up, away from the flows' 198.18.0.x), the inner IPv4 checksum fixed. */
 static void distinct_tuple(uint8_t *frame, uint64_t seq) {
@@ -257,8 +454,10 @@ static void distinct_tuple(uint8_t *frame, uint64_t seq) {
     memcpy(ip + 10, &c, 2);
 }
 
-/* Fill slot buf with frame number seq, stamped with send time now_ns. */
-static void make_frame(uint8_t *buf, uint64_t seq, uint64_t now_ns) {
+/* Fill slot buf with frame number seq, stamped with send time now_ns; its length. */
+static size_t make_frame(uint8_t *buf, uint64_t seq, uint64_t now_ns) {
+    if (cfg.egress)
+        return egress_frame(buf, seq, now_ns);
     struct tmpl *t = &templates[flow_of(seq) * 2 + is_weak(seq)];
     memcpy(buf, t->frame, (size_t)frame_len);
     uint8_t *stamp = buf + OUTER_LEN + INNER_HDR + 4;
@@ -277,12 +476,53 @@ static void make_frame(uint8_t *buf, uint64_t seq, uint64_t now_ns) {
     if (c == 0)
         c = 0xffff;
     memcpy(buf + OUTER_LEN + 20 + 6, &c, 2);
+    return (size_t)frame_len;
 }
 
 static int bad(enum reason r) {
     reasons[r]++;
     n_invalid++;
     return 0;
+}
+
+/* The outer IPv4 and UDP headers of reply b (n bytes) to frame t: addresses swapped, lengths
+ * right, IPv4 header checksum valid; GWLB's source port kept, destination 6081, UDP checksum 0
+ * or valid. */
+static int outer_ok(const uint8_t *b, size_t n, const uint8_t *t) {
+    if (b[0] != 0x45 || get16(b + 2) != n || b[9] != IPPROTO_UDP || (get16(b + 6) & 0x3fff) ||
+        memcmp(b + 12, t + 16, 4) || memcmp(b + 16, t + 12, 4) ||
+        csum_fold(csum_add(0, b, 20)) != 0xffff)
+        return bad(R_OUTER_IP);
+    if (memcmp(b + 20, t + 20, 4) || get16(b + 24) != n - 20)
+        return bad(R_OUTER_UDP);
+    if (get16(b + 26) != 0 &&
+        csum_fold(csum_add(pseudo_sum(b, (uint16_t)(n - 20)), b + 20, n - 20)) != 0xffff)
+        return bad(R_OUTER_UDP);
+    return 1;
+}
+
+/* The egress mix: an allowed flow is forwarded unchanged, so the reply is the frame as sent
+ * (rebuilt from seq and the stamp's send time) behind the swapped outer header. */
+static int validate_egress(const uint8_t *b, size_t n, uint64_t seq, uint64_t sent_ns) {
+    static uint8_t *expected;
+    if (!expected && !(expected = malloc((size_t)hello_frame_len + (size_t)frame_len)))
+        abort();
+    size_t len = egress_frame(expected, seq, sent_ns);
+    n_validated++;
+    if (n != len)
+        return bad(R_LENGTH);
+    if (!outer_ok(b, n, expected))
+        return 0;
+    if (memcmp(b + 28, expected + 28, OUTER_LEN - 28))
+        return bad(R_GENEVE);
+    if (memcmp(b + OUTER_LEN, expected + OUTER_LEN, 20))
+        return bad(R_INNER_IP);
+    if (memcmp(b + OUTER_LEN + 20, expected + OUTER_LEN + 20, 20))
+        return bad(R_INNER_TCP);
+    if (memcmp(b + OUTER_LEN + INNER_TCP_HDR, expected + OUTER_LEN + INNER_TCP_HDR,
+               len - OUTER_LEN - INNER_TCP_HDR))
+        return bad(R_PAYLOAD);
+    return 1;
 }
 
 /* Check a reply against what the appliance must send for frame seq. */
@@ -301,17 +541,8 @@ static int validate(const uint8_t *b, size_t n, uint64_t seq) {
     n_validated++;
     if (n != (size_t)frame_len + grow)
         return bad(R_LENGTH);
-    /* outer IPv4: addresses swapped, lengths right, header checksum valid */
-    if (b[0] != 0x45 || get16(b + 2) != n || b[9] != IPPROTO_UDP || (get16(b + 6) & 0x3fff) ||
-        memcmp(b + 12, t + 16, 4) || memcmp(b + 16, t + 12, 4) ||
-        csum_fold(csum_add(0, b, 20)) != 0xffff)
-        return bad(R_OUTER_IP);
-    /* outer UDP: GWLB's source port kept, destination 6081, checksum 0 or valid */
-    if (memcmp(b + 20, t + 20, 4) || get16(b + 24) != n - 20)
-        return bad(R_OUTER_UDP);
-    if (get16(b + 26) != 0 &&
-        csum_fold(csum_add(pseudo_sum(b, (uint16_t)(n - 20)), b + 20, n - 20)) != 0xffff)
-        return bad(R_OUTER_UDP);
+    if (!outer_ok(b, n, t))
+        return 0;
     /* Geneve header and options byte for byte */
     if (memcmp(b + 28, t + 28, OUTER_LEN - 28))
         return bad(R_GENEVE);
@@ -396,11 +627,20 @@ static void on_reply(const uint8_t *b, size_t n, int truncated, uint64_t rx_ns) 
         bad(R_UNPARSABLE);
         return;
     }
-    size_t stamp = inner + (size_t)(b[inner] & 15) * 4 + 8;
+    size_t stamp = inner + (size_t)(b[inner] & 15) * 4 + 8, fixed = OUTER_LEN + INNER_HDR;
+    if (cfg.egress) { /* after the TCP header; in a hello, in its random */
+        size_t tcp = stamp - 8;
+        stamp = n >= tcp + 20 ? tcp + (size_t)(b[tcp + 12] >> 4) * 4 : n;
+        fixed = OUTER_LEN + INNER_TCP_HDR;
+        if (n - (stamp < n ? stamp : n) == HELLO_LEN)
+            stamp += HELLO_RANDOM;
+        if (n == (size_t)hello_frame_len)
+            fixed += HELLO_RANDOM;
+    }
     /* A reply with a broken header still has its stamp where we put it. */
-    if ((n < stamp + STAMP_LEN || memcmp(b + stamp, run_id, 4)) &&
-        n >= OUTER_LEN + INNER_HDR + STAMP_LEN && !memcmp(b + OUTER_LEN + INNER_HDR, run_id, 4))
-        stamp = OUTER_LEN + INNER_HDR;
+    if ((n < stamp + STAMP_LEN || memcmp(b + stamp, run_id, 4)) && n >= fixed + STAMP_LEN &&
+        !memcmp(b + fixed, run_id, 4))
+        stamp = fixed;
     if (n < stamp + STAMP_LEN) {
         bad(R_UNPARSABLE);
         return;
@@ -423,16 +663,22 @@ static void on_reply(const uint8_t *b, size_t n, int truncated, uint64_t rx_ns) 
     seen[seq >> 3] |= (uint8_t)(1u << (seq & 7));
     n_unique++;
     record_latency((int64_t)(rx_ns - sent_ns));
-    if (cfg.validate_every == 1 || n_unique % (uint64_t)cfg.validate_every == 0 ||
-        is_weak(seq))
+    if (cfg.egress) {
+        if (cfg.validate_every == 1 || n_unique % (uint64_t)cfg.validate_every == 0 ||
+            egress_is_hello(seq))
+            validate_egress(b, n, seq, sent_ns);
+    } else if (cfg.validate_every == 1 || n_unique % (uint64_t)cfg.validate_every == 0 ||
+               is_weak(seq)) {
         validate(b, n, seq);
+    }
 }
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen --src A --dst B [--mix forward|rules] [--size BYTES] [--rate PPS|0]\n"
-            "               [--duration S] [--warmup S] [--drain S] [--flows N] [--batch N]\n"
-            "               [--distinct 0|1]\n"
+            "usage: loadgen --src A --dst B [--mix forward|rules|egress] [--size BYTES]\n"
+            "               [--rate PPS|0] [--duration S] [--warmup S] [--drain S] [--flows N]\n"
+            "               [--batch N] [--distinct 0|1] [--flow-packets N (egress)]\n"
+            "               [--dump-frames N (print the first N frames in hex, send nothing)]\n"
             "               [--validate-every N] [--max-packets N]\n"
             "               [--tx packet --ifname IF --dst-mac MAC | --tx raw]\n");
     exit(2);
@@ -511,6 +757,7 @@ int main(int argc, char **argv) {
     cfg.flows = 256;
     cfg.batch = 64;
     cfg.validate_every = 8;
+    cfg.flow_packets = 200; /* 100 each way */
     int have_src = 0, have_dst = 0, have_mac = 0;
     cfg.tx_packet = 1;
     for (int i = 1; i < argc; i++) {
@@ -523,10 +770,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--dst"))
             have_dst = inet_pton(AF_INET, v, &cfg.dst) == 1;
         else if (!strcmp(k, "--mix")) {
-            if (strcmp(v, "forward") && strcmp(v, "rules"))
+            if (strcmp(v, "forward") && strcmp(v, "rules") && strcmp(v, "egress"))
                 usage();
             cfg.rules = !strcmp(v, "rules");
-        } else if (!strcmp(k, "--size"))
+            cfg.egress = !strcmp(v, "egress");
+        } else if (!strcmp(k, "--flow-packets"))
+            cfg.flow_packets = atoi(v);
+        else if (!strcmp(k, "--dump-frames"))
+            cfg.dump_frames = atoi(v); else if (!strcmp(k, "--size"))
             cfg.size = atoi(v);
         else if (!strcmp(k, "--rate"))
             cfg.rate = atof(v);
@@ -562,14 +813,27 @@ int main(int argc, char **argv) {
         else
             usage();
     }
+    if (cfg.dump_frames > 0) { /* nothing is sent: addresses and interface are optional */
+        have_src = have_dst = 1;
+        cfg.tx_packet = 0;
+    }
     if (cfg.tx_packet && (!cfg.ifname || !have_mac)) {
         fprintf(stderr, "loadgen: --tx packet needs --ifname and --dst-mac\n");
         usage();
     }
     if (!have_src || !have_dst || cfg.size < MIN_FRAME || cfg.size > MAX_FRAME ||
         cfg.flows < 1 || cfg.flows > 40000 || cfg.batch < 1 || cfg.batch > MAX_BATCH ||
-        cfg.validate_every < 1 || cfg.rate < 0 || cfg.duration <= 0 || cfg.max_packets < 1)
+        cfg.validate_every < 1 || cfg.rate < 0 || cfg.duration <= 0 || cfg.max_packets < 1 ||
+        cfg.flow_packets < 1 || cfg.dump_frames < 0)
         usage();
+    /* The egress mix: the TCP payload must hold the stamp, and is told from a hello by length. */
+    if (cfg.egress && (cfg.distinct || cfg.size < OUTER_LEN + INNER_TCP_HDR + STAMP_LEN + 16 ||
+                       cfg.size == OUTER_LEN + INNER_TCP_HDR + HELLO_LEN)) {
+        fprintf(stderr, "loadgen: --mix egress takes no --distinct, and a --size of at least %d "
+                        "other than %d\n", OUTER_LEN + INNER_TCP_HDR + STAMP_LEN + 16,
+                OUTER_LEN + INNER_TCP_HDR + HELLO_LEN);
+        exit(2);
+    }
     if (cfg.duration > MAX_DURATION)
         cfg.duration = MAX_DURATION;
     if (cfg.drain > 5)
@@ -577,6 +841,20 @@ int main(int argc, char **argv) {
     if (cfg.warmup >= cfg.duration)
         cfg.warmup = 0;
     frame_len = cfg.size;
+
+    if (cfg.dump_frames > 0) { /* the mix as it would be sent, one frame a line, for checks */
+        build_templates();
+        if (cfg.egress)
+            build_egress();
+        static uint8_t frame[MAX_FRAME];
+        for (uint64_t seq = 0; seq < (uint64_t)cfg.dump_frames; seq++) {
+            size_t n = make_frame(frame, seq, real_ns());
+            for (size_t i = 0; i < n; i++)
+                printf("%02x", frame[i]);
+            putchar('\n');
+        }
+        return 0;
+    }
 
     int tx, rx, hold;
     struct sockaddr_ll ll = {0};
@@ -593,9 +871,11 @@ int main(int argc, char **argv) {
     uint32_t id = (uint32_t)getpid() * 2654435761u ^ (uint32_t)real_ns();
     memcpy(run_id, &id, 4);
     build_templates();
+    if (cfg.egress)
+        build_egress();
     seen = calloc((size_t)(cfg.max_packets / 8 + 1), 1);
     hist = calloc(HIST_BINS, sizeof *hist);
-    size_t slot = l2 + (size_t)frame_len;
+    size_t slot = l2 + (size_t)(hello_frame_len > frame_len ? hello_frame_len : frame_len);
     uint8_t *txbuf = malloc((size_t)MAX_BATCH * slot);
     uint8_t *rxbuf = malloc((size_t)MAX_BATCH * RX_BUF);
     static struct mmsghdr txm[MAX_BATCH], rxm[MAX_BATCH];
@@ -656,7 +936,8 @@ int main(int argc, char **argv) {
             if (want) {
                 uint64_t ts = real_ns();
                 for (uint64_t i = 0; i < want; i++)
-                    make_frame((uint8_t *)txv[i].iov_base + l2, n_sent + i, ts);
+                    txv[i].iov_len =
+                        l2 + make_frame((uint8_t *)txv[i].iov_base + l2, n_sent + i, ts);
                 int r = sendmmsg(tx, txm, (unsigned)want, MSG_DONTWAIT);
                 if (r > 0)
                     n_sent += (uint64_t)r;
@@ -718,13 +999,15 @@ int main(int argc, char **argv) {
            "\"flows\": %d, \"sent\": %llu, \"tx_pps\": %.0f, \"received\": %llu, "
            "\"rx_pps\": %.0f, \"lost\": %llu, \"loss\": %.6f, \"duplicates\": %llu, "
            "\"invalid\": %llu, \"validated\": %llu, \"rewritten_ok\": %llu, "
-           "\"invalid_reasons\": {",
-           cfg.rules ? "rules" : "forward", frame_len, cfg.rate, send_time, cfg.flows,
+           "\"hellos\": %llu, \"flow_packets\": %d, \"invalid_reasons\": {",
+           cfg.egress ? "egress" : cfg.rules ? "rules" : "forward", frame_len, cfg.rate, send_time, cfg.flows,
            (unsigned long long)n_sent, send_time > 0 ? (double)n_sent / send_time : 0.0,
            (unsigned long long)n_unique, window > 0 ? (double)window_rx / window : 0.0,
            (unsigned long long)lost, n_sent ? (double)lost / (double)n_sent : 0.0,
            (unsigned long long)n_dups, (unsigned long long)n_invalid,
-           (unsigned long long)n_validated, (unsigned long long)n_weak_ok);
+           (unsigned long long)n_validated, (unsigned long long)n_weak_ok,
+           (unsigned long long)(cfg.egress ? egress_hellos(n_sent) : 0),
+           cfg.egress ? cfg.flow_packets : 0);
     int first = 1;
     for (int r = 0; r < R_COUNT; r++) {
         if (!reasons[r])
