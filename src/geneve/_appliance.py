@@ -96,6 +96,22 @@ MEMORY_PER_FLOW = 4096
 END_REASONS: tuple[EndReason, ...] = typing.get_args(EndReason)
 
 
+def allow_networks(cidrs: Sequence[str]) -> tuple[ipaddress.IPv4Network, ...]:
+    """``--allow-from``'s networks; ValueError, in one line, for one that is not IPv4."""
+    nets = []
+    for cidr in cidrs:
+        try:
+            net = ipaddress.ip_network(cidr, strict=False)
+        except ValueError as err:
+            raise ValueError(f"--allow-from: {err}") from None
+        if not isinstance(net, ipaddress.IPv4Network):  # GWLB's Geneve comes over IPv4 only
+            raise ValueError(
+                f"--allow-from {cidr}: GWLB sends Geneve over IPv4 only; give IPv4 networks"
+            )
+        nets.append(net)
+    return tuple(nets)
+
+
 class ApplianceError(Exception):
     """A start-up problem (port taken, no permission, bad option): one line, no traceback."""
 
@@ -240,18 +256,10 @@ class Appliance:
         self.on_too_large = on_too_large
         self.receive = receive
         self.max_inner_length = max_inner_length
-        nets = []
-        for cidr in allow_from:
-            try:
-                net = ipaddress.ip_network(cidr, strict=False)
-            except ValueError as err:
-                raise ApplianceError(f"--allow-from: {err}") from None
-            if net.version != 4:
-                raise ApplianceError(
-                    f"--allow-from {cidr}: GWLB sends Geneve over IPv4 only; give IPv4 networks"
-                )
-            nets.append(net)
-        self.allow_from = tuple(ipaddress.IPv4Network(str(n)) for n in nets)
+        try:
+            self.allow_from = allow_networks(allow_from)
+        except ValueError as err:
+            raise ApplianceError(str(err)) from None
         if user is not None:
             _user_entry(user)  # a user that does not exist stops us before any socket opens
         self.user = user

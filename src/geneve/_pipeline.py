@@ -788,15 +788,20 @@ class Pipeline:
         if flow not in self._held:
             return
         if verdict is _FORWARD:
-            entry = self._held.pop(flow)
-            flow._set_holding(False)
-            frames: list[bytes] = entry[3:]
-            self.stats.held_bytes -= entry[1]
-            self.stats.held_released += len(frames)
-            self.stats.forwarded += len(frames)
-            self._released = frames
+            self._released = self._release(flow)
         else:
             self._discard(flow, "hold")
+
+    def _release(self, flow: Flow) -> list[bytes]:
+        """What ``flow`` holds, to send now, counted as forwarded."""
+        entry = self._held.pop(flow)
+        flow._set_holding(False)
+        frames: list[bytes] = entry[3:]
+        stats = self.stats
+        stats.held_bytes -= entry[1]
+        stats.held_released += len(frames)
+        stats.forwarded += len(frames)
+        return frames
 
     def _discard(self, flow: Flow, reason: str) -> None:
         entry = self._held.pop(flow, None)
@@ -811,12 +816,7 @@ class Pipeline:
     def _hold_limit(self, flow: Flow, as_bytes: bool = False) -> list[Any]:
         """A flow's hold reached a bound: ``on_hold_limit`` decides; the frames to send."""
         if self.on_hold_limit == "forward":  # fail open: the flow goes on, undecided no more
-            entry = self._held.pop(flow)
-            flow._set_holding(False)
-            frames: list[bytes] = entry[3:]
-            self.stats.held_bytes -= entry[1]
-            self.stats.held_released += len(frames)
-            self.stats.forwarded += len(frames)
+            frames = self._release(flow)
             flow.verdict = _FORWARD
             return frames if as_bytes else [memoryview(f) for f in frames]
         self._discard(flow, "hold-limit")

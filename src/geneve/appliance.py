@@ -9,14 +9,13 @@ problem, or a bad flag or environment variable, is one line with exit status 2.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import sys
 import typing
 from collections.abc import Sequence
 
-from ._appliance import Appliance, ApplianceError, ReceiveMode
+from ._appliance import Appliance, ApplianceError, ReceiveMode, allow_networks
 from ._loader import RulesError, RulesSource, load_rules
 from ._packet import GWLB_ENCAP_LENGTH
 
@@ -291,15 +290,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                 f"{flag} (or GENEVE_{action.dest.upper()}): {value!r} is not one of "
                 + ", ".join(map(str, action.choices))
             )
-    for cidr in args.allow_from:  # GWLB's Geneve comes over IPv4 only
-        try:
-            net = ipaddress.ip_network(cidr, strict=False)
-        except ValueError as err:
-            raise _Usage(f"--allow-from (or GENEVE_ALLOW_FROM): {err}") from None
-        if net.version != 4:
-            raise _Usage(
-                f"--allow-from {cidr}: GWLB sends Geneve over IPv4 only; give IPv4 networks"
-            )
+    try:
+        allow_networks(args.allow_from)  # from the environment too
+    except ValueError as err:
+        raise _Usage(str(err)) from None
     if args.fast_path:  # no --no-fast-path: the environment may still say no
         args.fast_path = _switch("FAST_PATH", True)
     if args.flows:
