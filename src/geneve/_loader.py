@@ -39,26 +39,8 @@ def modifier_factory(function: _F) -> _F:
 def load_modifier(spec: str, *, reload: bool = False) -> Modifier:
     """The modifier ``spec`` names; with ``reload``, its module is read again first (SIGHUP)
     and a factory is called again."""
-    module_name, _, attr = spec.partition(":")
-    attr = attr or "modifier"
-    if not module_name:
-        raise RulesError(f"--rules {spec!r}: expected MODULE:CALLABLE")
-    try:
-        module = importlib.import_module(module_name)
-        if reload:
-            importlib.invalidate_caches()
-            module = importlib.reload(module)
-    except (Exception, SystemExit, KeyboardInterrupt) as err:  # not found, or its code failing
-        why = f"{type(err).__name__} {err}".strip() if not isinstance(err, Exception) else err
-        raise RulesError(f"--rules {spec!r}: cannot import {module_name}: {why}") from err
-    target: object = module
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise RulesError(f"--rules {spec!r}: {module_name} has no {attr}") from None
-        except Exception as err:  # a __getattr__ of the module's own that fails
-            raise RulesError(f"--rules {spec!r}: reading {attr} failed: {err}") from err
+    target = _lookup(spec, "--rules", reload, default="modifier")
+    attr = spec.partition(":")[2] or "modifier"
     if getattr(target, _FACTORY, False) and callable(target):
         try:
             target = target()
@@ -127,8 +109,11 @@ def load_rules(source: RulesSource | str, *, reload: bool = False) -> Modifier:
     return cast(Modifier, target)
 
 
-def _import(spec: str, flag: str, reload: bool) -> Callable[[Any], object]:
+def _lookup(spec: str, flag: str, reload: bool, default: str | None) -> object:
+    """What ``MODULE:NAME`` names (``MODULE`` alone: ``default``, when there is one), its
+    module imported, or read again with ``reload``; RulesError in one line otherwise."""
     module_name, _, attr = spec.partition(":")
+    attr = attr or (default or "")
     if not module_name or not attr:
         raise RulesError(f"{flag} {spec!r}: expected MODULE:CALLABLE")
     try:
@@ -136,11 +121,22 @@ def _import(spec: str, flag: str, reload: bool) -> Callable[[Any], object]:
         if reload:
             importlib.invalidate_caches()
             module = importlib.reload(module)
-        target = getattr(module, attr)
-    except AttributeError:
-        raise RulesError(f"{flag} {spec!r}: {module_name} has no {attr}") from None
-    except (Exception, SystemExit, KeyboardInterrupt) as err:
-        raise RulesError(f"{flag} {spec!r}: cannot import {module_name}: {err}") from err
+    except (Exception, SystemExit, KeyboardInterrupt) as err:  # not found, or its code failing
+        why = f"{type(err).__name__} {err}".strip() if not isinstance(err, Exception) else err
+        raise RulesError(f"{flag} {spec!r}: cannot import {module_name}: {why}") from err
+    target: object = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise RulesError(f"{flag} {spec!r}: {module_name} has no {attr}") from None
+        except Exception as err:  # a __getattr__ of the module's own that fails
+            raise RulesError(f"{flag} {spec!r}: reading {attr} failed: {err}") from err
+    return target
+
+
+def _import(spec: str, flag: str, reload: bool) -> Callable[[Any], object]:
+    target = _lookup(spec, flag, reload, default=None)
     if not callable(target):
-        raise RulesError(f"{flag} {spec!r}: {attr} is not callable")
+        raise RulesError(f"{flag} {spec!r}: {spec.partition(':')[2]} is not callable")
     return cast(Callable[[Any], object], target)
