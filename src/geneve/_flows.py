@@ -251,6 +251,19 @@ class Flow:
         """Whether the pipeline holds frames of this flow (a C table then decides none of its
         packets in the fast path); nothing to do for a Python flow."""
 
+    # What flow_record reads, whichever table the flow is in.
+    def _end_at_value(self) -> float:
+        return self._end_at
+
+    def _reason_value(self) -> EndReason:
+        return self._reason
+
+    def _fins_value(self) -> int:
+        return self._fins
+
+    def _replied_value(self) -> bool:
+        return self._replied
+
     def __repr__(self) -> str:
         (src, sport), (dst, dport) = self._ends()
         return (
@@ -542,6 +555,36 @@ class FlowTable:
             del tombstones[key]
         return ended
 
+    # -- a handover (an upgrade: docs/appliance.md) ----------------------------------------------
+
+    def export(self) -> list[dict[str, Any]]:
+        """Every live flow as plain data (:func:`flow_record`), for :meth:`restore` in another
+        table, of either kind, in another process. The table is left as it was."""
+        return [flow_record(flow) for flow in self._flows.values()]
+
+    def restore(self, records: list[dict[str, Any]], now: float) -> int:
+        """Make live the flows of :meth:`export` records, as they were: no hook, no count of
+        a flow started. Returns how many were taken: a record whose key is live already, or
+        for which the table has no room (nothing is evicted for one), is left out."""
+        taken = 0
+        for record in records:
+            key = record["key"]
+            if key in self._flows or len(self._flows) >= self.max_flows:
+                continue
+            tcp = key[8] == IPPROTO_TCP
+            flow = Flow(key, record["orig_low"], record["first_seen"],
+                        self.tcp_timeout if tcp else self.other_timeout)  # fmt: skip
+            _restore_fields(flow, record)
+            self._tombstones.pop(key, None)
+            self._flows[key] = flow
+            if not flow._replied:
+                self._unreplied[key] = flow
+            _heappush(self._heap, (flow.deadline, next(self._seq), flow))
+            taken += 1
+        stats = self._stats_of()
+        stats.flows_active += taken
+        return taken
+
     def end_all(self, reason: EndReason = "shutdown") -> int:
         """End every live flow with ``reason`` (oldest first); how many ended."""
         flows = list(self._flows.values())
@@ -550,6 +593,51 @@ class FlowTable:
         for flow in flows:
             self._end(flow, reason)
         return len(flows)
+
+
+def flow_record(flow: Flow) -> dict[str, Any]:
+    """A live flow as plain data (bytes, numbers, strings, its ``state`` dict): what
+    :meth:`FlowTable.restore` takes, whichever kind of table made it."""
+    cookie_o, cookie_r = flow.cookies
+    verdict = flow.verdict
+    return {
+        "key": flow.key,
+        "orig_low": bool(flow._orig_low),
+        "first_seen": flow.first_seen,
+        "last_seen": flow.last_seen,
+        "end_at": flow._end_at_value(),
+        "reason": flow._reason_value(),
+        "fins": flow._fins_value(),
+        "replied": flow._replied_value(),
+        "tcp_state": flow.tcp_state,
+        "packets": flow.packets,
+        "bytes": flow.bytes,
+        "cookies": (cookie_o, cookie_r),
+        "verdict": None if verdict is None else verdict.name,
+        "state": flow._state,
+    }
+
+
+def _restore_fields(flow: Flow, record: dict[str, Any]) -> None:
+    """Set a new Python flow's fields from a record (see :func:`flow_record`)."""
+    flow.last_seen = float(record["last_seen"])
+    flow._end_at = float(record["end_at"])
+    flow._reason = record["reason"]
+    flow._fins = int(record["fins"])
+    flow._replied = bool(record["replied"])
+    flow.tcp_state = record["tcp_state"]
+    flow._packets_o, flow._packets_r = record["packets"]
+    flow._bytes_o, flow._bytes_r = record["bytes"]
+    flow._cookie_o, flow._cookie_r = record["cookies"]
+    name = record["verdict"]
+    flow.verdict = None if name is None else _verdict_by_name(name)
+    flow._state = record["state"]
+
+
+def _verdict_by_name(name: str) -> Verdict:
+    from ._pipeline import Verdict
+
+    return Verdict[name]
 
 
 # -- the C table ---------------------------------------------------------------------------------
@@ -570,6 +658,7 @@ else:
 
 _NEED_IDS = -5 if _c is None else _c.lib.GENEVE_FLOW_NEED_IDS
 _HOLDING = 64 if _c is None else _c.lib.GENEVE_FLOW_HOLDING
+_REPLIED = 4 if _c is None else _c.lib.GENEVE_FLOW_REPLIED
 # Whether ReceiveBuffer._target is a C view of the buffer (the C checksum module's).
 _TARGETS = _checksum.IMPLEMENTATION == "c"
 #: The most flows one C table holds (the bound is per table: per worker in the appliance).
@@ -579,8 +668,13 @@ _CHUNK = 1024
 _TCP_STATES = (None, "syn_sent", "syn_recv", "established", "fin_wait", "time_wait", "close")
 _REASONS: tuple[EndReason, ...] = ("idle", "fin", "rst", "evicted", "shutdown")
 _REASON_CODES = {reason: code for code, reason in enumerate(_REASONS)}
+_TCP_STATE_CODES = {state: code for code, state in enumerate(_TCP_STATES)}
 _verdict_codes: dict[Any, int] = {}
 _verdicts: list[Any] = []
+
+
+def _verdict_codes_by_name() -> dict[str, int]:
+    return {v.name: code for code, v in enumerate(_verdict_table()) if v is not None}
 
 
 def _verdict_table() -> list[Any]:
@@ -667,6 +761,19 @@ class CFlow(Flow):
             int(e.cookie[0]) if flags & 1 else None,
             int(e.cookie[1]) if flags & 2 else None,
         )
+
+    def _end_at_value(self) -> float:
+        return float(self._e.end_at)
+
+    def _reason_value(self) -> EndReason:
+        reason: EndReason = _REASONS[self._e.reason]
+        return reason
+
+    def _fins_value(self) -> int:
+        return int(self._e.fins)
+
+    def _replied_value(self) -> bool:
+        return bool(self._e.flags & _REPLIED)
 
     @property
     def deadline(self) -> float:
@@ -841,6 +948,53 @@ class CFlowTable(FlowTable):
             self.drain()
             if ended < _CHUNK:
                 return total
+
+    def export(self) -> list[dict[str, Any]]:
+        return [flow_record(flow) for flow in self]
+
+    def restore(self, records: list[dict[str, Any]], now: float) -> int:
+        assert _c is not None
+        ffi, lib = _c.ffi, _c.lib
+        entry = ffi.new("struct geneve_flow *")
+        states = _TCP_STATE_CODES
+        taken = 0
+        for record in records:
+            key = record["key"]
+            if len(key) not in (21, 45):
+                continue
+            ffi.memmove(entry, bytes(ffi.sizeof("struct geneve_flow")), ffi.sizeof(entry[0]))
+            ffi.memmove(entry.key, key, len(key))
+            entry.key[47] = entry.key_len = len(key)
+            entry.orig_low = bool(record["orig_low"])
+            entry.first_seen = record["first_seen"]
+            entry.last_seen = record["last_seen"]
+            entry.end_at = record["end_at"]
+            entry.packets[0], entry.packets[1] = record["packets"]
+            entry.bytes[0], entry.bytes[1] = record["bytes"]
+            cookie_o, cookie_r = record["cookies"]
+            flags = 0
+            if cookie_o is not None:
+                entry.cookie[0], flags = cookie_o, flags | 1
+            if cookie_r is not None:
+                entry.cookie[1], flags = cookie_r, flags | 2
+            if record["replied"]:
+                flags |= _REPLIED
+            entry.flags = flags
+            name = record["verdict"]
+            entry.verdict = 0 if name is None else _verdict_codes_by_name()[name]
+            entry.tcp = key[8] == IPPROTO_TCP
+            entry.tcp_state = states.get(record["tcp_state"], 0)
+            entry.fins = record["fins"]
+            entry.reason = _REASON_CODES[record["reason"]]
+            index = lib.geneve_flow_restore(self._t, entry, now)
+            if index < 0:
+                continue
+            taken += 1
+            if record["state"] is not None:
+                self._view(index)._state = record["state"]
+        stats = self._stats_of()
+        stats.flows_active += taken
+        return taken
 
     def end_all(self, reason: EndReason = "shutdown") -> int:
         assert _c is not None

@@ -675,6 +675,78 @@ int32_t geneve_flow_end_all(struct geneve_flow_table *t, int reason, int32_t max
     return ended;
 }
 
+static int valid_time(double when)
+{
+    return when > -TIME_LIMIT && when < TIME_LIMIT;
+}
+
+int32_t geneve_flow_restore(struct geneve_flow_table *t, const struct geneve_flow *src,
+                            double now)
+{
+    uint32_t ref;
+    int i;
+    struct geneve_flow *f;
+    uint8_t keep = GENEVE_FLOW_COOKIE_O | GENEVE_FLOW_COOKIE_R | GENEVE_FLOW_REPLIED;
+    if (!t || !src || !valid_time(now))
+        return GENEVE_FLOW_BAD_ARGUMENT;
+    if ((src->key_len != 21 && src->key_len != 45) || src->key[47] != src->key_len)
+        return GENEVE_FLOW_BAD_ARGUMENT;
+    for (i = src->key_len; i < 47; i++)
+        if (src->key[i])
+            return GENEVE_FLOW_BAD_ARGUMENT;
+    if (!valid_time(src->first_seen) || !valid_time(src->last_seen) ||
+        src->first_seen > src->last_seen || !(src->end_at == -1 || valid_time(src->end_at)))
+        return GENEVE_FLOW_BAD_ARGUMENT;
+    if (src->verdict > GENEVE_FLOW_REJECT || src->tcp_state > CLOSE || src->fins > 3 ||
+        src->reason > GENEVE_FLOW_SHUTDOWN || (src->tcp != 0) != (src->key[8] == 6) ||
+        (src->tcp_state != 0) != (src->tcp != 0))
+        return GENEVE_FLOW_BAD_ARGUMENT;
+    if (find(t, src->key, GENEVE_FLOW_LIVE))
+        return GENEVE_FLOW_EXISTS;
+    if (t->live >= t->max_flows)
+        return GENEVE_FLOW_DROP_FULL;
+    ref = find(t, src->key, GENEVE_FLOW_TOMB);
+    if (ref)
+        drop_tombstone(t, ref);
+    ref = alloc_entry(t);
+    if (!ref && t->tomb_head) {
+        drop_tombstone(t, t->tomb_head);
+        ref = alloc_entry(t);
+    }
+    if (!ref)
+        return GENEVE_FLOW_DROP_FULL;
+    f = E(t, ref);
+    memcpy(f->key, src->key, 48);
+    f->key_len = src->key_len;
+    f->orig_low = (uint8_t)(src->orig_low != 0);
+    f->first_seen = src->first_seen;
+    f->last_seen = src->last_seen;
+    f->end_at = src->end_at;
+    f->packets[0] = src->packets[0];
+    f->packets[1] = src->packets[1];
+    f->bytes[0] = src->bytes[0];
+    f->bytes[1] = src->bytes[1];
+    f->cookie[0] = src->cookie[0];
+    f->cookie[1] = src->cookie[1];
+    f->verdict = src->verdict;
+    f->tcp_state = src->tcp_state;
+    f->fins = src->fins;
+    f->reason = src->reason;
+    f->tcp = src->tcp;
+    f->flags = (uint8_t)(GENEVE_FLOW_LIVE | (src->flags & keep));
+    hash_add(t, ref);
+    if (!t->wheel_started) {
+        int64_t second = (int64_t)now;
+        t->wheel_done = (double)second > now ? second - 1 : second;
+        t->wheel_started = 1;
+    }
+    wheel_add(t, ref);
+    if (!(f->flags & GENEVE_FLOW_REPLIED))
+        u_append(t, &t->unreplied_head, &t->unreplied_tail, ref);
+    t->live++;
+    return (int32_t)(ref - 1);
+}
+
 int32_t geneve_flow_lookup(struct geneve_flow_table *t, const uint8_t *key, size_t key_len)
 {
     uint8_t full[48];

@@ -74,6 +74,14 @@ int32_t geneve_flow_pop_ended(struct geneve_flow_table *t);
 int geneve_flow_release(struct geneve_flow_table *t, int32_t index);
 int32_t geneve_flow_sweep(struct geneve_flow_table *t, double now, int32_t max_ends);
 int32_t geneve_flow_end_all(struct geneve_flow_table *t, int reason, int32_t max_ends);
+/* Put a flow handed over by another table (an upgrade) in this one: the data fields of *src
+ * (key, ends, times, counts, cookies, verdict, TCP state; links and slot are ignored), live.
+ * Returns its index; GENEVE_FLOW_DROP_FULL when the table is at its bound (nothing is evicted
+ * for it), GENEVE_FLOW_EXISTS when its key is live already, GENEVE_FLOW_BAD_ARGUMENT for a
+ * record no table could have made. */
+#define GENEVE_FLOW_EXISTS -6
+int32_t geneve_flow_restore(struct geneve_flow_table *t, const struct geneve_flow *src,
+                            double now);
 int32_t geneve_flow_lookup(struct geneve_flow_table *t, const uint8_t *key, size_t key_len);
 int32_t geneve_flow_next(struct geneve_flow_table *t, int32_t from);
 struct geneve_flow *geneve_flow_entry(struct geneve_flow_table *t, int32_t index);

@@ -133,6 +133,20 @@ class StreamStart:
         if self.budget is not None:
             self.budget.used -= size
 
+    def held(self) -> int:
+        """Bytes it holds against its budget."""
+        return len(self.data) + self._pending_bytes
+
+    # Pickled without its budget (a handover to another process: the pipeline there
+    # gives it its own).
+    def __getstate__(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__ if name != "budget"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.budget = None
+        for name, value in state.items():
+            setattr(self, name, value)
+
     def release(self) -> None:
         """Give every byte back to the budget (the flow ended, or was decided)."""
         if self.budget is not None:
