@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import inspect
+import pickle
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from ._flows import DROP_TOMBSTONE, CFlowTable, EndReason, Flow, FlowTable, Pipe
 from ._headers import GENEVE_PORT, IPPROTO_TCP, IPPROTO_UDP
 from ._packet import MAX_INNER_LENGTH, Packet
 from ._reject import reject_frame
+from ._stream import STATE_KEY as STREAM_STATE_KEY
 from ._stream import StreamBudget, release_streams
 
 __all__ = [
@@ -606,6 +608,65 @@ class Pipeline:
         if self.flows is not None:
             self.flows.sweep(now)  # those already over end for their own reason
             self.flows.end_all("shutdown")
+        self._hook("on_stop")
+
+    # -- a handover: another process goes on where this pipeline stops (an upgrade) ----------
+
+    def hand_over(self) -> dict[str, Any]:
+        """What :meth:`take_over` in another process needs to go on with this pipeline's
+        flows: each live flow (its counts, verdict and ``state``) and the frames held, as
+        plain data that pickles. Nothing here changes: after it, either :meth:`retire` (the
+        new pipeline took over) or go on handling frames (it did not).
+
+        A flow whose ``state`` does not pickle goes without it (``"states_lost"`` counts them).
+        """
+        flows: list[bytes] = []
+        lost = 0
+        table = self.flows
+        for record in table.export() if table is not None else ():
+            try:
+                flows.append(pickle.dumps(record, pickle.HIGHEST_PROTOCOL))
+            except Exception:  # a state the user put there that cannot travel
+                lost += 1
+                record["state"] = None
+                flows.append(pickle.dumps(record, pickle.HIGHEST_PROTOCOL))
+        held = [
+            (flow.key, entry[0], entry[1], entry[2], list(entry[3:]))
+            for flow, entry in self._held.items()
+        ]
+        return {"flows": flows, "held": held, "states_lost": lost}
+
+    def take_over(self, handed: dict[str, Any], now: float) -> int:
+        """Make the flows and held frames of another pipeline's :meth:`hand_over` this one's,
+        as they were (no ``on_flow_end`` there, no flow started here); before the first frame.
+        Returns how many flows were taken (a table with less room takes fewer)."""
+        table = self.flows
+        if table is None:
+            return 0
+        records = [pickle.loads(data) for data in handed["flows"]]
+        taken = table.restore(records, now)
+        for record in records:
+            starts = (record["state"] or {}).get(STREAM_STATE_KEY)
+            if starts:
+                flow = table.get(record["key"])
+                for start in starts.values():
+                    if flow is None:
+                        continue
+                    start.budget = self._streams
+                    self._streams.used += start.held()
+        for key, when, size, direction, frames in handed["held"]:
+            flow = table.get(key)
+            if flow is None:
+                continue
+            self._held[flow] = [when, size, direction, *frames]
+            flow._set_holding(True)
+            self.stats.held_bytes += size
+        return taken
+
+    def retire(self) -> None:
+        """Stop after :meth:`hand_over` went to a pipeline that took over: the flows do not
+        end (they live on there); the modifier's ``on_handover()``, then ``on_stop()``."""
+        self._hook("on_handover")
         self._hook("on_stop")
 
     def _hook(self, name: str, *args: object) -> None:
