@@ -38,6 +38,7 @@ import os
 import pwd
 import signal
 import socket
+import subprocess
 import threading
 import time
 import typing
@@ -46,6 +47,7 @@ from types import TracebackType
 from typing import Any
 
 from ._flows import OTHER_TIMEOUT, TCP_TIMEOUT, EndReason
+from ._handover import HANDOVER_ENV, Channel, HandoverError
 from ._headers import GENEVE_PORT
 from ._health import HealthReport, HealthServer
 from ._loader import RulesError, RulesSource, load_modifier, load_rules
@@ -53,7 +55,7 @@ from ._notify import notify
 from ._packet import GWLB_ENCAP_LENGTH, MAX_INNER_LENGTH
 from ._pipeline import ErrorPolicy, FlowTable, Modifier, Stats, check_modifier
 from ._sockets import ReceiveMode, Sockets, broadcast_addresses, local_addresses, steer
-from ._worker import BATCH, HEARTBEAT, Worker, process_main
+from ._worker import BATCH, HEARTBEAT, PAUSE, RESUME, RETIRE, Worker, process_main
 
 __all__ = [
     "Appliance",
@@ -84,6 +86,10 @@ STOP_TIMEOUT = 10.0
 #: Python one; 100,000 flows), so 1 ms leaves a hook 40 times that. 1,000,000 flows in one
 #: worker: 1000 s more.
 STOP_PER_FLOW = 0.001
+
+#: Seconds an upgrade waits for each step of the new copy (start-up, taking the flows) before
+#: the running process gives up on it and goes on.
+UPGRADE_TIMEOUT = 60.0
 
 #: GWLB's range for its TCP idle timeout (``tcp.idle_timeout.seconds``). Others are accepted,
 #: with a warning: the appliance would end flows GWLB keeps, or keep flows GWLB let go.
@@ -126,6 +132,8 @@ def _user_entry(user: str) -> pwd.struct_passwd:
 def _drop_privileges(user: str) -> None:
     """Become ``user`` (and its primary group) for good; the open sockets keep working."""
     entry = _user_entry(user)
+    if os.getuid() == entry.pw_uid and os.getgid() == entry.pw_gid:
+        return  # already (an upgrade's new copy, started by a daemon that switched)
     try:
         os.setgroups([])
         os.setgid(entry.pw_gid)
@@ -274,11 +282,26 @@ class Appliance:
         self._health: HealthServer | None = None
         self._stopped = threading.Event()
         self._running = False
+        # Every worker's sockets, kept here too: an upgrade hands them to the new copy.
+        self._sockets: list[Sockets] = []
+        # The command that starts a new copy of this program for upgrade() (SIGUSR2); the
+        # daemon sets it to itself with its own arguments.
+        self.upgrade_command: list[str] | None = None
+        self.upgrades = 0
+        self.upgrade_failures = 0
+        # Worker processes' hand-overs during an upgrade, by worker index (see _collect).
+        self._handovers: dict[int, dict[str, Any]] = {}
+        self._handover_ready = threading.Condition(self._lock)
 
     # -- life cycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
         """Open every socket and start the workers and the health endpoint."""
+        self._start(None)
+
+    def _start(self, channel: Channel | None) -> None:
+        """start(); with ``channel``, as an upgrade's new copy: the sockets and flows are the
+        running process's (see :meth:`upgrade`)."""
         if self._running:
             raise ApplianceError("already started")
         self._draining.clear()
@@ -288,7 +311,86 @@ class Appliance:
         self._processes = []
         with self._lock:
             self._snapshots = {}
-        self._check_port_free()
+            self._handovers = {}
+        listener: socket.socket | None = None
+        if channel is None:
+            self._check_port_free()
+            sockets = self._open_sockets()
+        else:
+            sockets, listener = self._adopt_sockets(channel)
+        self._sockets = sockets
+        self._started = time.monotonic()
+        self._stopped.clear()
+        try:
+            if self.health_port is not None:
+                try:
+                    self._health = HealthServer(
+                        self.health_host, self.health_port, self.report, listener
+                    )
+                except OSError as err:
+                    raise ApplianceError(
+                        f"cannot open the health endpoint {self.health_host}:{self.health_port}: "
+                        f"{err.strerror or err}"
+                    ) from None
+            if self.user is not None:
+                _drop_privileges(self.user)
+            if not self.allow_from:
+                log.warning(
+                    "no --allow-from: Geneve from any source is answered; a spoofed sender "
+                    "could use this appliance to bounce packets"
+                )
+            if channel is not None:  # loaded and checked: the old process may let go
+                try:
+                    channel.send({"type": "ready", "pid": os.getpid()})
+                except HandoverError as err:
+                    raise ApplianceError(f"upgrade: {err}") from None
+            if self.workers == 1:
+                worker = self._make_worker(0, sockets[0], None)
+                if channel is not None:
+                    worker.inherit = self._receive_flows(channel)[0]
+                self._local_workers.append(worker)
+                thread = threading.Thread(target=worker.run, name="geneve-worker-0", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+            else:
+                ctx = multiprocessing.get_context("fork")
+                for i, socks in enumerate(sockets):
+                    parent, child = ctx.Pipe()
+                    worker = self._make_worker(i, socks, None)
+                    if channel is not None:
+                        worker.inherit = {"wait": True}  # the flows follow through the pipe
+                    proc = ctx.Process(
+                        target=process_main, args=(worker, child), name=f"geneve-worker-{i}"
+                    )
+                    proc.start()
+                    child.close()
+                    self._processes.append((proc, parent))
+                if channel is not None:
+                    handed = self._receive_flows(channel)
+                    for i, (_proc, parent) in enumerate(self._processes):
+                        parent.send(handed[i])
+                reader = threading.Thread(target=self._collect, name="geneve-stats", daemon=True)
+                self._threads.append(reader)
+                reader.start()
+            if self._health is not None:
+                self._health.start()
+        except BaseException:
+            self._running = True
+            self._stop(summary=False)  # nothing ran: the error says it all
+            raise
+        self._running = True
+        log.info(
+            "listening on %s:%d (%s receive, %d worker%s), health on %s%s",
+            self.bind,
+            self.port,
+            self.receive,
+            self.workers,
+            "" if self.workers == 1 else "s",
+            f"{self.health_host}:{self.health_address[1]}" if self._health else "off",
+            " (sockets and flows taken over)" if channel is not None else "",
+        )
+
+    def _open_sockets(self) -> list[Sockets]:
         sockets: list[Sockets] = []
         try:
             for _ in range(self.workers):
@@ -314,61 +416,62 @@ class Appliance:
                     "the outer headers decides, so a flow's two directions may reach two workers",
                     err.strerror or err,
                 )
-        self._started = time.monotonic()
-        self._stopped.clear()
+        return sockets
+
+    def _socket_config(self) -> dict[str, object]:
+        """What the sockets were opened for: an upgrade keeps it (a change is a restart)."""
+        return {
+            "workers": self.workers,
+            "receive": self.receive,
+            "bind": self.bind,
+            "port": self.port,
+            "health": None if self.health_port is None else (self.health_host, self.health_port),
+        }
+
+    def _adopt_sockets(self, channel: Channel) -> tuple[list[Sockets], socket.socket | None]:
+        """An upgrade's new copy: the running process's sockets, if they are what this
+        configuration would open; else the running process is told why not."""
         try:
-            if self.health_port is not None:
-                try:
-                    self._health = HealthServer(self.health_host, self.health_port, self.report)
-                except OSError as err:
-                    raise ApplianceError(
-                        f"cannot open the health endpoint {self.health_host}:{self.health_port}: "
-                        f"{err.strerror or err}"
-                    ) from None
-            if self.user is not None:
-                _drop_privileges(self.user)
-            if not self.allow_from:
-                log.warning(
-                    "no --allow-from: Geneve from any source is answered; a spoofed sender "
-                    "could use this appliance to bounce packets"
-                )
-            if self.workers == 1:
-                worker = self._make_worker(0, sockets[0], None)
-                self._local_workers.append(worker)
-                thread = threading.Thread(target=worker.run, name="geneve-worker-0", daemon=True)
-                self._threads.append(thread)
-                thread.start()
-            else:
-                ctx = multiprocessing.get_context("fork")
-                for i, socks in enumerate(sockets):
-                    parent, child = ctx.Pipe(duplex=False)
-                    worker = self._make_worker(i, socks, None)
-                    proc = ctx.Process(
-                        target=process_main, args=(worker, child), name=f"geneve-worker-{i}"
-                    )
-                    proc.start()
-                    child.close()
-                    socks.close()  # the child holds its own copies
-                    self._processes.append((proc, parent))
-                reader = threading.Thread(target=self._collect, name="geneve-stats", daemon=True)
-                self._threads.append(reader)
-                reader.start()
-            if self._health is not None:
-                self._health.start()
-        except BaseException:
-            self._running = True
-            self._stop(summary=False)  # nothing ran: the error says it all
-            raise
-        self._running = True
-        log.info(
-            "listening on %s:%d (%s receive, %d worker%s), health on %s",
-            self.bind,
-            self.port,
-            self.receive,
-            self.workers,
-            "" if self.workers == 1 else "s",
-            f"{self.health_host}:{self.health_address[1]}" if self._health else "off",
-        )
+            message, fds = channel.receive(UPGRADE_TIMEOUT)
+        except HandoverError as err:
+            raise ApplianceError(f"upgrade: {err}") from None
+        theirs = message.get("config")
+        ours = self._socket_config()
+        if message["type"] != "sockets" or theirs != ours:
+            for fd in fds:
+                os.close(fd)
+            assert isinstance(theirs, dict)
+            changed = ", ".join(
+                f"{name} {theirs.get(name)!r} -> {ours[name]!r}"
+                for name in ours
+                if theirs.get(name) != ours[name]
+            )
+            reason = (
+                f"an upgrade keeps the workers and sockets as they are ({changed}): "
+                "stop and start the daemon to change them"
+            )
+            with contextlib.suppress(HandoverError):
+                channel.send({"type": "refused", "reason": reason})
+            raise ApplianceError(f"upgrade: {reason}")
+        sockets = []
+        at = 0
+        for count in message["layout"]:
+            sockets.append(
+                Sockets.adopt(self.receive, self.port, fds[at : at + count], timeout=HEARTBEAT / 2)
+            )
+            at += count
+        listener = socket.socket(fileno=fds[at]) if at < len(fds) else None
+        return sockets, listener
+
+    def _receive_flows(self, channel: Channel) -> list[dict[str, Any]]:
+        try:
+            message, _fds = channel.receive(UPGRADE_TIMEOUT)
+        except HandoverError as err:
+            raise ApplianceError(f"upgrade: {err}") from None
+        handed: list[dict[str, Any]] = message.get("workers", [])
+        if message["type"] != "flows" or len(handed) != self.workers:
+            raise ApplianceError("upgrade: the running process sent no flows")
+        return handed
 
     @property
     def max_flows_per_worker(self) -> int:
@@ -427,6 +530,11 @@ class Appliance:
                 except (EOFError, OSError):
                     conns.pop(conn, None)
                     continue
+                if "handover" in snap:  # a worker paused for an upgrade: its flows
+                    with self._handover_ready:
+                        self._handovers[snap["index"]] = snap["handover"]
+                        self._handover_ready.notify_all()
+                    continue
                 snap["received_at"] = time.monotonic()
                 with self._lock:
                     self._snapshots[snap["index"]] = snap
@@ -482,8 +590,8 @@ class Appliance:
         for thread in self._threads:
             if not thread.name.startswith("geneve-worker"):
                 thread.join(0.5)
-        for worker in self._local_workers:
-            worker.sockets.close()
+        for socks in self._sockets:
+            socks.close()
         if self._health is not None:
             self._health.stop()
         if summary:
@@ -499,6 +607,159 @@ class Appliance:
             what,
             live.get(index, 0),
         )
+
+    # -- an upgrade: a new copy of the program takes the sockets and flows (SIGUSR2) ----------
+
+    def upgrade(
+        self, command: Sequence[str] | None = None, timeout: float = UPGRADE_TIMEOUT
+    ) -> bool:
+        """Hand the sockets and flows to a new copy of the program; whether it took them.
+
+        ``command`` (default :attr:`upgrade_command`; the daemon's is itself with its own
+        arguments) starts the new copy, which must call :meth:`run` with the same workers
+        and sockets options. It gets the very sockets open here (``SCM_RIGHTS``), loads its
+        code and rules and says it is ready; only then does every worker here finish its
+        batch, stop reading and hand its flows over (no ``on_flow_end``: they live on). The
+        new copy's workers take them and read the sockets; it tells systemd its PID
+        (``MAINPID=``, ``READY=1``) and says so here; then the workers here retire (the
+        modifier's ``on_handover()``, then ``on_stop()``) and this appliance is stopped.
+
+        Frames that come meanwhile wait in the sockets' queues: each is answered once, by one
+        process or the other. A new copy that fails, refuses (other workers or sockets) or
+        does not answer within ``timeout`` seconds per step changes nothing here (one line
+        logged, counted in ``upgrade_failures``); if the workers had paused, they go on.
+        """
+        if not self._running:
+            raise ApplianceError("upgrade: the appliance is not running")
+        argv = list(command if command is not None else self.upgrade_command or [])
+        if not argv:
+            raise ApplianceError("upgrade: no command to start the new copy with")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ, **{HANDOVER_ENV: str(theirs.fileno())})
+        try:
+            proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env=env)
+        except OSError as err:
+            ours.close()
+            self.upgrade_failures += 1
+            log.error("upgrade failed, this process goes on: cannot start %s: %s", argv[0], err)
+            return False
+        finally:
+            theirs.close()
+        channel = Channel(ours, timeout)
+        paused = False
+        began = 0.0
+        try:
+            fds = [fd for socks in self._sockets for fd in socks.fds()]
+            if self._health is not None:
+                fds.append(self._health.listener.fileno())
+            channel.send(
+                {
+                    "type": "sockets",
+                    "config": self._socket_config(),
+                    "layout": [len(socks.fds()) for socks in self._sockets],
+                },
+                fds,
+            )
+            message, _ = channel.receive()
+            if message["type"] != "ready":
+                raise HandoverError(str(message.get("reason", "the new copy is not ready")))
+            paused = True
+            began = time.monotonic()
+            handed = self._pause_workers(timeout)
+            channel.send({"type": "flows", "workers": handed})
+            message, _ = channel.receive()
+            if message["type"] != "running":
+                raise HandoverError("the new copy did not start")
+        except HandoverError as err:
+            self.upgrade_failures += 1
+            log.error("upgrade failed, this process goes on: %s", err)
+            if paused:
+                self._decide_workers(RESUME)
+            channel.close()
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(self.stop_timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            return False
+        channel.close()
+        flows = sum(len(h.get("flows", ())) for h in handed)
+        log.info(
+            "upgrade: pid %d took over the sockets and %d flows (%.0f ms unread); retiring",
+            proc.pid,
+            flows,
+            1000 * (time.monotonic() - began),
+        )
+        self.upgrades += 1
+        self._retire()
+        return True
+
+    def _pause_workers(self, timeout: float) -> list[dict[str, Any]]:
+        """Every worker: finish the batch, stop reading, hand the flows over; theirs in order."""
+        deadline = time.monotonic() + timeout
+        for worker in self._local_workers:
+            worker.handed = None
+            worker.swap = PAUSE
+        with self._handover_ready:
+            self._handovers = {}
+        for proc, _conn in self._processes:
+            if proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGUSR1)
+        handed: list[dict[str, Any]] = []
+        for worker in self._local_workers:
+            while worker.handed is None:
+                if time.monotonic() >= deadline or worker.failed:
+                    self._decide_workers(RESUME)
+                    raise HandoverError(f"worker {worker.index} did not pause in time")
+                time.sleep(0.001)
+            handed.append(worker.handed)
+        if self._processes:
+            with self._handover_ready:
+                while len(self._handovers) < len(self._processes):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._handover_ready.wait(left)
+                got = dict(self._handovers)
+            if len(got) < len(self._processes):
+                self._decide_workers(RESUME)
+                raise HandoverError("the worker processes did not pause in time")
+            handed += [got[i] for i in range(len(self._processes))]
+        return handed
+
+    def _decide_workers(self, decision: str) -> None:
+        for worker in self._local_workers:
+            worker.decide(decision)
+        for proc, conn in self._processes:
+            if proc.is_alive():
+                with contextlib.suppress(OSError, ValueError):
+                    conn.send(decision)
+
+    def _retire(self) -> None:
+        """After an upgrade: the workers retire (their flows live on elsewhere) and this
+        appliance stops, without ending a flow."""
+        self._decide_workers(RETIRE)
+        for thread in self._threads:
+            if thread.name.startswith("geneve-worker"):
+                thread.join(self.stop_timeout)
+        for proc, _conn in self._processes:
+            proc.join(self.stop_timeout)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(0.2)
+        self._running = False
+        self._stopped.set()
+        for thread in self._threads:
+            if not thread.name.startswith("geneve-worker"):
+                thread.join(0.5)
+        for socks in self._sockets:
+            socks.close()
+        if self._health is not None:
+            self._health.stop()
+        log.info("handed over: %s", self._summary_line())
 
     def set_modifier(self, modifier: Modifier | str) -> bool:
         """Run another modifier from now on: a callable (one worker), or ``MODULE:CALLABLE``,
@@ -582,11 +843,28 @@ class Appliance:
         stopping; a second signal during the drain stops at once. Stopping ends every live
         flow and runs ``on_stop()`` either way.
         """
-        self.start()
+        handover = os.environ.pop(HANDOVER_ENV, None)
+        channel: Channel | None = None
+        if handover is not None:  # started by upgrade(): take the running process's place
+            try:
+                channel = Channel.from_fd(int(handover), UPGRADE_TIMEOUT)
+            except (ValueError, OSError) as err:
+                raise ApplianceError(f"{HANDOVER_ENV}={handover!r}: {err}") from None
+        try:
+            self._start(channel)
+        finally:
+            if channel is not None and not self._running:
+                channel.close()
         notify("READY=1", f"STATUS=serving on port {self.port}", f"MAINPID={os.getpid()}")
+        if channel is not None:
+            with contextlib.suppress(HandoverError):
+                channel.send({"type": "running", "pid": os.getpid()})
+            channel.close()
         stop = threading.Event()
         signals: list[int] = []
         reloads: list[int] = []
+        upgrades: list[int] = []
+        handed_over = False
 
         def on_signal(signum: int, frame: object) -> None:
             signals.append(signum)
@@ -598,7 +876,16 @@ class Appliance:
             reloads.append(signum)  # done by the main loop, not in the handler
             stop.set()
 
-        handlers = {signal.SIGTERM: on_signal, signal.SIGINT: on_signal, signal.SIGHUP: on_hangup}
+        def on_upgrade(signum: int, frame: object) -> None:
+            upgrades.append(signum)
+            stop.set()
+
+        handlers = {
+            signal.SIGTERM: on_signal,
+            signal.SIGINT: on_signal,
+            signal.SIGHUP: on_hangup,
+            signal.SIGUSR2: on_upgrade,
+        }
         previous = {s: signal.signal(s, h) for s, h in handlers.items()}
         try:
             while True:
@@ -607,6 +894,16 @@ class Appliance:
                 if signals:
                     break
                 stop.clear()
+                if upgrades:
+                    upgrades.clear()
+                    log.info("SIGUSR2 received, upgrading: starting a new copy")
+                    notify("STATUS=upgrading: starting a new copy")
+                    if self.upgrade_command is None:
+                        log.error("upgrade: no command to start the new copy with")
+                    elif self.upgrade():
+                        handed_over = True
+                        return
+                    notify("STATUS=upgrade failed, serving on")
                 while reloads:
                     reloads.pop()
                     log.info("SIGHUP received, reloading the rules")
@@ -622,9 +919,10 @@ class Appliance:
                 if len(signals) >= 2:
                     log.info("a second signal: the drain ends early")
         finally:
-            notify("STOPPING=1", "STATUS=stopping: ending flows")
             try:
-                self.stop()  # a second signal meanwhile changes nothing
+                if not handed_over:  # else the new copy is the service now: nothing to say
+                    notify("STOPPING=1", "STATUS=stopping: ending flows")
+                    self.stop()  # a second signal meanwhile changes nothing
             finally:
                 for s, handler in previous.items():
                     signal.signal(s, handler)
@@ -757,6 +1055,10 @@ class Appliance:
             "done": self.reloads,
             "failed": self.reload_failures + worker_failures,
         }
+        body["upgrades"] = {
+            "failed": self.upgrade_failures,
+            "flows_taken_over": sum(snap.get("taken_over", 0) for snap in states),
+        }
         if problems:
             body["problems"] = problems
         return HealthReport(not problems, body, _prometheus(counters, not problems, body))
@@ -844,6 +1146,13 @@ def _prometheus(counters: dict[str, Any], healthy: bool, body: dict[str, object]
            [("", reloads["done"])])  # fmt: skip
     metric("geneve_reload_failures_total", "counter",
            "Reloads that failed: the old rules stayed.", [("", reloads["failed"])])  # fmt: skip
+    upgrades: dict[str, int] = body.get("upgrades", {"failed": 0, "flows_taken_over": 0})  # type: ignore[assignment]
+    metric("geneve_upgrade_failures_total", "counter",
+           "Upgrades (SIGUSR2) whose new copy failed: this process went on.",
+           [("", upgrades["failed"])])  # fmt: skip
+    metric("geneve_flows_taken_over", "gauge",
+           "Flows this process took over from the one it upgraded.",
+           [("", upgrades["flows_taken_over"])])  # fmt: skip
     metric("geneve_send_errors_total", "counter", "Replies the kernel refused to send.",
            total("send_errors"))  # fmt: skip
     return "\n".join(out) + "\n"

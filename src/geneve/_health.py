@@ -79,13 +79,27 @@ def _error(status: int, message: str) -> bytes:
 class HealthServer:
     """Serves ``report()`` over HTTP on ``host:port`` until :meth:`stop`."""
 
-    def __init__(self, host: str, port: int, report: Callable[[], HealthReport]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        report: Callable[[], HealthReport],
+        listener: socket.socket | None = None,
+    ) -> None:
+        """``listener``: a listening socket to serve on instead of one bound here (an
+        upgrade's new process gets the old one's)."""
         self.report = report
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.listener = socket.socket(family, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind((host, port))
-        self.listener.listen(128)
+        if listener is None:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind((host, port))
+                listener.listen(128)
+            except OSError:
+                listener.close()
+                raise
+        self.listener = listener
         self.listener.setblocking(False)
         self.address: tuple[str, int] = self.listener.getsockname()[:2]
         self._selector = selectors.DefaultSelector()

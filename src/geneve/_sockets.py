@@ -70,6 +70,28 @@ class Sockets:
             self.close()
             raise
 
+    @classmethod
+    def adopt(
+        cls, mode: ReceiveMode, port: int, fds: list[int], *, timeout: float
+    ) -> Sockets:
+        """The sockets another process opened (an upgrade), from their descriptors in the
+        order of :meth:`fds`: used as they are, bound and set up already."""
+        self = cls.__new__(cls)
+        self.mode = mode
+        self.port = port
+        self.timeout = timeout
+        self.udp = socket.socket(fileno=fds[0])
+        self.raw_send = socket.socket(fileno=fds[1])
+        self.raw_recv = socket.socket(fileno=fds[2]) if len(fds) > 2 else None
+        self.receiver = self.raw_recv if self.raw_recv is not None else self.udp
+        self.receiver.settimeout(timeout)
+        return self
+
+    def fds(self) -> list[int]:
+        """The descriptors to hand to another process, in the order :meth:`adopt` takes."""
+        socks = [self.udp, self.raw_send] + ([self.raw_recv] if self.raw_recv else [])
+        return [sock.fileno() for sock in socks]
+
     def close(self) -> None:
         for sock in (self.udp, self.raw_send, self.raw_recv):
             if sock is not None:

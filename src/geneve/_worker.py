@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ._loader import RulesError, RulesSource, load_rules
@@ -33,18 +34,35 @@ from ._transport import (
     open_transport,
 )
 
-__all__ = ["ADMIT_CACHE", "BATCH", "ERROR_LOG_INTERVAL", "HEARTBEAT", "Worker", "process_main"]
+__all__ = [
+    "ADMIT_CACHE",
+    "BATCH",
+    "ERROR_LOG_INTERVAL",
+    "HEARTBEAT",
+    "PAUSE",
+    "RESUME",
+    "RETIRE",
+    "Worker",
+    "process_main",
+]
 
 log = logging.getLogger("geneve.appliance")
 
 #: How often a worker publishes counters and heartbeats.
 HEARTBEAT = 0.5
+#: How long a worker process of an upgrade's new process waits for the flows it takes over.
+UPGRADE_WAIT = 120.0
 #: How often a worker ticks its pipeline (idle flows end, the modifier's on_tick runs).
 TICK = 1.0
 #: Frames per recvmmsg/sendmmsg call when the C batch module is built.
 BATCH = 64
 #: What Worker.swap holds when a forked worker must read its rules again.
 RELOAD = "reload"
+#: What Worker.swap holds when the worker must stop reading and hand its flows over (an
+#: upgrade: docs/appliance.md); it then waits for RESUME or RETIRE.
+PAUSE = "pause"
+RESUME = "resume"
+RETIRE = "retire"
 #: Modifier errors logged at most this often per worker (the rest are counted).
 ERROR_LOG_INTERVAL = 1.0
 #: Sources whose admission is cached at once (the cache is emptied when full).
@@ -81,6 +99,18 @@ class Worker:
         # A reload to make between two batches: a new modifier (a thread of the daemon's
         # process), or RELOAD (read ``rules`` again: a forked worker got SIGHUP).
         self.swap: Modifier | str | None = None
+        # An upgrade: what hand_over() gave at PAUSE (for the appliance to send on), how to
+        # wait for the decision that follows (set by whoever runs the worker), whether the
+        # worker retired (its flows live on in another process), and what a worker of the
+        # new process takes over before its first batch.
+        self.handed: dict[str, Any] | None = None
+        self.on_paused: Callable[[Worker], None] | None = None
+        self.decision: Callable[[float], str | None] = self._thread_decision
+        self._decided: str | None = None
+        self._decision_ready = threading.Event()
+        self.retired = False
+        self.inherit: dict[str, Any] | None = None
+        self.taken_over = 0
         self.reloads = 0
         self.reload_failures = 0
         self.batch = batch
@@ -129,12 +159,17 @@ class Worker:
             # The receiver knows whether a kernel UDP socket checked the outer UDP checksum
             # (raw receive: none did, so a bad one stops in the pipeline).
             self.pipeline.verify_outer_udp = receiver.verify_outer_udp
+            if self.inherit is not None:  # an upgrade: the old process's flows, as they were
+                self.taken_over = self.pipeline.take_over(self.inherit, self.clock())
+                self.inherit = None
             self.pipeline.start()  # the modifier's on_start(), in the thread or process it runs in
             try:
                 self._loop(receiver, sender, fast)
             finally:
-                # However the loop ended: every live flow ends ("shutdown"), then on_stop().
-                self.pipeline.stop(self.clock())
+                if self.retired:  # handed over: the flows live on in the new process
+                    self.pipeline.retire()
+                else:  # however else the loop ended: every live flow ends, then on_stop()
+                    self.pipeline.stop(self.clock())
         except Exception as err:
             self.failed = f"{type(err).__name__}: {err}"
             log.error("worker %d stopped: %s", self.index, self.failed)
@@ -159,6 +194,10 @@ class Worker:
         stop = self.stop
         while not stop.is_set():
             if self.swap is not None:  # between two batches: the reloaded rules take over
+                if self.swap == PAUSE:
+                    if self._pause(receiver, fast):
+                        return  # retired: another process reads the sockets now
+                    continue
                 self._reload(fast)
             got = receive()
             if got:
@@ -216,6 +255,38 @@ class Worker:
                     next_tick = clock + TICK
                     if stats.modifier_errors != logged:
                         last_logged, logged = self._log_error(last_logged, logged)
+
+    def _pause(self, receiver: Receiver, fast: FastPath | None) -> bool:
+        """Stop reading, hand the pipeline's flows over (:attr:`handed`, :attr:`on_paused`),
+        then wait for the decision: RETIRE (True: the new process reads the sockets from now
+        on) or RESUME (False: go on as if nothing happened). A stop meanwhile is a stop."""
+        self.swap = None
+        self.handed = self.pipeline.hand_over()
+        if self.on_paused is not None:
+            self.on_paused(self)
+        while not self.stop.is_set():
+            decided = self.decision(HEARTBEAT / 2)
+            if decided == RETIRE:
+                self.retired = True
+                return True
+            if decided == RESUME:
+                self.handed = None
+                log.info("worker %d: the upgrade did not happen, going on", self.index)
+                return False
+            self._beat({}, receiver, fast)  # still alive, for the health endpoint
+        return True
+
+    def decide(self, decision: str) -> None:
+        """RESUME or RETIRE a worker thread paused for an upgrade."""
+        self._decided = decision
+        self._decision_ready.set()
+
+    def _thread_decision(self, timeout: float) -> str | None:
+        if not self._decision_ready.wait(timeout):
+            return None
+        self._decision_ready.clear()
+        decided, self._decided = self._decided, None
+        return decided
 
     def _reload(self, fast: FastPath | None) -> None:
         """Swap in the new modifier: the old one's ``on_stop()``, the new one's ``on_start()``;
@@ -321,6 +392,7 @@ class Worker:
             "reloads": self.reloads,
             "rule_counters": rule_counters(),
             "reload_failures": self.reload_failures,
+            "taken_over": self.taken_over,
             "failed": self.failed,
             "final": final,
             "time": time.time(),
@@ -340,6 +412,35 @@ def process_main(worker: Worker, conn: multiprocessing.connection.Connection) ->
 
     # The parent reloads on SIGHUP after checking the rules, then sends it to each worker.
     signal.signal(signal.SIGHUP, on_reload)
+
+    def on_pause(signum: int, frame: object) -> None:
+        worker.swap = PAUSE  # an upgrade: hand the flows over between two batches
+
+    signal.signal(signal.SIGUSR1, on_pause)
+    # SIGUSR2 is the daemon's (an upgrade); a worker that gets it too (systemctl kill to the
+    # whole group) must not die of it.
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+    def paused(w: Worker) -> None:
+        conn.send({"index": w.index, "handover": w.handed})
+
+    def decision(timeout: float) -> str | None:
+        if not conn.poll(timeout):
+            return None
+        message: str = conn.recv()
+        return message
+
     worker.publish = conn.send
+    worker.on_paused = paused
+    worker.decision = decision
+    if worker.inherit is not None and worker.inherit.get("wait"):
+        # An upgrade's new process: the flows come through conn once the old one let go.
+        deadline = time.monotonic() + UPGRADE_WAIT
+        while not conn.poll(HEARTBEAT / 2):
+            if worker.stop.is_set() or time.monotonic() > deadline:
+                log.error("worker %d: no flows came from the old process, stopping", worker.index)
+                conn.close()
+                return
+        worker.inherit = conn.recv()
     worker.run()
     conn.close()

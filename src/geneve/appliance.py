@@ -2,8 +2,10 @@
 
 Runs the reference rules unless ``--rules MODULE:CALLABLE`` names another modifier. Every flag
 can also be given as an environment variable (``GENEVE_PORT``, ``GENEVE_WORKERS``...). Logs go
-to stderr, one line per event. SIGTERM, SIGINT or SIGHUP stops it cleanly (exit 0); a start-up
-problem, or a bad flag or environment variable, is one line with exit status 2.
+to stderr, one line per event. SIGTERM or SIGINT stops it cleanly (exit 0), after
+``--drain-seconds``; SIGHUP reloads the rules; SIGUSR2 upgrades: a new copy of the daemon,
+started with the same arguments, takes the sockets and flows over (docs/appliance.md). A
+start-up problem, or a bad flag or environment variable, is one line with exit status 2.
 """
 
 from __future__ import annotations
@@ -302,8 +304,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = _parse(sys.argv[1:] if argv is None else argv)
+        args = _parse(arguments)
     except _Usage as err:
         print(f"geneve.appliance: {err}", file=sys.stderr)
         return 2
@@ -342,6 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             rules=source,
             max_error_share=args.max_error_share,
         )
+        # SIGUSR2: this program again, with the same arguments (and environment), in the
+        # same interpreter: a package upgraded in place is the new code.
+        appliance.upgrade_command = [sys.executable, "-m", "geneve.appliance", *arguments]
         appliance.run()
     except (ApplianceError, RulesError) as err:
         print(f"geneve.appliance: {err}", file=sys.stderr)
