@@ -10,7 +10,9 @@
  *      ip_off, l4_off (0xff: none), ip_end, protocol, endpoint byte, cookie byte (0xff: none),
  *      time step (signed), then 1 byte n and n packet bytes
  *   1: sweep (time step); 2: end all; 3: look up a key made of the next 21 bytes;
- *   4: walk the live flows and read each entry; 5: release an index (any: refused or taken).
+ *   4: walk the live flows and read each entry; 5: release an index (any: refused or taken);
+ *   6: restore an entry made of the next sizeof(struct geneve_flow) bytes (a handover record
+ *      that may lie about everything), then 1 byte: the key length to force (0: as it is).
  * Every ended flow is popped and released after each operation, as Python does.
  */
 #include <stdint.h>
@@ -46,7 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!t)
         abort();
     while (pos < size) {
-        int op = data[pos++] % 6;
+        int op = data[pos++] % 7;
         if (op == 0) {
             uint8_t *packet;
             size_t n;
@@ -112,6 +114,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
             if (live != geneve_flow_count(t, GENEVE_FLOW_COUNT_LIVE))
                 abort();
+        } else if (op == 6) {
+            struct geneve_flow *entry;
+            int32_t r;
+            if (pos + sizeof(struct geneve_flow) + 1 > size)
+                break;
+            entry = malloc(sizeof(struct geneve_flow));
+            if (!entry)
+                abort();
+            memcpy(entry, data + pos, sizeof(struct geneve_flow));
+            if (data[pos + sizeof(struct geneve_flow)] & 1) { /* a plausible key, more often */
+                uint8_t len = data[pos + sizeof(struct geneve_flow)] & 2 ? 45 : 21;
+                memset(entry->key + len, 0, 48 - len);
+                entry->key[47] = entry->key_len = len;
+            }
+            r = geneve_flow_restore(t, entry, now);
+            if (r < 0 && r != GENEVE_FLOW_BAD_ARGUMENT && r != GENEVE_FLOW_DROP_FULL &&
+                r != GENEVE_FLOW_EXISTS)
+                abort();
+            if (r >= 0) {
+                struct geneve_flow *f = geneve_flow_entry(t, r);
+                if (!f || !(f->flags & GENEVE_FLOW_LIVE) || geneve_flow_lookup(t, f->key, f->key_len) != r)
+                    abort();
+            }
+            free(entry);
+            pos += sizeof(struct geneve_flow) + 1;
         } else {
             if (pos >= size)
                 break;

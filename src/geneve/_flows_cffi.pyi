@@ -36,6 +36,7 @@ class _Lib:
     GENEVE_FLOW_COUNT_BYTES: Final[int]
     GENEVE_FLOW_SLOW: Final[int]
     GENEVE_FLOW_NEED_IDS: Final[int]
+    GENEVE_FLOW_EXISTS: Final[int]
     @staticmethod
     def geneve_flow_table_new(
         max_flows: int, tcp_timeout: float, other_timeout: float, /
@@ -66,6 +67,8 @@ class _Lib:
     def geneve_flow_sweep(t: FFI.CData, now: float, max_ends: int, /) -> int: ...
     @staticmethod
     def geneve_flow_end_all(t: FFI.CData, reason: int, max_ends: int, /) -> int: ...
+    @staticmethod
+    def geneve_flow_restore(t: FFI.CData, src: FFI.CData, now: float, /) -> int: ...
     @staticmethod
     def geneve_flow_lookup(t: FFI.CData, key: FFI.CData, key_len: int, /) -> int: ...
     @staticmethod
