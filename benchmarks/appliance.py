@@ -45,24 +45,18 @@ namespaces and every process started are removed at the end, also after Ctrl-C.
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as a script, this file's folder comes first on sys.path, where benchmarks/inspect.py
-# would hide the standard library's inspect module (which dataclasses imports).
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
 import argparse
 import contextlib
 import hashlib
 import json
+import os
 import platform
 import resource
 import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence

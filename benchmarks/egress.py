@@ -23,26 +23,19 @@ of inner IPv4, TCP and 48 bytes of data), interleaved across the flows. Modifier
 Per new flow: µs of ``handle()`` for the frame that decides a flow, a ClientHello in one
 segment (the flow's stream start, the parse, the lists, the verdict) and a DNS query over UDP
 (the parse, the lists), each on a flow whose handshake was seen; beside it, the parse alone of
-the same bytes by geneve.inspect, dpkt and scapy (benchmarks/inspect.py's functions).
+the same bytes by geneve.inspect, dpkt and scapy (benchmarks/parsers.py's functions).
 
 Each round runs every case once, in a rotating order; the tables show medians over the rounds.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
-# Run as a script, this file's folder comes first on sys.path, where benchmarks/inspect.py
-# would hide the standard library's inspect module (which dataclasses imports).
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]
-
 import argparse
 import importlib.util
 import ipaddress
 import statistics
 import struct
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,7 +58,7 @@ def _load(name: str) -> Any:
     return module
 
 
-PARSERS = _load("inspect")
+PARSERS = _load("parsers")
 RULES = _load("flow_rules")
 FLOWS = 256
 DATA_PACKETS = 100  # per flow and direction

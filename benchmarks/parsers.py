@@ -1,7 +1,7 @@
 """How fast are the inspection parsers? µs per ClientHello and per DNS query, against others.
 
-    python benchmarks/inspect.py           # about half a minute on an idle machine
-    python benchmarks/inspect.py --quick   # a few seconds, rougher numbers
+    python benchmarks/parsers.py           # about half a minute on an idle machine
+    python benchmarks/parsers.py --quick   # a few seconds, rougher numbers
 
 Workloads (tests/support/messages.py builds them): a 517-byte ClientHello shaped like Debian
 12's curl (31 cipher suites, SNI, ALPN, one X25519 key share, padded to 512 bytes of record as
