@@ -415,3 +415,22 @@ def test_the_channel_carries_descriptors_and_big_messages() -> None:
             os.close(fd)
         left.close()
         right.close()
+
+
+def test_c_entries_from_another_build_are_read_by_their_layout() -> None:
+    if CFlowTable not in [p.values[0] for p in FLOW_TABLES]:
+        pytest.skip("the C flow table is not built")
+    old = CFlowTable(max_flows=10)
+    for i in range(3):
+        frame = flow_frame("10.0.0.1", "fd00::2" if i == 2 else "10.0.0.2", "tcp",
+                           sport=1000 + i, flags=TCP_SYN)  # fmt: skip
+        if i == 2:
+            frame = flow_frame("fd00::1", "fd00::2", "tcp", sport=1000 + i, flags=TCP_SYN)
+        old.track(Packet.parse(frame), 1.0)
+    exported = old.export_flows()
+    exported["layout"] = dict(exported["layout"], build="another")  # not this build's: decode
+    new = CFlowTable(max_flows=10)
+    assert new.restore_flows(exported, 2.0) == 3
+    assert sorted((f.key, f.tcp_state, f.packets) for f in new) == sorted(
+        (f.key, f.tcp_state, f.packets) for f in old
+    )

@@ -585,6 +585,32 @@ class FlowTable:
         stats.flows_active += taken
         return taken
 
+    def export_flows(self) -> dict[str, Any]:
+        """Every live flow for :meth:`restore_flows` in another table, in another process:
+        ``"states"`` maps a flow's key to its non-empty ``state``; the rest is bytes,
+        numbers and strings. A C table gives its entries as they are (one copy), with the
+        layout that decodes them; this one, :meth:`export` records."""
+        records = self.export()
+        states = {}
+        for record in records:
+            if record["state"]:
+                states[record["key"]] = record["state"]
+            record["state"] = None
+        return {"records": records, "states": states}
+
+    def restore_flows(self, exported: dict[str, Any], now: float) -> int:
+        """:meth:`restore` the flows of an :meth:`export_flows`, of either kind of table,
+        with their states; how many were taken."""
+        records = exported.get("records")
+        if records is None:  # a C table's entries: read with the layout they came with
+            records = decode_entries(exported["entries"], exported["layout"])
+        taken = self.restore(records, now)
+        for key, state in exported.get("states", {}).items():
+            flow = self.get(key)
+            if flow is not None:
+                flow._state = state
+        return taken
+
     def end_all(self, reason: EndReason = "shutdown") -> int:
         """End every live flow with ``reason`` (oldest first); how many ended."""
         flows = list(self._flows.values())
@@ -616,6 +642,83 @@ def flow_record(flow: Flow) -> dict[str, Any]:
         "verdict": None if verdict is None else verdict.name,
         "state": flow._state,
     }
+
+
+# What decode_entries needs of a C entry, by field: (offset, struct format), and its size.
+_ENTRY_FIELDS = {
+    "key": "48s",
+    "first_seen": "d",
+    "last_seen": "d",
+    "end_at": "d",
+    "packets": "2Q",
+    "bytes": "2Q",
+    "cookie": "2I",
+    "key_len": "B",
+    "orig_low": "B",
+    "verdict": "B",
+    "tcp_state": "B",
+    "fins": "B",
+    "reason": "B",
+    "flags": "B",
+}
+
+
+def entry_layout() -> dict[str, Any] | None:
+    """Where each field is in this build's C entry (None without the C table): what goes
+    with exported entries, so that a process built otherwise can still read them."""
+    if _c is None:
+        return None
+    ffi = _c.ffi
+    return {
+        "size": ffi.sizeof("struct geneve_flow"),
+        "fields": {
+            name: (ffi.offsetof("struct geneve_flow", name), kind)
+            for name, kind in _ENTRY_FIELDS.items()
+        },
+    }
+
+
+def decode_entries(raw: bytes, layout: dict[str, Any]) -> list[dict[str, Any]]:
+    """Records (see :func:`flow_record`) of C entries exported by a table of ``layout``."""
+    size = layout["size"]
+    readers = [
+        (name, offset, struct.Struct("=" + kind))
+        for name, (offset, kind) in layout["fields"].items()
+    ]
+    verdicts = ("None", "FORWARD", "DROP", "REJECT")
+    records = []
+    for base in range(0, len(raw) - size + 1, size):
+        e: dict[str, Any] = {}
+        for name, offset, reader in readers:
+            values = reader.unpack_from(raw, base + offset)
+            e[name] = values[0] if len(values) == 1 else values
+        flags = e["flags"]
+        if e["key_len"] not in (21, 45) or e["verdict"] > 3:
+            continue  # not an entry this code knows how to read
+        if e["tcp_state"] >= len(_TCP_STATES) or e["reason"] >= len(_REASONS):
+            continue
+        records.append(
+            {
+                "key": e["key"][: e["key_len"]],
+                "orig_low": bool(e["orig_low"]),
+                "first_seen": e["first_seen"],
+                "last_seen": e["last_seen"],
+                "end_at": e["end_at"],
+                "reason": _REASONS[e["reason"]],
+                "fins": e["fins"],
+                "replied": bool(flags & 4),
+                "tcp_state": _TCP_STATES[e["tcp_state"]],
+                "packets": tuple(e["packets"]),
+                "bytes": tuple(e["bytes"]),
+                "cookies": (
+                    e["cookie"][0] if flags & 1 else None,
+                    e["cookie"][1] if flags & 2 else None,
+                ),
+                "verdict": None if e["verdict"] == 0 else verdicts[e["verdict"]],
+                "state": None,
+            }
+        )
+    return records
 
 
 def _restore_fields(flow: Flow, record: dict[str, Any]) -> None:
@@ -669,6 +772,7 @@ _TCP_STATES = (None, "syn_sent", "syn_recv", "established", "fin_wait", "time_wa
 _REASONS: tuple[EndReason, ...] = ("idle", "fin", "rst", "evicted", "shutdown")
 _REASON_CODES = {reason: code for code, reason in enumerate(_REASONS)}
 _TCP_STATE_CODES = {state: code for code, state in enumerate(_TCP_STATES)}
+_LAYOUT: dict[str, Any] | None = None  # entry_layout(), once the function exists (below)
 _verdict_codes: dict[Any, int] = {}
 _verdicts: list[Any] = []
 
@@ -952,6 +1056,38 @@ class CFlowTable(FlowTable):
     def export(self) -> list[dict[str, Any]]:
         return [flow_record(flow) for flow in self]
 
+    def export_flows(self) -> dict[str, Any]:
+        assert _c is not None
+        ffi, lib = _c.ffi, _c.lib
+        live = len(self)
+        entries = ffi.new("struct geneve_flow[]", max(1, live))
+        copied = lib.geneve_flow_export(self._t, entries, live)
+        states = {view.key: view._state for view in self._views.values() if view._state}
+        return {
+            "entries": bytes(ffi.buffer(entries, copied * ffi.sizeof("struct geneve_flow"))),
+            "layout": _LAYOUT,
+            "states": states,
+        }
+
+    def restore_flows(self, exported: dict[str, Any], now: float) -> int:
+        if exported.get("layout") != _LAYOUT:  # records, or another build's entries
+            return super().restore_flows(exported, now)
+        assert _c is not None
+        ffi, lib = _c.ffi, _c.lib
+        raw = exported["entries"]
+        count = len(raw) // ffi.sizeof("struct geneve_flow")
+        if count:
+            entries = ffi.from_buffer("struct geneve_flow[]", raw)
+            taken = int(lib.geneve_flow_restore_many(self._t, entries, count, now))
+        else:
+            taken = 0
+        self._stats_of().flows_active += max(0, taken)
+        for key, state in exported.get("states", {}).items():
+            flow = self.get(key)
+            if flow is not None:
+                flow._state = state
+        return max(0, taken)
+
     def restore(self, records: list[dict[str, Any]], now: float) -> int:
         assert _c is not None
         ffi, lib = _c.ffi, _c.lib
@@ -1011,3 +1147,5 @@ class PyFlowTable(FlowTable):
     """The pure-Python :class:`FlowTable`, whether or not the C one is built (the reference)."""
 
     __slots__ = ()
+
+_LAYOUT = entry_layout()

@@ -747,6 +747,31 @@ int32_t geneve_flow_restore(struct geneve_flow_table *t, const struct geneve_flo
     return (int32_t)(ref - 1);
 }
 
+int64_t geneve_flow_restore_many(struct geneve_flow_table *t, const struct geneve_flow *src,
+                                 int64_t n, double now)
+{
+    int64_t i, taken = 0;
+    if (!t || !src || n < 0 || !valid_time(now))
+        return GENEVE_FLOW_BAD_ARGUMENT;
+    for (i = 0; i < n; i++)
+        if (geneve_flow_restore(t, &src[i], now) >= 0)
+            taken++;
+    return taken;
+}
+
+int64_t geneve_flow_export(struct geneve_flow_table *t, struct geneve_flow *out,
+                           int64_t capacity)
+{
+    uint32_t i;
+    int64_t n = 0;
+    if (!t || !out || capacity < 0)
+        return GENEVE_FLOW_BAD_ARGUMENT;
+    for (i = 0; i < t->used && n < capacity; i++)
+        if (t->e[i].flags & GENEVE_FLOW_LIVE)
+            memcpy(&out[n++], &t->e[i], sizeof(struct geneve_flow));
+    return n;
+}
+
 int32_t geneve_flow_lookup(struct geneve_flow_table *t, const uint8_t *key, size_t key_len)
 {
     uint8_t full[48];

@@ -82,6 +82,13 @@ int32_t geneve_flow_end_all(struct geneve_flow_table *t, int reason, int32_t max
 #define GENEVE_FLOW_EXISTS -6
 int32_t geneve_flow_restore(struct geneve_flow_table *t, const struct geneve_flow *src,
                             double now);
+/* geneve_flow_restore for each of n records in a row: how many were taken. */
+int64_t geneve_flow_restore_many(struct geneve_flow_table *t, const struct geneve_flow *src,
+                                 int64_t n, double now);
+/* Copy every live flow's entry, in index order, into out (room for capacity entries): how
+ * many were copied (at most capacity). */
+int64_t geneve_flow_export(struct geneve_flow_table *t, struct geneve_flow *out,
+                           int64_t capacity);
 int32_t geneve_flow_lookup(struct geneve_flow_table *t, const uint8_t *key, size_t key_len);
 int32_t geneve_flow_next(struct geneve_flow_table *t, int32_t from);
 struct geneve_flow *geneve_flow_entry(struct geneve_flow_table *t, int32_t index);

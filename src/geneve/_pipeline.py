@@ -615,26 +615,37 @@ class Pipeline:
     def hand_over(self) -> dict[str, Any]:
         """What :meth:`take_over` in another process needs to go on with this pipeline's
         flows: each live flow (its counts, verdict and ``state``) and the frames held, as
-        plain data that pickles. Nothing here changes: after it, either :meth:`retire` (the
-        new pipeline took over) or go on handling frames (it did not).
+        bytes. Nothing here changes: after it, either :meth:`retire` (the new pipeline took
+        over) or go on handling frames (it did not).
 
         A flow whose ``state`` does not pickle goes without it (``"states_lost"`` counts them).
         """
-        flows: list[bytes] = []
-        lost = 0
         table = self.flows
-        for record in table.export() if table is not None else ():
-            try:
-                flows.append(pickle.dumps(record, pickle.HIGHEST_PROTOCOL))
-            except Exception:  # a state the user put there that cannot travel
-                lost += 1
-                record["state"] = None
-                flows.append(pickle.dumps(record, pickle.HIGHEST_PROTOCOL))
+        exported = table.export_flows() if table is not None else {"records": [], "states": {}}
+        states = exported.pop("states")
+        lost = 0
+        try:
+            packed_states = pickle.dumps(states, pickle.HIGHEST_PROTOCOL)
+        except Exception:  # a state the user put there that cannot travel: leave those
+            kept = {}
+            for key, state in states.items():
+                try:
+                    pickle.dumps(state, pickle.HIGHEST_PROTOCOL)
+                except Exception:
+                    lost += 1
+                    continue
+                kept[key] = state
+            packed_states = pickle.dumps(kept, pickle.HIGHEST_PROTOCOL)
         held = [
             (flow.key, entry[0], entry[1], entry[2], list(entry[3:]))
             for flow, entry in self._held.items()
         ]
-        return {"flows": flows, "held": held, "states_lost": lost}
+        return {
+            "flows": pickle.dumps(exported, pickle.HIGHEST_PROTOCOL),
+            "states": packed_states,
+            "held": held,
+            "states_lost": lost,
+        }
 
     def take_over(self, handed: dict[str, Any], now: float) -> int:
         """Make the flows and held frames of another pipeline's :meth:`hand_over` this one's,
@@ -643,15 +654,13 @@ class Pipeline:
         table = self.flows
         if table is None:
             return 0
-        records = [pickle.loads(data) for data in handed["flows"]]
-        taken = table.restore(records, now)
-        for record in records:
-            starts = (record["state"] or {}).get(STREAM_STATE_KEY)
-            if starts:
-                flow = table.get(record["key"])
+        exported = pickle.loads(handed["flows"])
+        exported["states"] = states = pickle.loads(handed["states"])
+        taken = table.restore_flows(exported, now)
+        for key, state in states.items():
+            starts = state.get(STREAM_STATE_KEY)
+            if starts and table.get(key) is not None:
                 for start in starts.values():
-                    if flow is None:
-                        continue
                     start.budget = self._streams
                     self._streams.used += start.held()
         for key, when, size, direction, frames in handed["held"]:
