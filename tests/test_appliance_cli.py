@@ -50,6 +50,13 @@ from geneve._loader import RulesError, load_modifier
         (["--max-error-share", "2"], {}, "--max-error-share"),
         (["--drain-seconds", "nan"], {}, "--drain-seconds"),
         ([], {"GENEVE_DRAIN_SECONDS": "soon"}, "--drain-seconds"),
+        (["--batch", "65"], {}, "--batch"),
+        (["--bind", "1.2.3.999"], {}, "--bind"),
+        (["--bind", "::1"], {}, "--bind"),
+        ([], {"GENEVE_BIND": "localhost"}, "--bind"),
+        (["--health-host", "nosuch.invalid"], {}, "--health-host"),
+        (["--rules", "no_such_module_here:thing"], {}, "--rules"),
+        (["--rules-config", "rules.toml"], {}, "--rules-config"),
     ],
 )
 def test_a_bad_setting_is_one_line_and_exit_2(

@@ -11,6 +11,7 @@ start-up problem, or a bad flag or environment variable, is one line with exit s
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -80,6 +81,29 @@ def _drain(text: str) -> float:
     return value
 
 
+def _batch(text: str) -> int:
+    value = _positive(text)
+    if value > 64:
+        raise argparse.ArgumentTypeError(f"{value}: at most 64 frames per call")
+    return value
+
+
+def _ipv4(text: str) -> str:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
+    return text
+
+
+def _address(text: str) -> str:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+    return text
+
+
 def _inner_length(text: str) -> int:
     value = _positive(text)
     # The frame around it (68 bytes of encapsulation) must still fit IPv4's 65535.
@@ -145,11 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--bind",
+        type=_ipv4,
         default=_env("BIND", "0.0.0.0"),
         help="address to receive Geneve on [GENEVE_BIND] (default: %(default)s)",
     )
     p.add_argument(
         "--health-host",
+        type=_address,
         default=_env("HEALTH_HOST", "0.0.0.0"),
         help="health endpoint address [GENEVE_HEALTH_HOST] (default: %(default)s)",
     )
@@ -179,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--batch",
-        type=_positive,
+        type=_batch,
         default=_env("BATCH", "64"),
         help="frames per recvmmsg/sendmmsg call, 1 to 64; 1 is one frame per system call "
         "(udp receive only) [GENEVE_BATCH] (default: %(default)s)",
