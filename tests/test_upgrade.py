@@ -434,3 +434,42 @@ def test_c_entries_from_another_build_are_read_by_their_layout() -> None:
     assert sorted((f.key, f.tcp_state, f.packets) for f in new) == sorted(
         (f.key, f.tcp_state, f.packets) for f in old
     )
+
+
+@live
+@pytest.mark.netns
+def test_under_systemd_the_new_copy_announces_its_pid_and_the_old_never_says_stopping(
+    ns: Pair, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(20)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    proc = _daemon(ns, tmp_path, 2)
+    new_pid: int | None = None
+    try:
+        first = set(sock.recv(4096).decode().splitlines())
+        assert "READY=1" in first and f"MAINPID={proc.pid}" in first
+        proc.send_signal(signal.SIGUSR2)
+        seen: list[set[str]] = []
+        while new_pid is None:
+            message = set(sock.recv(4096).decode().splitlines())
+            seen.append(message)
+            pids = [int(line[8:]) for line in message if line.startswith("MAINPID=")]
+            if pids and pids[0] != proc.pid:
+                assert "READY=1" in message
+                new_pid = pids[0]
+        assert proc.wait(15) == 0
+        sock.settimeout(0.5)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                seen.append(set(sock.recv(4096).decode().splitlines()))
+        assert not any("STOPPING=1" in message for message in seen), seen
+        wait_healthy(ns)
+    finally:
+        sock.close()
+        if proc.poll() is None:
+            proc.kill()
+        if new_pid is not None:
+            _kill(new_pid)
