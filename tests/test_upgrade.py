@@ -473,3 +473,27 @@ def test_under_systemd_the_new_copy_announces_its_pid_and_the_old_never_says_sto
             proc.kill()
         if new_pid is not None:
             _kill(new_pid)
+
+
+def test_a_retired_pipeline_ends_no_flow_and_says_handover() -> None:
+    calls: list[str] = []
+
+    class Hooks:
+        def __call__(self, packet: Packet) -> None:
+            return None
+
+        def on_flow_end(self, flow: Flow, reason: str) -> None:
+            calls.append(f"end:{reason}")
+
+        def on_handover(self) -> None:
+            calls.append("handover")
+
+        def on_stop(self) -> None:
+            calls.append("stop")
+
+    old = Pipeline(Hooks(), flows=True)
+    _handle(old, flow_frame("10.0.0.1", "10.0.0.2", "udp", payload=b"x"), 1.0)
+    old.hand_over()
+    old.retire()
+    assert calls == ["handover", "stop"]
+    assert old.stats.flows_ended == {} and old.stats.flows_active == 1
