@@ -12,7 +12,8 @@
  *   1: sweep (time step); 2: end all; 3: look up a key made of the next 21 bytes;
  *   4: walk the live flows and read each entry; 5: release an index (any: refused or taken);
  *   6: restore an entry made of the next sizeof(struct geneve_flow) bytes (a handover record
- *      that may lie about everything), then 1 byte: the key length to force (0: as it is).
+ *      that may lie about everything), then 1 byte: bit 0 forces a plausible key (bit 1: of
+ *      IPv6 length), bit 2 restores it as a tombstone. Walking (4) also exports both lists.
  * Every ended flow is popped and released after each operation, as Python does.
  */
 #include <stdint.h>
@@ -114,6 +115,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
             if (live != geneve_flow_count(t, GENEVE_FLOW_COUNT_LIVE))
                 abort();
+            { /* exports fill exactly the room given, never more */
+                int64_t tombs = geneve_flow_count(t, GENEVE_FLOW_COUNT_TOMBSTONES);
+                struct geneve_flow *out = malloc(sizeof(struct geneve_flow) * (size_t)(live + 1));
+                struct geneve_flow *tout = malloc(sizeof(struct geneve_flow) * (size_t)(tombs + 1));
+                if (!out || !tout)
+                    abort();
+                if (geneve_flow_export(t, out, live) != live ||
+                    geneve_flow_export_tombstones(t, tout, tombs) != tombs ||
+                    (live > 0 && geneve_flow_export(t, out, live - 1) != live - 1))
+                    abort();
+                free(out);
+                free(tout);
+            }
         } else if (op == 6) {
             struct geneve_flow *entry;
             int32_t r;
@@ -128,8 +142,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 memset(entry->key + len, 0, 48 - len);
                 entry->key[47] = entry->key_len = len;
             }
-            r = geneve_flow_restore(t, entry, now);
-            if (r < 0 && r != GENEVE_FLOW_BAD_ARGUMENT && r != GENEVE_FLOW_DROP_FULL &&
+            if (data[pos + sizeof(struct geneve_flow)] & 4) { /* as a tombstone */
+                r = geneve_flow_restore_tombstone(t, entry, now);
+                if (r < 0 && r != GENEVE_FLOW_BAD_ARGUMENT && r != GENEVE_FLOW_DROP_FULL &&
+                    r != GENEVE_FLOW_EXISTS && r != GENEVE_FLOW_DROP_TOMBSTONE)
+                    abort();
+                r = -1;
+            } else {
+                r = geneve_flow_restore(t, entry, now);
+            }
+            if (r < -1 && r != GENEVE_FLOW_BAD_ARGUMENT && r != GENEVE_FLOW_DROP_FULL &&
                 r != GENEVE_FLOW_EXISTS)
                 abort();
             if (r >= 0) {

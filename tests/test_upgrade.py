@@ -310,7 +310,7 @@ def test_every_frame_is_answered_once_through_a_reload_or_an_upgrade(
         if action == "upgrade":
             found = _wait_log(log, r"upgrade: pid (\d+) took over the sockets and (\d+) flows")
             new_pid = int(found.group(1))
-            assert int(found.group(2)) >= 64  # the stream's flows and the sticky one
+            assert int(found.group(2)) == 65  # the stream's 64 flows and the sticky one
             assert proc.wait(15) == 0  # the old copy is gone, exit status 0
             os.kill(new_pid, 0)  # the new one runs
         else:
@@ -378,12 +378,19 @@ def test_an_upgrade_to_other_workers_is_refused_with_the_reason(ns: Pair) -> Non
     app = Appliance(lambda packet: None, health_port=8080, workers=1)
     in_netns(ns.ap, app.start)
     try:
+        wait_healthy(ns)
+        # A reload just before: it must not be lost to the upgrade's pause.
+        app.reload(lambda packet: None)
         command = [sys.executable, "-m", "geneve.appliance", "--health-port", "8080",
                    "--workers", "2"]  # fmt: skip
         assert app.upgrade(command, timeout=30) is False
         assert app.upgrade_failures == 1
         wait_healthy(ns)
         assert app.report().healthy
+        deadline = time.monotonic() + 5
+        while app._local_workers[0].reloads != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert app._local_workers[0].reloads == 1
     finally:
         app.stop()
 
@@ -497,3 +504,64 @@ def test_a_retired_pipeline_ends_no_flow_and_says_handover() -> None:
     old.retire()
     assert calls == ["handover", "stop"]
     assert old.stats.flows_ended == {} and old.stats.flows_active == 1
+
+
+@pytest.mark.parametrize("old_table", FLOW_TABLES)
+@pytest.mark.parametrize("new_table", FLOW_TABLES)
+def test_tombstones_and_the_early_drop_order_go_over(
+    old_table: type[FlowTable], new_table: type[FlowTable]
+) -> None:
+    old = Pipeline(Sticky(), flows=old_table(max_flows=3))
+    # e0 (no verdict) and a flow with a DROP verdict; both end idle at 121 s.
+    _handle(old, flow_frame("10.0.0.1", "10.0.0.3", "udp", sport=5, payload=b"x"), 1.0)
+    dropped = flow_frame("10.0.0.1", "10.0.0.9", "udp", sport=9, payload=b"stick", cookie=7)
+    assert not _handle(old, dropped, 1.0)
+    # Three flows never replied to, made in this order: b, c, then d after the sweep, which
+    # frees e0's entry, the first in the C table: d takes it.
+    _handle(old, flow_frame("10.0.0.1", "10.0.0.2", "udp", sport=100, payload=b"x"), 100.0)
+    _handle(old, flow_frame("10.0.0.1", "10.0.0.2", "udp", sport=101, payload=b"x"), 101.0)
+    old.tick(130.0)  # e0 ends, the dropped flow leaves a tombstone until 181 s
+    assert old.flows is not None and old.flows.tombstones == 1
+    _handle(old, flow_frame("10.0.0.1", "10.0.0.2", "udp", sport=102, payload=b"x"), 131.0)
+    handed = pickle.loads(pickle.dumps(old.hand_over()))
+    new = Pipeline(Sticky(), flows=new_table(max_flows=3))
+    assert new.take_over(handed, 134.0) == 3
+    assert new.flows is not None and new.flows.tombstones == 1
+    # A straggler of the dropped flow, with its cookie: still dropped, not a new flow.
+    straggler = flow_frame("10.0.0.1", "10.0.0.9", "udp", sport=9, payload=b"late", cookie=7)
+    assert not _handle(new, straggler, 135.0)
+    assert new.stats.drops.get("flow") == 1
+    # A new flow at the bound evicts the oldest never replied to: sport 100.
+    _handle(new, flow_frame("10.0.0.1", "10.0.0.2", "udp", sport=200, payload=b"x"), 136.0)
+    assert sorted(f.ports[0] for f in new.flows) == [101, 102, 200]
+
+
+@live
+@pytest.mark.netns
+def test_a_stop_during_an_upgrade_stops_the_service(ns: Pair, tmp_path: pathlib.Path) -> None:
+    proc = _daemon(ns, tmp_path, 1)
+    client = GwlbClient(ns)
+    log = tmp_path / "daemon.log"
+    try:
+        wait_healthy(ns)
+        proc.send_signal(signal.SIGUSR2)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        # Either the upgrade was called off (this process stopped) or the stop was passed on
+        # to the new copy: after a while nothing answers, and nothing holds the port.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if client.exchange(inner_udp(b"anyone?", dport=4000), timeout=0.3) is None:
+                break
+        assert client.exchange(inner_udp(b"anyone?", dport=4000), timeout=0.5) is None
+        text = log.read_text()
+        assert "upgrade called off" in text or "passing it on" in text, text
+    finally:
+        client.close()
+        if proc.poll() is None:
+            proc.kill()
+        found = re.search(r"passing it on to pid (\d+)", log.read_text())
+        if found:
+            _kill(int(found.group(1)))
+    assert "Traceback" not in log.read_text()

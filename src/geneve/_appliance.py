@@ -55,7 +55,7 @@ from ._notify import notify
 from ._packet import GWLB_ENCAP_LENGTH, MAX_INNER_LENGTH
 from ._pipeline import ErrorPolicy, FlowTable, Modifier, Stats, check_modifier
 from ._sockets import ReceiveMode, Sockets, broadcast_addresses, local_addresses, steer
-from ._worker import BATCH, HEARTBEAT, PAUSE, RESUME, RETIRE, Worker, process_main
+from ._worker import BATCH, HEARTBEAT, RESUME, RETIRE, Worker, process_main
 
 __all__ = [
     "Appliance",
@@ -291,6 +291,7 @@ class Appliance:
         self.upgrade_failures = 0
         # Worker processes' hand-overs during an upgrade, by worker index (see _collect).
         self._handovers: dict[int, dict[str, Any]] = {}
+        self._taken: dict[int, int] = {}  # flows each worker process of a new copy took
         self._handover_ready = threading.Condition(self._lock)
 
     # -- life cycle ----------------------------------------------------------------------------
@@ -312,6 +313,7 @@ class Appliance:
         with self._lock:
             self._snapshots = {}
             self._handovers = {}
+            self._taken = {}
         listener: socket.socket | None = None
         if channel is None:
             self._check_port_free()
@@ -372,6 +374,8 @@ class Appliance:
                 reader = threading.Thread(target=self._collect, name="geneve-stats", daemon=True)
                 self._threads.append(reader)
                 reader.start()
+            if channel is not None:
+                self._wait_taken_over()
             if self._health is not None:
                 self._health.start()
         except BaseException:
@@ -433,6 +437,7 @@ class Appliance:
         configuration would open; else the running process is told why not."""
         try:
             message, fds = channel.receive(UPGRADE_TIMEOUT)
+            fds += channel.receive_fds(int(message.get("count", 0)) - len(fds))
         except HandoverError as err:
             raise ApplianceError(f"upgrade: {err}") from None
         theirs = message.get("config")
@@ -462,6 +467,21 @@ class Appliance:
             at += count
         listener = socket.socket(fileno=fds[at]) if at < len(fds) else None
         return sockets, listener
+
+    def _wait_taken_over(self) -> None:
+        """An upgrade's new copy: until every worker has taken its flows and reads."""
+        deadline = time.monotonic() + UPGRADE_TIMEOUT
+        for worker in self._local_workers:
+            if not worker.taken.wait(max(0.0, deadline - time.monotonic())):
+                raise ApplianceError("upgrade: the worker did not take the flows over in time")
+        with self._handover_ready:
+            while len(self._taken) < len(self._processes):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ApplianceError("upgrade: the workers did not take the flows in time")
+                self._handover_ready.wait(min(left, HEARTBEAT))
+                if not all(proc.is_alive() for proc, _conn in self._processes):
+                    raise ApplianceError("upgrade: a worker died taking the flows over")
 
     def _receive_flows(self, channel: Channel) -> list[dict[str, Any]]:
         try:
@@ -530,9 +550,12 @@ class Appliance:
                 except (EOFError, OSError):
                     conns.pop(conn, None)
                     continue
-                if "handover" in snap:  # a worker paused for an upgrade: its flows
+                if "handover" in snap or "taken" in snap:  # an upgrade: flows given, taken
                     with self._handover_ready:
-                        self._handovers[snap["index"]] = snap["handover"]
+                        if "handover" in snap:
+                            self._handovers[snap["index"]] = snap["handover"]
+                        else:
+                            self._taken[snap["index"]] = snap["taken"]
                         self._handover_ready.notify_all()
                     continue
                 snap["received_at"] = time.monotonic()
@@ -611,7 +634,10 @@ class Appliance:
     # -- an upgrade: a new copy of the program takes the sockets and flows (SIGUSR2) ----------
 
     def upgrade(
-        self, command: Sequence[str] | None = None, timeout: float = UPGRADE_TIMEOUT
+        self,
+        command: Sequence[str] | None = None,
+        timeout: float = UPGRADE_TIMEOUT,
+        cancel: threading.Event | None = None,
     ) -> bool:
         """Hand the sockets and flows to a new copy of the program; whether it took them.
 
@@ -628,6 +654,8 @@ class Appliance:
         process or the other. A new copy that fails, refuses (other workers or sockets) or
         does not answer within ``timeout`` seconds per step changes nothing here (one line
         logged, counted in ``upgrade_failures``); if the workers had paused, they go on.
+        ``cancel`` set before the workers pause calls the upgrade off (a stop signal came);
+        set later, the new copy is sent SIGTERM once it runs (the stop goes on there).
         """
         if not self._running:
             raise ApplianceError("upgrade: the appliance is not running")
@@ -657,12 +685,15 @@ class Appliance:
                     "type": "sockets",
                     "config": self._socket_config(),
                     "layout": [len(socks.fds()) for socks in self._sockets],
-                },
-                fds,
+                    "count": len(fds),
+                }
             )
+            channel.send_fds(fds)
             message, _ = channel.receive()
             if message["type"] != "ready":
                 raise HandoverError(str(message.get("reason", "the new copy is not ready")))
+            if cancel is not None and cancel.is_set():
+                raise HandoverError("called off")
             paused = True
             began = time.monotonic()
             handed = self._pause_workers(timeout)
@@ -671,8 +702,11 @@ class Appliance:
             if message["type"] != "running":
                 raise HandoverError("the new copy did not start")
         except HandoverError as err:
-            self.upgrade_failures += 1
-            log.error("upgrade failed, this process goes on: %s", err)
+            if cancel is not None and cancel.is_set() and not paused:
+                log.info("upgrade called off: a stop signal came first")
+            else:
+                self.upgrade_failures += 1
+                log.error("upgrade failed, this process goes on: %s", err)
             if paused:
                 self._decide_workers(RESUME)
             channel.close()
@@ -685,7 +719,7 @@ class Appliance:
                     proc.wait()
             return False
         channel.close()
-        flows = sum(len(h.get("flows", ())) for h in handed)
+        flows = sum(int(h.get("count", 0)) for h in handed)
         log.info(
             "upgrade: pid %d took over the sockets and %d flows (%.0f ms unread); retiring",
             proc.pid,
@@ -694,6 +728,10 @@ class Appliance:
         )
         self.upgrades += 1
         self._retire()
+        if cancel is not None and cancel.is_set():  # a stop came meanwhile: it goes on there
+            log.info("a stop signal came during the upgrade: passing it on to pid %d", proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
         return True
 
     def _pause_workers(self, timeout: float) -> list[dict[str, Any]]:
@@ -701,7 +739,7 @@ class Appliance:
         deadline = time.monotonic() + timeout
         for worker in self._local_workers:
             worker.handed = None
-            worker.swap = PAUSE
+            worker.pause = True
         with self._handover_ready:
             self._handovers = {}
         for proc, _conn in self._processes:
@@ -741,6 +779,9 @@ class Appliance:
     def _retire(self) -> None:
         """After an upgrade: the workers retire (their flows live on elsewhere) and this
         appliance stops, without ending a flow."""
+        if self._health is not None:  # the new copy answers on the same listener now
+            self._health.stop()
+            self._health = None
         self._decide_workers(RETIRE)
         for thread in self._threads:
             if thread.name.startswith("geneve-worker"):
@@ -757,8 +798,6 @@ class Appliance:
                 thread.join(0.5)
         for socks in self._sockets:
             socks.close()
-        if self._health is not None:
-            self._health.stop()
         log.info("handed over: %s", self._summary_line())
 
     def set_modifier(self, modifier: Modifier | str) -> bool:
@@ -866,8 +905,11 @@ class Appliance:
         upgrades: list[int] = []
         handed_over = False
 
+        stopping = threading.Event()  # a stop signal: an upgrade under way is called off
+
         def on_signal(signum: int, frame: object) -> None:
             signals.append(signum)
+            stopping.set()
             if not stop.is_set():
                 log.info("%s received, stopping", signal.Signals(signum).name)
             stop.set()
@@ -900,9 +942,11 @@ class Appliance:
                     notify("STATUS=upgrading: starting a new copy")
                     if self.upgrade_command is None:
                         log.error("upgrade: no command to start the new copy with")
-                    elif self.upgrade():
+                    elif self.upgrade(cancel=stopping):
                         handed_over = True
                         return
+                    if signals:  # a stop came during the upgrade, which was called off
+                        break
                     notify("STATUS=upgrade failed, serving on")
                 while reloads:
                     reloads.pop()
@@ -955,7 +999,7 @@ class Appliance:
                 t.is_alive() for t in self._threads if t.name == f"geneve-worker-{worker.index}"
             )
             snap["alive"] = alive and worker.failed is None
-            snap["stale"] = now - worker.heartbeat > STALE_AFTER
+            snap["stale"] = now - worker.heartbeat > STALE_AFTER and not worker.taking_over
             yield snap
         with self._lock:
             snaps = dict(self._snapshots)
@@ -973,7 +1017,9 @@ class Appliance:
             )
             snap = dict(snap)
             snap["alive"] = proc.is_alive() and not snap.get("failed")
-            snap["stale"] = now - snap["received_at"] > STALE_AFTER
+            snap["stale"] = now - snap["received_at"] > STALE_AFTER and not snap.get(
+                "taking_over"
+            )
             yield snap
 
     def stats(self) -> dict[str, Any]:

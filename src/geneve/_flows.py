@@ -596,7 +596,26 @@ class FlowTable:
             if record["state"]:
                 states[record["key"]] = record["state"]
             record["state"] = None
-        return {"records": records, "states": states}
+        return {"records": records, "states": states, "tombstones": self.export_tombstones()}
+
+    def export_tombstones(self) -> list[tuple[bytes, float, int | None, int | None]]:
+        """The tombstones, oldest first: (key, when it expires, the cookies it had)."""
+        return [(key, expires, *cookies) for key, (expires, cookies) in self._tombstones.items()]
+
+    def restore_tombstones(
+        self, tombstones: list[tuple[bytes, float, int | None, int | None]], now: float
+    ) -> int:
+        """Keep the tombstones of :meth:`export_tombstones` not expired by ``now`` whose key
+        is not live here; how many."""
+        kept = 0
+        for key, expires, cookie_o, cookie_r in tombstones:
+            if expires <= now or key in self._flows or key in self._tombstones:
+                continue
+            self._tombstones[key] = (expires, (cookie_o, cookie_r))
+            kept += 1
+            if len(self._tombstones) > self.max_flows:
+                self._tombstones.popitem(last=False)
+        return kept
 
     def restore_flows(self, exported: dict[str, Any], now: float) -> int:
         """:meth:`restore` the flows of an :meth:`export_flows`, of either kind of table,
@@ -605,6 +624,7 @@ class FlowTable:
         if records is None:  # a C table's entries: read with the layout they came with
             records = decode_entries(exported["entries"], exported["layout"])
         taken = self.restore(records, now)
+        self.restore_tombstones(exported.get("tombstones", []), now)
         for key, state in exported.get("states", {}).items():
             flow = self.get(key)
             if flow is not None:
@@ -1067,7 +1087,49 @@ class CFlowTable(FlowTable):
             "entries": bytes(ffi.buffer(entries, copied * ffi.sizeof("struct geneve_flow"))),
             "layout": _LAYOUT,
             "states": states,
+            "tombstones": self.export_tombstones(),
         }
+
+    def export_tombstones(self) -> list[tuple[bytes, float, int | None, int | None]]:
+        assert _c is not None
+        ffi, lib = _c.ffi, _c.lib
+        count = self.tombstones
+        entries = ffi.new("struct geneve_flow[]", max(1, count))
+        copied = lib.geneve_flow_export_tombstones(self._t, entries, count)
+        found = []
+        for i in range(copied):
+            e = entries[i]
+            found.append((
+                bytes(ffi.buffer(e.key, e.key_len)),
+                float(e.expires),
+                int(e.cookie[0]) if e.flags & 1 else None,
+                int(e.cookie[1]) if e.flags & 2 else None,
+            ))  # fmt: skip
+        return found
+
+    def restore_tombstones(
+        self, tombstones: list[tuple[bytes, float, int | None, int | None]], now: float
+    ) -> int:
+        assert _c is not None
+        ffi, lib = _c.ffi, _c.lib
+        entry = ffi.new("struct geneve_flow *")
+        kept = 0
+        for key, expires, cookie_o, cookie_r in tombstones:
+            if len(key) not in (21, 45):
+                continue
+            ffi.memmove(entry, bytes(ffi.sizeof("struct geneve_flow")), ffi.sizeof(entry[0]))
+            ffi.memmove(entry.key, key, len(key))
+            entry.key[47] = entry.key_len = len(key)
+            entry.expires = expires
+            flags = 0
+            if cookie_o is not None:
+                entry.cookie[0], flags = cookie_o, flags | 1
+            if cookie_r is not None:
+                entry.cookie[1], flags = cookie_r, flags | 2
+            entry.flags = flags
+            if lib.geneve_flow_restore_tombstone(self._t, entry, now) >= 0:
+                kept += 1
+        return kept
 
     def restore_flows(self, exported: dict[str, Any], now: float) -> int:
         if exported.get("layout") != _LAYOUT:  # records, or another build's entries
@@ -1082,6 +1144,7 @@ class CFlowTable(FlowTable):
         else:
             taken = 0
         self._stats_of().flows_active += max(0, taken)
+        self.restore_tombstones(exported.get("tombstones", []), now)
         for key, state in exported.get("states", {}).items():
             flow = self.get(key)
             if flow is not None:

@@ -341,6 +341,22 @@ static void count(struct geneve_flow_table *t, uint32_t ref, int original, int f
         tcp_update(t, ref, flags, original, now);
 }
 
+/* A zeroed entry holding key (48 bytes, key_len of them used), or 0 when none is free; when
+ * every spare entry holds a tombstone, the oldest tombstone goes. */
+static uint32_t alloc_keyed(struct geneve_flow_table *t, const uint8_t *key, int key_len)
+{
+    uint32_t ref = alloc_entry(t);
+    if (!ref && t->tomb_head) {
+        drop_tombstone(t, t->tomb_head);
+        ref = alloc_entry(t);
+    }
+    if (ref) {
+        memcpy(E(t, ref)->key, key, 48);
+        E(t, ref)->key_len = (uint8_t)key_len;
+    }
+    return ref;
+}
+
 /* Make a flow for key (its first packet's source is the low end when low): 0 when the table
  * is full and nothing may be evicted. */
 static uint32_t create(struct geneve_flow_table *t, const uint8_t *key, int key_len, int low,
@@ -353,16 +369,10 @@ static uint32_t create(struct geneve_flow_table *t, const uint8_t *key, int key_
             return 0;
         end_flow(t, t->unreplied_head, GENEVE_FLOW_EVICTED);
     }
-    ref = alloc_entry(t);
-    if (!ref && t->tomb_head) { /* every spare entry holds a tombstone: the oldest goes */
-        drop_tombstone(t, t->tomb_head);
-        ref = alloc_entry(t);
-    }
+    ref = alloc_keyed(t, key, key_len);
     if (!ref)
         return 0;
     f = E(t, ref);
-    memcpy(f->key, key, 48);
-    f->key_len = (uint8_t)key_len;
     f->orig_low = (uint8_t)(low != 0);
     f->first_seen = f->last_seen = now;
     f->end_at = -1;
@@ -680,20 +690,26 @@ static int valid_time(double when)
     return when > -TIME_LIMIT && when < TIME_LIMIT;
 }
 
+/* A record's key as a table makes them: 21 or 45 bytes, zeros after, its length last. */
+static int valid_key(const struct geneve_flow *src)
+{
+    int i;
+    if ((src->key_len != 21 && src->key_len != 45) || src->key[47] != src->key_len)
+        return 0;
+    for (i = src->key_len; i < 47; i++)
+        if (src->key[i])
+            return 0;
+    return 1;
+}
+
 int32_t geneve_flow_restore(struct geneve_flow_table *t, const struct geneve_flow *src,
                             double now)
 {
     uint32_t ref;
-    int i;
     struct geneve_flow *f;
     uint8_t keep = GENEVE_FLOW_COOKIE_O | GENEVE_FLOW_COOKIE_R | GENEVE_FLOW_REPLIED;
-    if (!t || !src || !valid_time(now))
+    if (!t || !src || !valid_time(now) || !valid_key(src))
         return GENEVE_FLOW_BAD_ARGUMENT;
-    if ((src->key_len != 21 && src->key_len != 45) || src->key[47] != src->key_len)
-        return GENEVE_FLOW_BAD_ARGUMENT;
-    for (i = src->key_len; i < 47; i++)
-        if (src->key[i])
-            return GENEVE_FLOW_BAD_ARGUMENT;
     if (!valid_time(src->first_seen) || !valid_time(src->last_seen) ||
         src->first_seen > src->last_seen || !(src->end_at == -1 || valid_time(src->end_at)))
         return GENEVE_FLOW_BAD_ARGUMENT;
@@ -708,16 +724,10 @@ int32_t geneve_flow_restore(struct geneve_flow_table *t, const struct geneve_flo
     ref = find(t, src->key, GENEVE_FLOW_TOMB);
     if (ref)
         drop_tombstone(t, ref);
-    ref = alloc_entry(t);
-    if (!ref && t->tomb_head) {
-        drop_tombstone(t, t->tomb_head);
-        ref = alloc_entry(t);
-    }
+    ref = alloc_keyed(t, src->key, src->key_len);
     if (!ref)
         return GENEVE_FLOW_DROP_FULL;
     f = E(t, ref);
-    memcpy(f->key, src->key, 48);
-    f->key_len = src->key_len;
     f->orig_low = (uint8_t)(src->orig_low != 0);
     f->first_seen = src->first_seen;
     f->last_seen = src->last_seen;
@@ -762,14 +772,60 @@ int64_t geneve_flow_restore_many(struct geneve_flow_table *t, const struct genev
 int64_t geneve_flow_export(struct geneve_flow_table *t, struct geneve_flow *out,
                            int64_t capacity)
 {
-    uint32_t i;
+    uint32_t i, ref;
     int64_t n = 0;
     if (!t || !out || capacity < 0)
         return GENEVE_FLOW_BAD_ARGUMENT;
+    /* The flows never replied to first, oldest first: restored in this order, they are the
+     * early-drop candidates in the same order there. */
+    for (ref = t->unreplied_head; ref && n < capacity; ref = E(t, ref)->unext)
+        memcpy(&out[n++], E(t, ref), sizeof(struct geneve_flow));
     for (i = 0; i < t->used && n < capacity; i++)
-        if (t->e[i].flags & GENEVE_FLOW_LIVE)
+        if ((t->e[i].flags & (GENEVE_FLOW_LIVE | GENEVE_FLOW_REPLIED)) ==
+            (GENEVE_FLOW_LIVE | GENEVE_FLOW_REPLIED))
             memcpy(&out[n++], &t->e[i], sizeof(struct geneve_flow));
     return n;
+}
+
+int64_t geneve_flow_export_tombstones(struct geneve_flow_table *t, struct geneve_flow *out,
+                                      int64_t capacity)
+{
+    uint32_t ref;
+    int64_t n = 0;
+    if (!t || !out || capacity < 0)
+        return GENEVE_FLOW_BAD_ARGUMENT;
+    for (ref = t->tomb_head; ref && n < capacity; ref = E(t, ref)->unext)
+        memcpy(&out[n++], E(t, ref), sizeof(struct geneve_flow));
+    return n;
+}
+
+int32_t geneve_flow_restore_tombstone(struct geneve_flow_table *t, const struct geneve_flow *src,
+                                      double now)
+{
+    uint32_t ref;
+    struct geneve_flow *f;
+    if (!t || !src || !valid_time(now) || !valid_key(src) || !valid_time(src->expires))
+        return GENEVE_FLOW_BAD_ARGUMENT;
+    if (src->expires <= now)
+        return GENEVE_FLOW_DROP_TOMBSTONE; /* over already: nothing to keep */
+    if (find(t, src->key, GENEVE_FLOW_LIVE | GENEVE_FLOW_TOMB))
+        return GENEVE_FLOW_EXISTS;
+    ref = alloc_keyed(t, src->key, src->key_len);
+    if (!ref)
+        return GENEVE_FLOW_DROP_FULL;
+    f = E(t, ref);
+    f->cookie[0] = src->cookie[0];
+    f->cookie[1] = src->cookie[1];
+    f->expires = src->expires;
+    f->end_at = -1;
+    f->flags = (uint8_t)(GENEVE_FLOW_TOMB |
+                         (src->flags & (GENEVE_FLOW_COOKIE_O | GENEVE_FLOW_COOKIE_R)));
+    hash_add(t, ref);
+    u_append(t, &t->tomb_head, &t->tomb_tail, ref);
+    t->tombs++;
+    if (t->tombs > t->max_flows)
+        drop_tombstone(t, t->tomb_head);
+    return (int32_t)(ref - 1);
 }
 
 int32_t geneve_flow_lookup(struct geneve_flow_table *t, const uint8_t *key, size_t key_len)

@@ -85,10 +85,18 @@ int32_t geneve_flow_restore(struct geneve_flow_table *t, const struct geneve_flo
 /* geneve_flow_restore for each of n records in a row: how many were taken. */
 int64_t geneve_flow_restore_many(struct geneve_flow_table *t, const struct geneve_flow *src,
                                  int64_t n, double now);
-/* Copy every live flow's entry, in index order, into out (room for capacity entries): how
- * many were copied (at most capacity). */
+/* Copy every live flow's entry into out (room for capacity entries), those never replied to
+ * first, oldest first: how many were copied (at most capacity). */
 int64_t geneve_flow_export(struct geneve_flow_table *t, struct geneve_flow *out,
                            int64_t capacity);
+/* The same for the tombstones, oldest first (key, cookies, expires are what they keep). */
+int64_t geneve_flow_export_tombstones(struct geneve_flow_table *t, struct geneve_flow *out,
+                                      int64_t capacity);
+/* Keep a tombstone handed over (its key, cookies and expires): its index;
+ * GENEVE_FLOW_DROP_TOMBSTONE when it expired by now, GENEVE_FLOW_EXISTS, GENEVE_FLOW_DROP_FULL
+ * or GENEVE_FLOW_BAD_ARGUMENT. */
+int32_t geneve_flow_restore_tombstone(struct geneve_flow_table *t, const struct geneve_flow *src,
+                                      double now);
 int32_t geneve_flow_lookup(struct geneve_flow_table *t, const uint8_t *key, size_t key_len);
 int32_t geneve_flow_next(struct geneve_flow_table *t, int32_t from);
 struct geneve_flow *geneve_flow_entry(struct geneve_flow_table *t, int32_t index);

@@ -9,7 +9,8 @@ daemon, started by it: nothing else can write to the channel.
 
 The exchange (docs/appliance.md, "Upgrade"):
 
-1. old -> new: ``sockets`` (the configuration they were opened with, and the descriptors);
+1. old -> new: ``sockets`` (the configuration they were opened with), then the descriptors
+   (``fds`` messages of at most 250: the kernel's limit per message);
 2. new -> old: ``ready`` (code and rules loaded, the same configuration) or ``refused``;
 3. old: every worker finishes its batch, stops reading and hands its flows over;
    old -> new: ``flows`` (one hand-over per worker);
@@ -21,6 +22,7 @@ A failure before 3 leaves the old process as it was; after 3, its workers resume
 
 from __future__ import annotations
 
+import os
 import pickle
 import socket
 import struct
@@ -30,8 +32,9 @@ __all__ = ["HANDOVER_ENV", "Channel", "HandoverError"]
 
 #: The environment variable that names the new copy's end of the channel.
 HANDOVER_ENV = "GENEVE_HANDOVER_FD"
-#: The most descriptors one message carries: three sockets a worker, the health listener.
-MAX_FDS = 3 * 256 + 1
+#: Descriptors per message: Linux takes at most 253 (SCM_MAX_FD) in one.
+FDS_PER_MESSAGE = 250
+MAX_FDS = FDS_PER_MESSAGE
 _LENGTH = struct.Struct("!Q")
 
 
@@ -61,6 +64,23 @@ class Channel:
                 self.sock.sendall(header + data)
         except OSError as err:
             raise HandoverError(f"cannot send to the other process: {err}") from None
+
+    def send_fds(self, fds: list[int]) -> None:
+        """Descriptors, as many messages as the kernel's limit per message needs."""
+        for at in range(0, len(fds), FDS_PER_MESSAGE):
+            self.send({"type": "fds"}, fds[at : at + FDS_PER_MESSAGE])
+
+    def receive_fds(self, count: int) -> list[int]:
+        """``count`` descriptors sent with :meth:`send_fds`."""
+        fds: list[int] = []
+        while len(fds) < count:
+            message, got = self.receive()
+            fds += got
+            if message["type"] != "fds" or not got:
+                for fd in fds:
+                    os.close(fd)
+                raise HandoverError("the other process sent fewer descriptors than it said")
+        return fds
 
     def receive(self, timeout: float | None = None) -> tuple[dict[str, Any], list[int]]:
         """The next message and the descriptors that came with it (to close when unused)."""

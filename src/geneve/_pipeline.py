@@ -642,6 +642,7 @@ class Pipeline:
         ]
         return {
             "flows": pickle.dumps(exported, pickle.HIGHEST_PROTOCOL),
+            "count": len(table) if table is not None else 0,
             "states": packed_states,
             "held": held,
             "states_lost": lost,
@@ -665,7 +666,9 @@ class Pipeline:
                     self._streams.used += start.held()
         for key, when, size, direction, frames in handed["held"]:
             flow = table.get(key)
-            if flow is None:
+            if flow is None:  # no room for its flow here: its frames are dropped, counted
+                for _ in frames:
+                    self.stats.drop("hold")
                 continue
             self._held[flow] = [when, size, direction, *frames]
             flow._set_holding(True)

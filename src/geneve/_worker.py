@@ -39,7 +39,6 @@ __all__ = [
     "BATCH",
     "ERROR_LOG_INTERVAL",
     "HEARTBEAT",
-    "PAUSE",
     "RESUME",
     "RETIRE",
     "Worker",
@@ -58,9 +57,8 @@ TICK = 1.0
 BATCH = 64
 #: What Worker.swap holds when a forked worker must read its rules again.
 RELOAD = "reload"
-#: What Worker.swap holds when the worker must stop reading and hand its flows over (an
-#: upgrade: docs/appliance.md); it then waits for RESUME or RETIRE.
-PAUSE = "pause"
+#: What a worker paused for an upgrade (Worker.pause; docs/appliance.md) waits for: go on,
+#: or retire (the new process took over).
 RESUME = "resume"
 RETIRE = "retire"
 #: Modifier errors logged at most this often per worker (the rest are counted).
@@ -104,6 +102,7 @@ class Worker:
         # worker retired (its flows live on in another process), and what a worker of the
         # new process takes over before its first batch.
         self.handed: dict[str, Any] | None = None
+        self.pause = False  # set to make the worker pause between two batches
         self.on_paused: Callable[[Worker], None] | None = None
         self.decision: Callable[[float], str | None] = self._thread_decision
         self._decided: str | None = None
@@ -111,6 +110,10 @@ class Worker:
         self.retired = False
         self.inherit: dict[str, Any] | None = None
         self.taken_over = 0
+        # While it takes the flows over it is not stale (nothing to read yet); then "taken".
+        self.taking_over = False
+        self.taken = threading.Event()
+        self.on_taken: Callable[[Worker], None] | None = None
         self.reloads = 0
         self.reload_failures = 0
         self.batch = batch
@@ -149,7 +152,13 @@ class Worker:
         return time.monotonic() + self.epoch
 
     def run(self) -> None:
-        self.epoch = time.time() - time.monotonic()
+        inherit = self.inherit
+        # The old process's clock, when taking over: flow times go on from where they were.
+        self.epoch = (
+            float(inherit["epoch"])
+            if inherit is not None and "epoch" in inherit
+            else time.time() - time.monotonic()
+        )
         try:
             interest = self.pipeline.interest if self.fast_path else None
             max_inner = self.pipeline.max_inner_length
@@ -159,9 +168,18 @@ class Worker:
             # The receiver knows whether a kernel UDP socket checked the outer UDP checksum
             # (raw receive: none did, so a bad one stops in the pipeline).
             self.pipeline.verify_outer_udp = receiver.verify_outer_udp
-            if self.inherit is not None:  # an upgrade: the old process's flows, as they were
-                self.taken_over = self.pipeline.take_over(self.inherit, self.clock())
-                self.inherit = None
+            if inherit is not None:  # an upgrade: the old process's flows, as they were
+                self.taking_over = True
+                self._publish()
+                try:
+                    self.taken_over = self.pipeline.take_over(inherit, self.clock())
+                finally:
+                    self.inherit = None
+                    self.taking_over = False
+                self._publish()
+                if self.on_taken is not None:
+                    self.on_taken(self)
+            self.taken.set()
             self.pipeline.start()  # the modifier's on_start(), in the thread or process it runs in
             try:
                 self._loop(receiver, sender, fast)
@@ -193,11 +211,11 @@ class Worker:
         last_logged, logged = 0.0, 0
         stop = self.stop
         while not stop.is_set():
+            if self.pause:  # an upgrade: hand the flows over, then retire or go on
+                if self._pause(receiver, fast):
+                    return  # retired: another process reads the sockets now
+                continue
             if self.swap is not None:  # between two batches: the reloaded rules take over
-                if self.swap == PAUSE:
-                    if self._pause(receiver, fast):
-                        return  # retired: another process reads the sockets now
-                    continue
                 self._reload(fast)
             got = receive()
             if got:
@@ -260,8 +278,12 @@ class Worker:
         """Stop reading, hand the pipeline's flows over (:attr:`handed`, :attr:`on_paused`),
         then wait for the decision: RETIRE (True: the new process reads the sockets from now
         on) or RESUME (False: go on as if nothing happened). A stop meanwhile is a stop."""
-        self.swap = None
-        self.handed = self.pipeline.hand_over()
+        self.pause = False
+        while self.decision(0) is not None:
+            pass  # a decision left from an upgrade before this one: not this one's
+        handed = self.pipeline.hand_over()
+        handed["epoch"] = self.epoch
+        self.handed = handed
         if self.on_paused is not None:
             self.on_paused(self)
         while not self.stop.is_set():
@@ -393,6 +415,7 @@ class Worker:
             "rule_counters": rule_counters(),
             "reload_failures": self.reload_failures,
             "taken_over": self.taken_over,
+            "taking_over": self.taking_over,
             "failed": self.failed,
             "final": final,
             "time": time.time(),
@@ -414,7 +437,7 @@ def process_main(worker: Worker, conn: multiprocessing.connection.Connection) ->
     signal.signal(signal.SIGHUP, on_reload)
 
     def on_pause(signum: int, frame: object) -> None:
-        worker.swap = PAUSE  # an upgrade: hand the flows over between two batches
+        worker.pause = True  # an upgrade: hand the flows over between two batches
 
     signal.signal(signal.SIGUSR1, on_pause)
     # SIGUSR2 is the daemon's (an upgrade); a worker that gets it too (systemctl kill to the
@@ -442,5 +465,10 @@ def process_main(worker: Worker, conn: multiprocessing.connection.Connection) ->
                 conn.close()
                 return
         worker.inherit = conn.recv()
+
+        def taken(w: Worker) -> None:
+            conn.send({"index": w.index, "taken": w.taken_over})
+
+        worker.on_taken = taken
     worker.run()
     conn.close()
