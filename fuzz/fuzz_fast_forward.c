@@ -231,6 +231,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!flows && !(flows = geneve_flow_table_new(3, 30, 12)))
             abort();
         table = flows;
+        /* Sequence adjustment: SYNs to Python, and the live flows marked adjusted (as Python
+         * marks them through its views), by bits 3 and 4 of the slack byte. */
+        if (geneve_flow_set_syn_to_python(table, data[7] & 8) != 0)
+            abort();
+        if (data[7] & 16) {
+            int32_t k;
+            for (k = geneve_flow_next(table, 0); k >= 0; k = geneve_flow_next(table, k + 1))
+                geneve_flow_entry(table, k)->seq_adjusted = 1;
+        }
     }
     {
         /* Every slot is as big as the largest frame plus the slack: a length past it is a lie. */

@@ -46,7 +46,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!t)
         abort();
     while (pos < size) {
-        int op = data[pos++] % 6;
+        int op = data[pos++] % 7;
         if (op == 0) {
             uint8_t *packet;
             size_t n;
@@ -112,6 +112,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
             if (live != geneve_flow_count(t, GENEVE_FLOW_COUNT_LIVE))
                 abort();
+        } else if (op == 6) {
+            /* Sequence adjustment: SYNs to Python or not; a live flow marked adjusted, as
+             * Python marks it through its view (it then leaves a tombstone when idle). */
+            int32_t i;
+            if (pos >= size)
+                break;
+            if (geneve_flow_set_syn_to_python(t, data[pos] & 1) != 0 ||
+                geneve_flow_set_syn_to_python(NULL, 1) != GENEVE_FLOW_BAD_ARGUMENT)
+                abort();
+            i = geneve_flow_next(t, data[pos++] >> 1);
+            if (i >= 0)
+                geneve_flow_entry(t, i)->seq_adjusted = 1;
         } else {
             if (pos >= size)
                 break;

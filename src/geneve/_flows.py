@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from . import checksum as _checksum
 from ._headers import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
 from ._packet import Packet, ReceiveBuffer
+from ._seq import record_edits
 
 if TYPE_CHECKING:
     from ._pipeline import Stats, Verdict
@@ -98,11 +99,17 @@ class PipelinePacket(Packet):
     pipeline tracks no flows); :attr:`timestamp` the caller's time for this frame.
     """
 
-    __slots__ = ("flow", "streams", "timestamp")
+    __slots__ = ("flow", "max_growth", "streams", "timestamp")
 
     flow: Flow | None
     timestamp: float
     streams: Any  # the pipeline's StreamBudget (geneve.stream_start)
+    max_growth: int  # the modifier's declared growth of a TCP segment (0: none declared)
+
+    def _tcp_length_change(self, edits: list[tuple[int, int, bytes]]) -> int:
+        # With a flow, the rewrite is recorded and applied as the packet leaves the pipeline,
+        # sequence numbers adjusted (geneve._seq); without one, the codec's refusal.
+        return record_edits(self, edits)
 
 
 class Flow:
@@ -131,6 +138,7 @@ class Flow:
         "_packets_r",
         "_reason",
         "_replied",
+        "_seq",
         "_state",
         "_timeout",
         "direction",
@@ -165,6 +173,7 @@ class Flow:
         self._timeout = timeout
         self._replied = False
         self._gone = False
+        self._seq: Any = None  # sequence adjustment, per direction (geneve._seq)
 
     @property
     def packets(self) -> tuple[int, int]:
@@ -250,6 +259,11 @@ class Flow:
     def _set_holding(self, holding: bool) -> None:
         """Whether the pipeline holds frames of this flow (a C table then decides none of its
         packets in the fast path); nothing to do for a Python flow."""
+
+    def _set_seq_adjusted(self) -> None:
+        """The flow's TCP segments have their sequence numbers adjusted (geneve._seq): a C
+        table then hands every packet of it to Python, and keeps a tombstone when it ends
+        idle; nothing to do for a Python flow."""
 
     def __repr__(self) -> str:
         (src, sport), (dst, dport) = self._ends()
@@ -501,8 +515,11 @@ class FlowTable:
         ended = stats.flows_ended
         ended[reason] = ended.get(reason, 0) + 1
         verdict = flow.verdict
-        # A verdict that discards (DROP) leaves a tombstone when GWLB may still send stragglers.
-        if reason == "idle" and verdict is not None and verdict.name != "FORWARD":
+        # A verdict that discards (DROP) leaves a tombstone when GWLB may still send stragglers;
+        # so does a flow whose sequence numbers were adjusted (its next packets are reset).
+        if reason == "idle" and (
+            (verdict is not None and verdict.name != "FORWARD") or flow._seq is not None
+        ):
             tombstones = self._tombstones
             tombstones[key] = (flow.deadline + TOMBSTONE_SECONDS, flow.cookies)
             if len(tombstones) > self.max_flows:
@@ -607,6 +624,7 @@ class CFlow(Flow):
         # a view of a copy: a flow that ended).
         self._table = table
         self._state = None
+        self._seq = None
         self.direction = "original"
         # Only Python sets a verdict (C reads it): kept here too, so reading it is cheap.
         self._verdict = _verdict_table()[entry.verdict]
@@ -648,6 +666,9 @@ class CFlow(Flow):
     def _set_holding(self, holding: bool) -> None:
         e = self._e
         e.flags = (e.flags | _HOLDING) if holding else (e.flags & ~_HOLDING & 0xFF)
+
+    def _set_seq_adjusted(self) -> None:
+        self._e.seq_adjusted = 1
 
     @property
     def packets(self) -> tuple[int, int]:
@@ -791,6 +812,11 @@ class CFlowTable(FlowTable):
             view = self._view(result >> 5)
         view.direction = "original" if result & 4 else "reply"
         return view
+
+    def set_syn_to_python(self, on: bool) -> None:
+        """Whether the fast path hands every TCP SYN to Python (to clamp its MSS: geneve._seq)."""
+        assert _c is not None
+        _c.lib.geneve_flow_set_syn_to_python(self._t, 1 if on else 0)
 
     def count_created(self, count: int) -> None:
         """``count`` flows the fast path made."""

@@ -52,6 +52,7 @@ struct geneve_flow_table {
     uint32_t live, tombs, pending, max_flows;
     uint32_t end_cursor; /* where the next geneve_flow_end_all call goes on (0: the start) */
     double tcp_timeout, other_timeout;
+    int syn_to_python; /* sequence adjustment: every TCP SYN goes to Python (its MSS) */
 };
 
 #define E(t, ref) (&(t)->e[(ref) - 1])
@@ -266,9 +267,11 @@ static void end_flow(struct geneve_flow_table *t, uint32_t ref, int reason)
     f->reason = (uint8_t)reason;
     t->live--;
     /* A flow a verdict was discarding leaves a tombstone when it ends idle: GWLB may still send
-     * stragglers of it, which must not come back as a new flow seen mid-stream. */
-    if (reason == GENEVE_FLOW_IDLE && f->verdict != GENEVE_FLOW_UNDECIDED &&
-        f->verdict != GENEVE_FLOW_FORWARD) {
+     * stragglers of it, which must not come back as a new flow seen mid-stream. So does a flow
+     * whose sequence numbers were adjusted: Python resets its next packets. */
+    if (reason == GENEVE_FLOW_IDLE && ((f->verdict != GENEVE_FLOW_UNDECIDED &&
+                                        f->verdict != GENEVE_FLOW_FORWARD) ||
+                                       f->seq_adjusted)) {
         f->flags |= GENEVE_FLOW_TOMB;
         f->expires = deadline(t, f) + GENEVE_FLOW_TOMBSTONE;
         u_append(t, &t->tomb_head, &t->tomb_tail, ref);
@@ -532,6 +535,24 @@ int32_t geneve_flow_track(struct geneve_flow_table *t, const void *frame, size_t
                      (uint32_t)(cookie < 0 ? 0 : cookie), (uint32_t)(ip_end - ip_off), now);
 }
 
+/* -- sequence adjustment (geneve/_seq.py) -------------------------------------------------- */
+
+int geneve_flow_set_syn_to_python(struct geneve_flow_table *t, int on)
+{
+    if (!t)
+        return GENEVE_FLOW_BAD_ARGUMENT;
+    t->syn_to_python = on != 0;
+    return 0;
+}
+
+/* Whether Python must see a TCP packet (flags tcp_flags) of flow f (NULL: no live flow): its
+ * flow's sequence numbers are adjusted, or it is a SYN whose MSS Python may clamp. */
+static int seq_needs_python(const struct geneve_flow_table *t, const struct geneve_flow *f,
+                            int tcp_flags)
+{
+    return (f && f->seq_adjusted) || (t->syn_to_python && (tcp_flags & TCP_SYN));
+}
+
 /*
  * The fast path's share: count a packet whose flow the fast path may decide alone, and return
  * its verdict (GENEVE_FLOW_UNDECIDED: forward it, the modifier did not want it) with
@@ -555,13 +576,15 @@ int32_t geneve_flow_fast(struct geneve_flow_table *t, const uint8_t *key, int ke
         int seen = (f->flags & (original ? GENEVE_FLOW_COOKIE_O : GENEVE_FLOW_COOKIE_R)) != 0;
         if (f->end_at >= 0 || now >= deadline(t, f) || (syn && seen && f->cookie[d] != cookie) ||
             (f->flags & GENEVE_FLOW_HOLDING) ||
-            f->verdict == GENEVE_FLOW_REJECT || (f->verdict == GENEVE_FLOW_UNDECIDED && !create_flow))
+            f->verdict == GENEVE_FLOW_REJECT || (f->verdict == GENEVE_FLOW_UNDECIDED && !create_flow) ||
+            (tcp && seq_needs_python(t, f, tcp_flags)))
             return GENEVE_FLOW_SLOW;
         count(t, ref, original, tcp ? tcp_flags : 0, 1, cookie, length, now);
         return (int32_t)(f->verdict | (t->pending != pending) << 3);
     }
     if (!create_flow || find(t, key, GENEVE_FLOW_TOMB) ||
-        (t->live >= t->max_flows && !t->unreplied_head))
+        (t->live >= t->max_flows && !t->unreplied_head) ||
+        (tcp && seq_needs_python(t, NULL, tcp_flags)))
         return GENEVE_FLOW_SLOW;
     ref = create(t, key, key_len, low, tcp, syn, now);
     if (!ref)

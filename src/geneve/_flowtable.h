@@ -57,6 +57,9 @@ struct geneve_flow {
     uint8_t flags;
     uint8_t tcp;
     uint16_t slot; /* the wheel slot it is in */
+    /* Sequence adjustment (geneve/_seq.py): set by Python when a rewrite changed a TCP
+     * payload's length; C then hands every packet of the flow to Python. */
+    uint8_t seq_adjusted;
 };
 
 struct geneve_flow_table;
@@ -78,6 +81,9 @@ int32_t geneve_flow_lookup(struct geneve_flow_table *t, const uint8_t *key, size
 int32_t geneve_flow_next(struct geneve_flow_table *t, int32_t from);
 struct geneve_flow *geneve_flow_entry(struct geneve_flow_table *t, int32_t index);
 int64_t geneve_flow_count(struct geneve_flow_table *t, int what);
+/* Sequence adjustment: with on != 0, the fast path hands every TCP SYN to Python (whose
+ * modifier may rewrite lengths: it clamps their MSS). 0, or GENEVE_FLOW_BAD_ARGUMENT. */
+int geneve_flow_set_syn_to_python(struct geneve_flow_table *t, int on);
 #define GENEVE_FLOW_COUNT_LIVE 0
 #define GENEVE_FLOW_COUNT_TOMBSTONES 1
 #define GENEVE_FLOW_COUNT_PENDING 2
