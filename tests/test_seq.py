@@ -183,7 +183,7 @@ def test_sack_blocks_shift_back_and_lose_partial_regions(table: Any) -> None:
 @pytest.mark.parametrize("table", TABLES)
 def test_acknowledged_regions_are_pruned(table: Any) -> None:
     run = Run(table)
-    for i in range(3 * MAX_REGIONS):
+    for i in range(300):
         seq, _ack, _f, _o, payload = run.one(segment(b"http://", 1000 + 7 * i))
         assert (seq, payload) == (1000 + 8 * i, b"https://")
         # The client acknowledges each: the record stays short.

@@ -39,6 +39,7 @@ only two gigabytes away), relative to the sequence number of the first rewritten
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING
 
 from ._errors import UnsupportedError
@@ -50,9 +51,9 @@ __all__ = ["MAX_REGIONS", "SeqDirection", "adjust", "record_edits", "tcp_reset_f
 
 #: Regions (rewrites not yet acknowledged by the peer) a direction may hold; one more and the
 #: flow's rewrite state is lost (the pipeline resets the connection).
-MAX_REGIONS = 64
+MAX_REGIONS = 16384
 #: Bytes of replacements a direction may hold, for the same reason.
-MAX_REGION_BYTES = 64 * 1024
+MAX_REGION_BYTES = 1 << 20
 
 _MASK = 0xFFFFFFFF
 _HALF = 0x80000000
@@ -63,19 +64,52 @@ _OPT_EOL, _OPT_NOP, _OPT_SACK = 0, 1, 5
 
 
 class SeqDirection:
-    """The record of one direction: regions rewritten, the high mark, what was acknowledged."""
+    """The record of one direction: regions rewritten, the high mark, what was acknowledged.
 
-    __slots__ = ("anchor", "base", "high", "lost", "region_bytes", "regions", "shift")
+    The regions are kept in parallel lists, in order (they never overlap): where each starts and
+    ends in the sender's positions, its replacement, and the total shift after it (counted from
+    the first region ever, so that pruning is only moving :attr:`first` on), and where its
+    replacement starts and ends in the receiver's; a segment finds the regions it meets by
+    bisection.
+    """
+
+    __slots__ = (
+        "anchor",
+        "base",
+        "ends",
+        "first",
+        "high",
+        "lost",
+        "mends",
+        "mstarts",
+        "news",
+        "region_bytes",
+        "shifts",
+        "starts",
+    )  # fmt: skip
 
     def __init__(self, anchor: int) -> None:
         self.anchor = anchor  # the sequence number of position 0
         self.high = 0  # end of the data forwarded so far
         self.base = 0  # the peer acknowledged every position before this one
-        self.shift = 0  # the total change of the regions pruned (all before base)
-        # (start, old length, replacement), in order, disjoint, each after base.
-        self.regions: list[tuple[int, int, bytes]] = []
-        self.region_bytes = 0
+        self.first = 0  # the regions before this index are pruned
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.news: list[bytes] = []
+        self.shifts: list[int] = []  # the total shift after each region
+        self.mstarts: list[int] = []  # the replacement's start and end, as the receiver sees them
+        self.mends: list[int] = []
+        self.region_bytes = 0  # bytes of the replacements kept
         self.lost = False  # too many regions: the flow's rewrite state is lost
+
+    @property
+    def regions(self) -> list[tuple[int, int, bytes]]:
+        """The regions kept: (start, bytes replaced, replacement)."""
+        i = self.first
+        return [
+            (start, end - start, new)
+            for start, end, new in zip(self.starts[i:], self.ends[i:], self.news[i:], strict=True)
+        ]
 
     # -- positions ------------------------------------------------------------------------------
 
@@ -84,25 +118,15 @@ class SeqDirection:
         delta = (seq - self.anchor - self.high) & _MASK
         return self.high + (delta - (1 << 32) if delta >= _HALF else delta)
 
-    def shift_at(self, pos: int) -> int:
-        """How far position ``pos`` (not inside a region) has moved: the regions before it."""
-        shift = self.shift
-        for start, old, new in self.regions:
-            if start + old > pos:
-                break
-            shift += len(new) - old
-        return shift
+    def _shift_before(self, i: int) -> int:
+        return self.shifts[i - 1] if i > 0 else 0
 
     def mapped(self, pos: int) -> int:
         """The receiver's sequence number for position ``pos`` (a region's start inside one)."""
-        shift = self.shift
-        for start, old, new in self.regions:
-            if start + old > pos:
-                if start < pos:
-                    pos = start
-                break
-            shift += len(new) - old
-        return (self.anchor + pos + shift) & _MASK
+        i = bisect_right(self.ends, pos, self.first)
+        if i < len(self.starts) and self.starts[i] < pos:
+            pos = self.starts[i]
+        return (self.anchor + pos + self._shift_before(i)) & _MASK
 
     def unmapped(self, seq: int, right: bool) -> int:
         """The position of the receiver's sequence number ``seq`` (an acknowledgment, a SACK
@@ -112,18 +136,13 @@ class SeqDirection:
         high_mapped = self.high + self.shift_at_end()
         delta = (seq - self.anchor - high_mapped) & _MASK
         mpos = high_mapped + (delta - (1 << 32) if delta >= _HALF else delta)
-        shift = self.shift
-        for start, old, new in self.regions:
-            begins = start + shift
-            if mpos <= begins:
-                return mpos - shift
-            if mpos < begins + len(new):
-                return start if right else start + old
-            shift += len(new) - old
-        return mpos - shift
+        i = bisect_right(self.mends, mpos, self.first)
+        if i < len(self.starts) and self.mstarts[i] < mpos:
+            return self.starts[i] if right else self.ends[i]
+        return mpos - self._shift_before(i)
 
     def shift_at_end(self) -> int:
-        return self.shift + sum(len(new) - old for _start, old, new in self.regions)
+        return self.shifts[-1] if self.shifts else 0
 
     # -- the record -------------------------------------------------------------------------------
 
@@ -131,44 +150,60 @@ class SeqDirection:
         """Record a rewrite of ``old`` bytes at ``start`` by ``new``; False when it may not be
         (before the high mark or the last region's end: left alone). Sets :attr:`lost` past
         the bounds."""
-        regions = self.regions
-        if regions:
-            last_start, last_old, last_new = regions[-1]
-            if (start, old, new) == (last_start, last_old, last_new):
-                return True  # the same rewrite again (its segment came twice)
-            for region in regions:
-                if region == (start, old, new):
-                    return True
-            if start < last_start + last_old:
+        starts = self.starts
+        if len(starts) > self.first:
+            i = bisect_left(starts, start, self.first)
+            if i < len(starts) and starts[i] == start:
+                # The same rewrite again (its segment came twice, or the modifier rewrites a
+                # retransmission): the record's stands.
+                return self.ends[i] - start == old and self.news[i] == new
+            if start < self.ends[-1]:
                 return False
         if start < self.high or start < self.base:
             return False
-        if len(regions) >= MAX_REGIONS or self.region_bytes + len(new) > MAX_REGION_BYTES:
+        if (
+            len(starts) - self.first >= MAX_REGIONS
+            or self.region_bytes + len(new) > MAX_REGION_BYTES
+        ):
             self.lost = True
             return False
-        regions.append((start, old, bytes(new)))
+        shift = self.shift_at_end()
+        mstart = start + shift
+        starts.append(start)
+        self.ends.append(start + old)
+        self.news.append(new)
+        self.shifts.append(shift + len(new) - old)
+        self.mstarts.append(mstart)
+        self.mends.append(mstart + len(new))
         self.region_bytes += len(new)
         return True
 
     def acknowledged(self, pos: int) -> None:
-        """The peer acknowledged every position before ``pos``: fold the regions before it."""
+        """The peer acknowledged every position before ``pos``: prune the regions before it."""
         if pos <= self.base:
             return
-        regions = self.regions
-        folded = 0
-        for start, old, new in regions:
-            if start + old > pos:
-                break
-            self.shift += len(new) - old
-            self.region_bytes -= len(new)
-            folded += 1
-        if folded:
-            del regions[:folded]
+        first = self.first
+        i = bisect_right(self.ends, pos, first)
+        if i > first:
+            self.region_bytes -= sum(len(new) for new in self.news[first:i])
+            self.first = first = i
+            if first > 64 and first * 2 > len(self.starts):  # drop the pruned ones for good
+                shift = self.shifts[first - 1]
+                for name in ("starts", "ends", "news", "shifts", "mstarts", "mends"):
+                    del getattr(self, name)[: first - 1]
+                self.first = 1
+                self.shifts[0] = shift
         # base never passes into a region that is still kept.
-        if regions and regions[0][0] < pos:
-            pos = regions[0][0]
+        if self.first < len(self.starts) and self.starts[self.first] < pos:
+            pos = self.starts[self.first]
         if pos > self.base:
             self.base = pos
+
+    def overlapping(self, low: int, high: int) -> range:
+        """The indexes of the regions that meet positions [low, high)."""
+        i = bisect_right(self.ends, low, self.first)
+        j = bisect_left(self.starts, high, i)
+        return range(i, j)
 
 
 def _state(flow: object) -> list[SeqDirection | None]:
@@ -263,12 +298,9 @@ def _forward(packet: PipelinePacket, record: SeqDirection, flags: int) -> None:
     if first < record.base and last > first:  # acknowledged bytes go
         at = kept_from = min(record.base, last)
         changed = True
-    for rstart, old, new in record.regions:
-        rend = rstart + old
-        if rend <= at:
-            continue
-        if rstart >= last:
-            break
+    starts, ends, news = record.starts, record.ends, record.news
+    for i in record.overlapping(at, last):
+        rstart, rend, new = starts[i], ends[i], news[i]
         changed = True
         if rstart >= at and rend <= last:  # covered whole: the replacement
             pieces.append(buf[start + at - first : start + rstart - first])
