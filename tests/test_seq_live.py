@@ -29,7 +29,10 @@ pytestmark = [
 
 PORT = 9000
 #: The modifier the daemon runs: links rewritten both ways on PORT, the MSS clamped by the
-#: most one segment grows (a line of text() is 44 bytes: at most 33 links a segment).
+#: most one segment grows (a line of text() is 44 bytes: at most 33 links a segment). A
+#: link that straddles two segments is left alone (docs/codec.md): the lines tile a full
+#: segment (the MSS clamped from 1460 to 1420, less 12 bytes of timestamps: 1408 = 32 lines),
+#: so that every link can be rewritten and the transfer checked byte for byte.
 RULES = f"""
 from geneve import declare_interest
 
