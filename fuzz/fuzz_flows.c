@@ -121,9 +121,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (geneve_flow_set_syn_to_python(t, data[pos] & 1) != 0 ||
                 geneve_flow_set_syn_to_python(NULL, 1) != GENEVE_FLOW_BAD_ARGUMENT)
                 abort();
-            i = geneve_flow_next(t, data[pos++] >> 1);
-            if (i >= 0)
-                geneve_flow_entry(t, i)->seq_adjusted = 1;
+            i = geneve_flow_next(t, data[pos] >> 1);
+            if (i >= 0) {
+                /* And a segment through its adjustment: whatever the bytes, only the header's
+                 * sequence, acknowledgment and checksum fields may change. */
+                struct geneve_flow *f = geneve_flow_entry(t, i);
+                uint8_t *tcp;
+                size_t n = size - pos - 1;
+                f->seq_adjusted = (uint8_t)(data[pos] | GENEVE_SEQ_ADJUSTED);
+                f->seq[0].shift = (int8_t)data[pos];
+                f->seq[1].after = data[pos];
+                tcp = malloc(n ? n : 1);
+                if (!tcp)
+                    abort();
+                memcpy(tcp, data + pos + 1, n);
+                if (geneve_seq_fast(f, data[pos] & 1, tcp, (uint32_t)n) == 0 &&
+                    (n < 20 || memcmp(tcp, data + pos + 1, 4) ||
+                     memcmp(tcp + 12, data + pos + 13, 4) ||
+                     memcmp(tcp + 18, data + pos + 19, n - 18)))
+                    abort();
+                if (geneve_seq_fast(NULL, 1, tcp, (uint32_t)n) != GENEVE_FLOW_BAD_ARGUMENT ||
+                    geneve_seq_fast(f, 1, NULL, 20) != GENEVE_FLOW_BAD_ARGUMENT)
+                    abort();
+                free(tcp);
+            }
+            pos++;
         } else {
             if (pos >= size)
                 break;

@@ -44,7 +44,7 @@ links = declare_interest(_links, tcp_ports=[{PORT}], payload_contains=[b"http://
 
 
 def text(size: int = 100_000, tag: str = "down") -> bytes:
-    """``size`` bytes of lines with a link each."""
+    """``size`` bytes of lines with a link each (44 bytes a line for a 4-letter tag)."""
     lines = bytearray()
     n = 0
     while len(lines) < size:
@@ -114,7 +114,7 @@ def rig(tmp_path: Path) -> Iterator[Any]:
         emu.__enter__()
         (tmp_path / "linkrules.py").write_text(RULES)
         (tmp_path / "down.txt").write_bytes(text())
-        (tmp_path / "up.txt").write_bytes(text(tag="up"))
+        (tmp_path / "up.txt").write_bytes(text(tag="upld"))
         log = (tmp_path / "daemon.log").open("wb")
         argv = ["env", f"PYTHONPATH={tmp_path}", *emu.appliance_command("linkrules:links")]
         emu.start_appliance(argv, log=log)
@@ -183,7 +183,7 @@ def test_the_same_with_two_percent_loss_both_ways(rig: Any, tmp_path: Path) -> N
 def test_both_directions_rewriting(rig: Any, tmp_path: Path) -> None:
     emu = rig(loss=True)
     got = fetch(emu, tmp_path, "both")
-    assert got == rewritten(text(tag="up") + text())
+    assert got == rewritten(text(tag="upld") + text())
     assert metric(emu, "geneve_seq_resets_total") == 0
     s = emu.summary()
     assert s["failed"] == 0 and s["errors"] == {}, s

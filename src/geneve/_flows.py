@@ -133,6 +133,7 @@ class Flow:
         "_end_at",
         "_fins",
         "_gone",
+        "_highs",
         "_orig_low",
         "_packets_o",
         "_packets_r",
@@ -174,6 +175,9 @@ class Flow:
         self._replied = False
         self._gone = False
         self._seq: Any = None  # sequence adjustment, per direction (geneve._seq)
+        # The end of the TCP data forwarded so far, per direction (None: none yet), which a
+        # first rewrite must not reach behind (geneve._seq).
+        self._highs: list[int | None] | None = None
 
     @property
     def packets(self) -> tuple[int, int]:
@@ -262,8 +266,31 @@ class Flow:
 
     def _set_seq_adjusted(self) -> None:
         """The flow's TCP segments have their sequence numbers adjusted (geneve._seq): a C
-        table then hands every packet of it to Python, and keeps a tombstone when it ends
-        idle; nothing to do for a Python flow."""
+        table then maps what it can in the fast path (:meth:`_seq_push`) and hands the rest to
+        Python, and keeps a tombstone when the flow ends idle; nothing to do for a Python
+        flow."""
+
+    def _seq_pull(self, state: Any) -> None:
+        """Bring the record up to the data forwarded without it (and, for a C table's flow, to
+        what the fast path forwarded and saw acknowledged)."""
+        highs = self._highs
+        if highs is not None:
+            for d in (0, 1):
+                record, high = state[d], highs[d]
+                if record is not None and high is not None:
+                    record.raise_high(high)
+
+    def _note_high(self, d: int, end: int) -> None:
+        """TCP data up to sequence number ``end`` of direction ``d`` was forwarded."""
+        highs = self._highs
+        if highs is None:
+            highs = self._highs = [None, None]
+        high = highs[d]
+        if high is None or 0 < (end - high) & 0xFFFFFFFF < 0x80000000:
+            highs[d] = end
+
+    def _seq_push(self, state: Any) -> None:
+        """Give the fast path what it needs of the record (a C table's flow)."""
 
     def __repr__(self) -> str:
         (src, sport), (dst, dport) = self._ends()
@@ -571,7 +598,7 @@ class FlowTable:
 
 # -- the C table ---------------------------------------------------------------------------------
 #
-# The same rules in compact memory (_flowtable.c): entries of 152 bytes in one array, a hash
+# The same rules in compact memory (_flowtable.c): entries of 184 bytes in one array, a hash
 # index, a timer wheel for the timeouts. Python keeps only the views it has made
 # (:class:`CFlow`) of the flows it has seen, by entry index. A flow that ends waits in C until
 # Python has copied it for its view and its ``on_flow_end`` call, then its entry is reused.
@@ -587,6 +614,16 @@ else:
 
 _NEED_IDS = -5 if _c is None else _c.lib.GENEVE_FLOW_NEED_IDS
 _HOLDING = 64 if _c is None else _c.lib.GENEVE_FLOW_HOLDING
+_SEQ_ADJUSTED, _SEQ_RECORD, _SEQ_HIGH, _SEQ_ACKED = (
+    (1, 2, 8, 32)
+    if _c is None
+    else (
+        _c.lib.GENEVE_SEQ_ADJUSTED,
+        _c.lib.GENEVE_SEQ_RECORD,
+        _c.lib.GENEVE_SEQ_HIGH,
+        _c.lib.GENEVE_SEQ_ACKED,
+    )
+)
 # Whether ReceiveBuffer._target is a C view of the buffer (the C checksum module's).
 _TARGETS = _checksum.IMPLEMENTATION == "c"
 #: The most flows one C table holds (the bound is per table: per worker in the appliance).
@@ -625,6 +662,7 @@ class CFlow(Flow):
         self._table = table
         self._state = None
         self._seq = None
+        self._highs = None
         self.direction = "original"
         # Only Python sets a verdict (C reads it): kept here too, so reading it is cheap.
         self._verdict = _verdict_table()[entry.verdict]
@@ -668,7 +706,37 @@ class CFlow(Flow):
         e.flags = (e.flags | _HOLDING) if holding else (e.flags & ~_HOLDING & 0xFF)
 
     def _set_seq_adjusted(self) -> None:
-        self._e.seq_adjusted = 1
+        self._e.seq_adjusted |= _SEQ_ADJUSTED
+
+    def _note_high(self, d: int, end: int) -> None:
+        e = self._e
+        bit = _SEQ_HIGH << d
+        c = e.seq[d]
+        if not e.seq_adjusted & bit or 0 < (end - c.high) & 0xFFFFFFFF < 0x80000000:
+            c.high = end
+            e.seq_adjusted |= bit
+
+    def _seq_pull(self, state: Any) -> None:
+        e = self._e
+        bits = e.seq_adjusted
+        for d in (0, 1):
+            record = state[d]
+            if record is not None:
+                if bits & (_SEQ_HIGH << d):
+                    record.raise_high(e.seq[d].high)
+                if bits & (_SEQ_ACKED << d):
+                    record.acknowledged(record.unmapped(e.seq[d].acked, True))
+
+    def _seq_push(self, state: Any) -> None:
+        e = self._e
+        bits = e.seq_adjusted
+        for d in (0, 1):
+            record = state[d]
+            if record is not None:
+                c = e.seq[d]
+                c.after, c.shift, c.high = record.fast_path()
+                bits |= (_SEQ_RECORD | _SEQ_HIGH) << d
+        e.seq_adjusted = bits
 
     @property
     def packets(self) -> tuple[int, int]:

@@ -30,7 +30,7 @@ from ._flows import (
 from ._headers import GENEVE_PORT, IPPROTO_TCP, IPPROTO_UDP
 from ._packet import MAX_INNER_LENGTH, Packet
 from ._reject import reject_frame
-from ._seq import adjust, clamp_mss, tcp_reset_forward
+from ._seq import ADJUSTED, GAP, adjust, clamp_mss, note_forwarded, tcp_reset_forward
 from ._stream import StreamBudget, release_streams
 
 __all__ = [
@@ -745,8 +745,10 @@ class Pipeline:
                 if self._held:
                     self._settle(flow, decided)
                 if decided is _FORWARD:
-                    if flow._seq is not None:
-                        return self._adjust(packet, now)
+                    if packet.l4_protocol == IPPROTO_TCP:
+                        if flow._seq is not None:
+                            return self._adjust(packet, now)
+                        note_forwarded(packet)
                     return packet
                 if decided is _REJECT:
                     return self._reject(packet, now)
@@ -811,8 +813,10 @@ class Pipeline:
             stats.drop(reason)
             return None
         flow_ = packet.flow
-        if flow_ is not None and flow_._seq is not None and packet.l4_protocol == IPPROTO_TCP:
-            return self._adjust(packet, now)
+        if flow_ is not None and packet.l4_protocol == IPPROTO_TCP:
+            if flow_._seq is not None:
+                return self._adjust(packet, now)
+            note_forwarded(packet)
         if packet.modified and packet.length - packet.inner_offset > max_inner_length:
             stats.drop("too-large")
             return None
@@ -836,11 +840,14 @@ class Pipeline:
         """A TCP segment of a flow with a rewrite record, mapped through it as it leaves."""
         stats = self.stats
         try:
-            kept = adjust(packet)
+            done = adjust(packet)
         except PacketTooLargeError:  # a retransmission that carries its replacements grew
             stats.drop("too-large")
             return None
-        if not kept:  # too many rewrites waited for an acknowledgment: the state is lost
+        if done == GAP:  # data beyond a gap: sent again once the gap is filled
+            stats.drop("seq-gap")
+            return None
+        if done != ADJUSTED:  # too many rewrites waited for an acknowledgment: the state is lost
             flow = packet.flow
             assert flow is not None
             flow.verdict = _DROP
@@ -903,15 +910,16 @@ class Pipeline:
         if flow is None:  # nowhere to keep it
             stats.drop("hold-limit")
             return None
-        if (
-            flow._seq is not None
-            and packet.l4_protocol == IPPROTO_TCP
-            and not adjust(cast(PipelinePacket, packet))
-        ):  # lost: what it holds goes with the flow's DROP
-            flow.verdict = _DROP
-            self._discard(flow, "seq-lost")
-            stats.drop("seq-lost")
-            return None
+        if flow._seq is not None and packet.l4_protocol == IPPROTO_TCP:
+            done = adjust(cast(PipelinePacket, packet))
+            if done == GAP:
+                stats.drop("seq-gap")
+                return None
+            if done != ADJUSTED:  # lost: what it holds goes with the flow's DROP
+                flow.verdict = _DROP
+                self._discard(flow, "seq-lost")
+                stats.drop("seq-lost")
+                return None
         try:
             data = bytes(packet.reply())  # as it will be sent: outer addresses swapped
         except GeneveError as err:  # the modifier broke a length field

@@ -15,7 +15,9 @@ cut differently from the original):
 
 - A new region may only start at or after the direction's *high mark*, the end of the data
   forwarded so far: data the receiver may have seen already is never rewritten afresh. A match
-  in older data (a retransmission, a segment reordered behind a later one) is left alone.
+  in older data (a retransmission) is left alone. A data segment that starts beyond the high
+  mark (a gap before it: a segment lost or reordered before the appliance) is dropped, so that
+  the gap is filled first and a match in it can still be rewritten; the sender sends it again.
 - A segment that covers a region whole carries the replacement, whether or not the modifier
   rewrites it again (so a flow verdict FORWARD, or a modifier that changed its mind, keeps the
   stream consistent). A segment that covers a region in part loses those bytes: a head inside a
@@ -47,7 +49,20 @@ from ._errors import UnsupportedError
 if TYPE_CHECKING:
     from ._flows import PipelinePacket
 
-__all__ = ["MAX_REGIONS", "SeqDirection", "adjust", "record_edits", "tcp_reset_forward"]
+__all__ = [
+    "ADJUSTED",
+    "GAP",
+    "LOST",
+    "MAX_REGIONS",
+    "SeqDirection",
+    "adjust",
+    "record_edits",
+    "tcp_reset_forward",
+]
+
+#: What :func:`adjust` says of a segment: mapped; the flow's rewrite state is lost; a data
+#: segment beyond a gap, to drop.
+ADJUSTED, LOST, GAP = 0, 1, 2
 
 #: Regions (rewrites not yet acknowledged by the peer) a direction may hold; one more and the
 #: flow's rewrite state is lost (the pipeline resets the connection).
@@ -91,7 +106,9 @@ class SeqDirection:
     def __init__(self, anchor: int) -> None:
         self.anchor = anchor  # the sequence number of position 0
         self.high = 0  # end of the data forwarded so far
-        self.base = 0  # the peer acknowledged every position before this one
+        # The peer acknowledged every position before this one (at first none: the data before
+        # the first rewrite has negative positions).
+        self.base = -(1 << 62)
         self.first = 0  # the regions before this index are pruned
         self.starts: list[int] = []
         self.ends: list[int] = []
@@ -199,6 +216,18 @@ class SeqDirection:
         if pos > self.base:
             self.base = pos
 
+    def raise_high(self, seq: int) -> None:
+        """The fast path forwarded data up to sequence number ``seq``."""
+        pos = self.position(seq)
+        if pos > self.high:
+            self.high = pos
+
+    def fast_path(self) -> tuple[int, int, int]:
+        """What the C fast path applies: from which sequence number on the shift is one number
+        (the end of the last region), that shift, and the high mark, as on the wire."""
+        after = self.ends[-1] if self.ends else 0
+        return (self.anchor + after) & _MASK, self.shift_at_end(), (self.anchor + self.high) & _MASK
+
     def overlapping(self, low: int, high: int) -> range:
         """The indexes of the regions that meet positions [low, high)."""
         i = bisect_right(self.ends, low, self.first)
@@ -238,7 +267,10 @@ def record_edits(packet: PipelinePacket, edits: list[tuple[int, int, bytes]]) ->
     record = state[d]
     if record is None:
         record = state[d] = SeqDirection(seq)
+    flow._seq_pull(state)
     at = record.position(seq)
+    if at > record.high:
+        return 0  # a gap before it: the segment is dropped (adjust), nothing recorded
     # A declared growth is a bound: rewrites past it are left alone, so that the segment still
     # fits the MSS its SYN was clamped to.
     room = packet.max_growth or 0xFFFF
@@ -249,26 +281,52 @@ def record_edits(packet: PipelinePacket, edits: list[tuple[int, int, bytes]]) ->
         if record.add(at + offset, old, new):
             room -= len(new) - old
             done += 1
+    flow._seq_push(state)
     return done
 
 
-def adjust(packet: PipelinePacket) -> bool:
+def note_forwarded(packet: PipelinePacket) -> None:
+    """A TCP segment of a flow without a record leaves: keep the end of its data, so that a
+    first rewrite later in its direction knows what was forwarded before it."""
+    flow = packet.flow
+    buf = packet.buf
+    l4 = packet.l4_offset
+    if flow is None or l4 < 0 or packet.payload_offset < 0:
+        return
+    flags = buf[l4 + 13]
+    length = packet.ip_end - packet.payload_offset + (flags & _TCP_FIN) + ((flags & _TCP_SYN) >> 1)
+    if length:
+        end = _U32.unpack_from(buf, l4 + 4)[0] + length
+        flow._note_high(0 if flow.direction == "original" else 1, end & _MASK)
+
+
+def adjust(packet: PipelinePacket) -> int:
     """Map a TCP segment of a flow with a record through it, before it leaves the pipeline.
 
     Applies the regions its payload covers (whole: the replacement; in part: cut), shifts its
     sequence number, shifts its acknowledgment number and SACK blocks back by the other
     direction's record, prunes that record by the acknowledgment, and moves the high mark.
-    False when the flow's rewrite state is lost (the caller resets the connection).
+    :data:`ADJUSTED`; :data:`LOST` when the flow's rewrite state is lost (the caller resets
+    the connection); :data:`GAP` for data that starts beyond the high mark (the caller drops
+    it: a match in the gap before it could no longer be rewritten).
     """
     flow = packet.flow
     state: list[SeqDirection | None] = flow._seq  # type: ignore[union-attr]
     d = 0 if flow.direction == "original" else 1  # type: ignore[union-attr]
     mine, theirs = state[d], state[1 - d]
     if (mine is not None and mine.lost) or (theirs is not None and theirs.lost):
-        return False
+        return LOST
+    flow._seq_pull(state)  # type: ignore[union-attr]
     buf = packet.buf
     l4 = packet.l4_offset
     flags = buf[l4 + 13]
+    if (
+        mine is not None
+        and (packet.ip_end > packet.payload_offset or flags & _TCP_FIN)
+        and not flags & (_TCP_SYN | _TCP_RST)
+        and mine.position(_U32.unpack_from(buf, l4 + 4)[0]) > mine.high
+    ):
+        return GAP
     if theirs is not None and flags & _TCP_ACK:
         ack = _U32.unpack_from(buf, l4 + 8)[0]
         pos = theirs.unmapped(ack, True)
@@ -278,7 +336,8 @@ def adjust(packet: PipelinePacket) -> bool:
         packet.modified = True
     if mine is not None and not flags & _TCP_RST:
         _forward(packet, mine, flags)
-    return True
+    flow._seq_push(state)  # type: ignore[union-attr]
+    return ADJUSTED
 
 
 def _forward(packet: PipelinePacket, record: SeqDirection, flags: int) -> None:
@@ -295,11 +354,16 @@ def _forward(packet: PipelinePacket, record: SeqDirection, flags: int) -> None:
     cut_tail = empty = False
     at = first  # the next position to copy
     changed = False
-    if first < record.base and last > first:  # acknowledged bytes go
-        at = kept_from = min(record.base, last)
+    base = record.base
+    if first < base:  # acknowledged bytes go
         changed = True
+        if last <= base:  # all of them: an empty segment at the acknowledged point
+            kept_from = base
+            empty = True
+        else:
+            at = kept_from = base
     starts, ends, news = record.starts, record.ends, record.news
-    for i in record.overlapping(at, last):
+    for i in () if empty else record.overlapping(at, last):
         rstart, rend, new = starts[i], ends[i], news[i]
         changed = True
         if rstart >= at and rend <= last:  # covered whole: the replacement
