@@ -98,13 +98,16 @@ class Run:
             self.fast = FastPath(self.slots, self.pipeline.interest, 8500, 6081, table)
             self.fast.trust(0x0A000001)
 
-    def send(self, frame: bytearray) -> list[tuple[int, int, int, bytes, bytes]]:
+    def raw(self, frame: bytearray) -> list[bytes]:
+        """The frames sent for ``frame``."""
         if self.fast is not None:
-            sent = through_fast_path(
+            return through_fast_path(
                 self.fast, self.slots, self.pipeline, frame, 0x0A000001, self.now
             )[1]
-            return [tcp_of(out) for out in sent]
-        return [tcp_of(out) for out in self.pipeline.handle(frame, len(frame), self.now)]
+        return [bytes(out) for out in self.pipeline.handle(frame, len(frame), self.now)]
+
+    def send(self, frame: bytearray) -> list[tuple[int, int, int, bytes, bytes]]:
+        return [tcp_of(out) for out in self.raw(frame)]
 
     def one(self, frame: bytearray) -> tuple[int, int, int, bytes, bytes]:
         (out,) = self.send(frame)
@@ -502,4 +505,24 @@ def test_the_fast_path_adjusts_what_it_can_and_hands_the_rest_to_python() -> Non
 def test_data_on_a_syn_is_left_alone(table: Any) -> None:
     run = Run(table)
     assert run.one(segment(b"http://a", 999, 0, SYN, reply=False))[::4] == (999, b"http://a")
+    assert run.pipeline.stats.modifier_errors == 0
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_window_and_timestamps_are_left_as_they_are(path: Any) -> None:
+    """The shift touches the sequence and acknowledgment numbers only: the window field and
+    the timestamp option (RFC 7323) go through as they came, and every checksum is right."""
+    if path == "fast":
+        wants = declare_interest(lambda p: links(p), tcp_ports=[80], payload_contains=[NEEDLE])
+        run = Run(CFlowTable, wants, fast=True)
+    else:
+        run = Run(path)
+    ts = b"\x01\x01\x08\x0a" + struct.pack("!II", 0x11223344, 0x55667788)
+    run.one(segment(b"see http://a", 1000, options=ts))
+    for frame in (segment(b"more", 1012, options=ts),
+                  segment(b"", 5000, 1017, ACK, reply=False, options=ts)):  # fmt: skip
+        (out,) = run.raw(frame)
+        sent = check_frame(out).inner[20:]
+        assert sent[14:16] == b"\xff\xff"  # the window
+        assert sent[20:32] == ts
     assert run.pipeline.stats.modifier_errors == 0
