@@ -250,6 +250,24 @@ def test_a_flow_ended_idle_while_adjusted_is_reset_at_its_next_packet(table: Any
 
 
 @pytest.mark.parametrize("table", TABLES)
+def test_a_flow_evicted_while_adjusted_is_reset_at_its_next_packet(table: Any) -> None:
+    """Only a flow that never saw a reply is evicted: here the server's, rewritten, whose
+    client said nothing yet when a new flow needed its place."""
+    pipeline = Pipeline(links, flows=table(max_flows=1))
+    first = segment(b"x http://a", 1000)
+    assert len(pipeline.handle(first, len(first), 1.0)) == 1
+    other = segment(b"hello", 1, cookie=10)
+    other[68 + 20 : 68 + 22] = (81).to_bytes(2, "big")  # another source port: another flow
+    Packet.parse(other).fix_checksums()
+    assert len(pipeline.handle(other, len(other), 2.0)) == 1
+    assert pipeline.stats.flows_ended == {"evicted": 1}
+    again = segment(b"more", 1010)
+    out = [tcp_of(f) for f in pipeline.handle(again, len(again), 3.0)]
+    assert len(out) == 2 and all(flags & RST for _s, _a, flags, _o, _p in out)
+    assert pipeline.stats.seq_resets == 1
+
+
+@pytest.mark.parametrize("table", TABLES)
 def test_forward_verdict_flows_are_still_adjusted(table: Any) -> None:
     def once_then_forward(packet: Packet) -> None:
         links(packet)

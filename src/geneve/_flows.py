@@ -544,8 +544,8 @@ class FlowTable:
         verdict = flow.verdict
         # A verdict that discards (DROP) leaves a tombstone when GWLB may still send stragglers;
         # so does a flow whose sequence numbers were adjusted (its next packets are reset).
-        if reason == "idle" and (
-            (verdict is not None and verdict.name != "FORWARD") or flow._seq is not None
+        if (reason == "idle" and verdict is not None and verdict.name != "FORWARD") or (
+            reason in ("idle", "evicted") and flow._seq is not None
         ):
             tombstones = self._tombstones
             tombstones[key] = (flow.deadline + TOMBSTONE_SECONDS, flow.cookies)

@@ -268,10 +268,12 @@ static void end_flow(struct geneve_flow_table *t, uint32_t ref, int reason)
     t->live--;
     /* A flow a verdict was discarding leaves a tombstone when it ends idle: GWLB may still send
      * stragglers of it, which must not come back as a new flow seen mid-stream. So does a flow
-     * whose sequence numbers were adjusted: Python resets its next packets. */
-    if (reason == GENEVE_FLOW_IDLE && ((f->verdict != GENEVE_FLOW_UNDECIDED &&
-                                        f->verdict != GENEVE_FLOW_FORWARD) ||
-                                       (f->seq_adjusted & GENEVE_SEQ_ADJUSTED))) {
+     * whose sequence numbers were adjusted, ended idle or evicted: Python resets its next
+     * packets. */
+    if ((reason == GENEVE_FLOW_IDLE && f->verdict != GENEVE_FLOW_UNDECIDED &&
+         f->verdict != GENEVE_FLOW_FORWARD) ||
+        ((reason == GENEVE_FLOW_IDLE || reason == GENEVE_FLOW_EVICTED) &&
+         (f->seq_adjusted & GENEVE_SEQ_ADJUSTED))) {
         f->flags |= GENEVE_FLOW_TOMB;
         f->expires = deadline(t, f) + GENEVE_FLOW_TOMBSTONE;
         u_append(t, &t->tomb_head, &t->tomb_tail, ref);

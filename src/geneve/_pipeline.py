@@ -678,7 +678,7 @@ class Pipeline:
             self.stats.note_error(exc)
 
     def _flow_ended(self, flow: Flow, reason: EndReason) -> None:
-        if flow._seq is not None and reason == "idle":
+        if flow._seq is not None and reason in ("idle", "evicted"):
             self._remember_lost(flow)
         if self._held:
             self._discard(flow, "hold")
@@ -863,7 +863,8 @@ class Pipeline:
         return packet
 
     def _remember_lost(self, flow: Flow) -> None:
-        """A flow with a rewrite record ended idle: reset the connection at its next packet."""
+        """A flow with a rewrite record ended idle or evicted: reset the connection at its
+        next packet."""
         key = flow.key
         size = 4 if len(key) == 21 else 16
         low = key[9 : 9 + size] + key[9 + 2 * size : 11 + 2 * size]
