@@ -544,3 +544,16 @@ def test_window_and_timestamps_are_left_as_they_are(path: Any) -> None:
         assert sent[14:16] == b"\xff\xff"  # the window
         assert sent[20:32] == ts
     assert run.pipeline.stats.modifier_errors == 0
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_the_replace_rule_declares_its_growth(table: Any) -> None:
+    from geneve import rules
+
+    modifier = rules.replace(b"http://", b"https://", max_growth=20)
+    assert geneve.interest_of(modifier).max_growth == 20
+    assert geneve.interest_of(modifier).needles == frozenset((b"http://",))
+    run = Run(table, modifier)
+    assert run.one(mss_syn(1460, SYN, reply=False))[3][:4] == struct.pack("!BBH", 2, 4, 1440)
+    assert run.one(segment(b"see http://a", 1000))[4] == b"see https://a"
+    assert run.one(segment(b"x", 1012))[0] == 1013
