@@ -557,3 +557,27 @@ def test_the_replace_rule_declares_its_growth(table: Any) -> None:
     assert run.one(mss_syn(1460, SYN, reply=False))[3][:4] == struct.pack("!BBH", 2, 4, 1440)
     assert run.one(segment(b"see http://a", 1000))[4] == b"see https://a"
     assert run.one(segment(b"x", 1012))[0] == 1013
+
+
+def segment6(payload: bytes, seq: int, ack: int = 5000, flags: int = PSH | ACK) -> bytearray:
+    """The server's segment of segment(), over IPv6."""
+    server, client = (
+        bytes.fromhex("20010db8" + "00" * 11 + "02"),
+        bytes.fromhex("20010db8" + "00" * 11 + "01"),
+    )
+    tcp = struct.pack("!HHIIBBHHH", 80, 40000, seq, ack, 5 << 4, flags, 65535, 0, 0) + payload
+    ip = struct.pack("!IHBB", 0x60000000, len(tcp), 6, 64) + server + client
+    frame = geneve.build_frame(ip + tcp, endpoint_id=5, flow_cookie=9)
+    Packet.parse(frame).fix_checksums()
+    return frame
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_ipv6_segments_are_adjusted_too(table: Any) -> None:
+    pipeline = Pipeline(links, flows=table())
+    sent = []
+    for frame in (segment6(b"see http://a", 1000), segment6(b"more", 1012)):
+        (out,) = pipeline.handle(frame, len(frame), 1.0)
+        facts = check_frame(out)
+        sent.append((struct.unpack_from("!I", facts.inner, 40 + 4)[0], facts.payload))
+    assert sent == [(1000, b"see https://a"), (1013, b"more")]
