@@ -581,3 +581,33 @@ def test_ipv6_segments_are_adjusted_too(table: Any) -> None:
         facts = check_frame(out)
         sent.append((struct.unpack_from("!I", facts.inner, 40 + 4)[0], facts.payload))
     assert sent == [(1000, b"see https://a"), (1013, b"more")]
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_a_second_rewrite_earlier_in_the_segment_counts_too(table: Any) -> None:
+    def both(packet: Packet) -> None:
+        packet.replace_in_payload(b"http://", b"https://")
+        packet.replace_in_payload(b"foo", b"foobar")  # before the link: recorded before it
+
+    run = Run(table, both)
+    assert run.one(segment(b"foo http://a foo", 1000))[4] == b"foobar https://a foobar"
+    assert run.one(segment(b"x", 1016))[0] == 1016 + 7
+    assert run.one(segment(b"", 5000, 1024, ACK, reply=False))[1] == 1017
+
+    # Overlapping rewrites: the second is left alone.
+    def overlapping(packet: Packet) -> None:
+        links(packet)
+        packet.replace_in_payload(b"p://a", b"P://A!")
+
+    run = Run(table, overlapping)
+    assert run.one(segment(b"http://a", 1000))[4] == b"https://a"
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_the_declared_growth_bounds_the_whole_segment(table: Any) -> None:
+    def twice(packet: Packet) -> None:
+        packet.replace_in_payload(b"a", b"aa")
+        packet.replace_in_payload(b"b", b"bb")
+
+    run = Run(table, declare_interest(twice, max_growth=3))
+    assert run.one(segment(b"aabb", 1000))[4] == b"aaaabbb"

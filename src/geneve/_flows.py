@@ -99,12 +99,13 @@ class PipelinePacket(Packet):
     pipeline tracks no flows); :attr:`timestamp` the caller's time for this frame.
     """
 
-    __slots__ = ("flow", "max_growth", "streams", "timestamp")
+    __slots__ = ("flow", "grown", "max_growth", "streams", "timestamp")
 
     flow: Flow | None
     timestamp: float
     streams: Any  # the pipeline's StreamBudget (geneve.stream_start)
     max_growth: int  # the modifier's declared growth of a TCP segment (0: none declared)
+    grown: int  # how much the rewrites of this TCP segment grew it so far
 
     def _tcp_length_change(self, edits: list[tuple[int, int, bytes]]) -> int:
         # With a flow, the rewrite is recorded and applied as the packet leaves the pipeline,

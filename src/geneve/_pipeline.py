@@ -723,6 +723,7 @@ class Pipeline:
         packet.timestamp = now
         packet.streams = self._streams
         packet.max_growth = self._growth
+        packet.grown = 0
         flows = self.flows
         if flows is None or not packet.ip_version:
             packet.flow = None

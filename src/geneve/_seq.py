@@ -165,18 +165,20 @@ class SeqDirection:
 
     def add(self, start: int, old: int, new: bytes) -> bool:
         """Record a rewrite of ``old`` bytes at ``start`` by ``new``; False when it may not be
-        (before the high mark or the last region's end: left alone). Sets :attr:`lost` past
-        the bounds."""
-        starts = self.starts
-        if len(starts) > self.first:
-            i = bisect_left(starts, start, self.first)
-            if i < len(starts) and starts[i] == start:
-                # The same rewrite again (its segment came twice, or the modifier rewrites a
-                # retransmission): the record's stands.
-                return self.ends[i] - start == old and self.news[i] == new
-            if start < self.ends[-1]:
-                return False
+        (before the high mark, or overlapping another region: left alone). Sets :attr:`lost`
+        past the bounds. A region may go before others not yet forwarded (a second rewrite of
+        the same segment that comes earlier in it): theirs are moved along."""
+        starts, ends = self.starts, self.ends
+        i = bisect_left(starts, start, self.first)
+        if i < len(starts) and starts[i] == start:
+            # The same rewrite again (its segment came twice, or the modifier rewrites a
+            # retransmission): the record's stands.
+            return ends[i] - start == old and self.news[i] == new
         if start < self.high or start < self.base:
+            return False
+        if (i > self.first and ends[i - 1] > start) or (
+            i < len(starts) and starts[i] < start + old
+        ):
             return False
         if (
             len(starts) - self.first >= MAX_REGIONS
@@ -184,15 +186,21 @@ class SeqDirection:
         ):
             self.lost = True
             return False
-        shift = self.shift_at_end()
-        mstart = start + shift
-        starts.append(start)
-        self.ends.append(start + old)
-        self.news.append(new)
-        self.shifts.append(shift + len(new) - old)
-        self.mstarts.append(mstart)
-        self.mends.append(mstart + len(new))
+        starts.insert(i, start)
+        ends.insert(i, start + old)
+        self.news.insert(i, new)
+        for name in ("shifts", "mstarts", "mends"):
+            getattr(self, name).insert(i, 0)
         self.region_bytes += len(new)
+        # The shifts and the receiver's positions from this region on (the ones after it were
+        # never forwarded: they lie beyond the high mark too).
+        shifts, mstarts, mends, news = self.shifts, self.mstarts, self.mends, self.news
+        shift = self._shift_before(i)
+        for k in range(i, len(starts)):
+            mstarts[k] = starts[k] + shift
+            mends[k] = mstarts[k] + len(news[k])
+            shift += len(news[k]) - (ends[k] - starts[k])
+            shifts[k] = shift
         return True
 
     def acknowledged(self, pos: int) -> None:
@@ -251,7 +259,7 @@ def record_edits(packet: PipelinePacket, edits: list[tuple[int, int, bytes]]) ->
     What ``replace_in_payload`` and ``replace_payload`` do on TCP with flows on: the buffer
     changes when the packet leaves the pipeline (:func:`adjust`), for every segment alike.
     """
-    flow = packet.flow
+    flow = getattr(packet, "flow", None)  # a PipelinePacket parsed outside a pipeline has none
     if flow is None:
         raise UnsupportedError(
             "changing a TCP payload's length needs flows (Pipeline(..., flows=True)) "
@@ -273,14 +281,16 @@ def record_edits(packet: PipelinePacket, edits: list[tuple[int, int, bytes]]) ->
         return 0  # a gap before it: the segment is dropped (adjust), nothing recorded
     # A declared growth is a bound: rewrites past it are left alone, so that the segment still
     # fits the MSS its SYN was clamped to.
-    room = packet.max_growth or 0xFFFF
+    limit = packet.max_growth
+    grown = packet.grown
     done = 0
     for offset, old, new in edits:
-        if len(new) - old > room:
+        if limit and grown + len(new) - old > limit:
             break
         if record.add(at + offset, old, new):
-            room -= len(new) - old
+            grown += len(new) - old
             done += 1
+    packet.grown = grown
     flow._seq_push(state)
     return done
 
