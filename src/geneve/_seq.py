@@ -35,7 +35,14 @@ cut differently from the original):
   high mark).
 
 Positions are integers unwrapped around the high mark (a 32-bit sequence number is ambiguous
-only two gigabytes away), relative to the sequence number of the first rewritten segment.
+only two gigabytes away), relative to the sequence number of the first rewritten segment. The
+high mark is kept for every TCP flow from its first segment (``note_forwarded``, and C's
+``seq_note_high``), so that even a direction's first rewrite knows what went out before it.
+
+In the appliance the C fast path applies the common case itself (``geneve_seq_fast`` in
+``_flowtable.c``: one correction point and one shift per direction, as ``nf_nat_seq_adj``
+keeps): the flow's view pushes it the end of the last region and the total shift after every
+change, and pulls C's high mark and highest acknowledgment before it maps or records anything.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING
 
 from ._errors import UnsupportedError
+from ._packet import Packet
 
 if TYPE_CHECKING:
     from ._flows import PipelinePacket
@@ -485,8 +493,6 @@ def tcp_reset_forward(packet: PipelinePacket, shift: int) -> bytearray:
     """A RST from the packet's sender to its receiver, at the packet's sequence number moved by
     ``shift`` (the last shift of the direction whose record was lost), in a copy of its
     frame: the other half of resetting a connection whose rewrite state is lost."""
-    from ._packet import Packet
-
     copy = Packet.parse(bytearray(packet.data))
     buf = copy.buf
     l4 = copy.l4_offset
