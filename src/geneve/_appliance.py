@@ -808,7 +808,7 @@ def _prometheus(counters: dict[str, Any], healthy: bool, body: dict[str, object]
            "Frames refused with a TCP RST or ICMP error sent back (REJECT).",
            total("rejected"))  # fmt: skip
     metric("geneve_seq_adjusted_total", "counter",
-           "TCP segments shifted for a rewrite that changed a length (docs/codec.md).",
+           "TCP segments Python shifted for a rewrite that changed a length (docs/codec.md).",
            [("", counters.get("seq_adjusted", 0))])  # fmt: skip
     metric("geneve_seq_resets_total", "counter",
            "Connections reset both ways because their rewrite state was lost.",

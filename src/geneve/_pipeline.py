@@ -306,7 +306,8 @@ class Stats:
     ``stream_flow_limits`` / ``stream_total_limits`` count the stream starts
     (:func:`geneve.stream_start`) that reached their cap per direction / the pipeline's.
     ``seq_adjusted`` counts TCP segments whose sequence or acknowledgment numbers the pipeline
-    shifted for a rewrite that changed a length, ``seq_resets`` the connections reset (a RST
+    shifted for a rewrite that changed a length (those the appliance's C fast path shifts are
+    counted as forwarded only), ``seq_resets`` the connections reset (a RST
     both ways) because their rewrite state was lost (the flow ended idle, or too many rewrites
     waited for an acknowledgment).
     """
