@@ -38,6 +38,7 @@ struct verdict {
     uint32_t sport, dport;
     const uint8_t *payload;
     size_t payload_len;
+    size_t l4; /* where the inner UDP/TCP header starts */
 };
 
 /* _parse_l4: 0 when Python raises. */
@@ -67,6 +68,7 @@ static int parse_l4(const uint8_t *f, size_t l4, size_t ip_end, int proto, int v
     v->sport = be16(f + l4);
     v->dport = be16(f + l4 + 2);
     v->udp_tcp = proto;
+    v->l4 = l4;
     return 1;
 }
 
@@ -174,6 +176,22 @@ static int of_interest(const struct verdict *v, const uint8_t *udp, const uint8_
     return 0;
 }
 
+/* The one's-complement sum of a frame's inner TCP segment (header at l4, to the frame's end,
+ * which is the inner packet's for the frames C forwards) with its pseudo-header: the same
+ * before and after a change that kept the checksum right. */
+static uint32_t tcp_sum(const uint8_t *f, size_t n, size_t l4)
+{
+    uint32_t sum = 0;
+    size_t i;
+    for (i = l4; i + 1 < n; i += 2)
+        sum += (uint32_t)f[i] << 8 | f[i + 1];
+    if (i < n)
+        sum += (uint32_t)f[i] << 8;
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return sum;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static uint8_t udp_table[65536], tcp_table[65536];
@@ -231,6 +249,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!flows && !(flows = geneve_flow_table_new(3, 30, 12)))
             abort();
         table = flows;
+        /* Sequence adjustment: SYNs to Python, and the live flows marked adjusted (as Python
+         * marks them through its views), by bits 3 and 4 of the slack byte. */
+        if (geneve_flow_set_syn_to_python(table, data[7] & 8) != 0)
+            abort();
+        {
+            int32_t k;
+            /* The table outlives the run: every live flow is marked afresh, or unmarked. */
+            for (k = geneve_flow_next(table, 0); k >= 0; k = geneve_flow_next(table, k + 1)) {
+                struct geneve_flow *e = geneve_flow_entry(table, k);
+                /* Adjusted, with a record each way when bit 5 says so: C shifts what lies
+                 * past `after` (0 or 2^31, so that some frames are and some are not). */
+                e->seq_adjusted = (uint8_t)(data[7] & 16 ? GENEVE_SEQ_ADJUSTED |
+                                            (data[7] & 32 ? 3 * GENEVE_SEQ_RECORD : 0) : 0);
+                e->seq[0].shift = (int8_t)data[6];
+                e->seq[1].shift = -(int8_t)data[6];
+                e->seq[0].after = e->seq[1].after = data[7] & 64 ? 0 : 0x80000000u;
+            }
+        }
     }
     {
         /* Every slot is as big as the largest frame plus the slack: a length past it is a lie. */
@@ -282,9 +318,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                                       flags & 2 ? tcp_table : NULL, needles, needle_lens,
                                       n_needles))
             abort(); /* C forwarded what Python would not forward unchanged, or must see */
-        if (memcmp(f + 12, g + 16, 4) || memcmp(f + 16, g + 12, 4) || memcmp(f, g, 12) ||
-            memcmp(f + 20, g + 20, (size_t)lens[i] - 20))
+        if (memcmp(f + 12, g + 16, 4) || memcmp(f + 16, g + 12, 4) || memcmp(f, g, 12))
+            abort(); /* the outer addresses not swapped */
+        if (table && (data[7] & 16) && v.udp_tcp == 6) {
+            /* A flow's sequence adjustment: only the TCP sequence and acknowledgment numbers
+             * and the checksum may have changed, and the checksum stays right. */
+            size_t at = v.l4;
+            if (memcmp(f + 20, g + 20, at + 4 - 20) || memcmp(f + at + 12, g + at + 12, 4) ||
+                memcmp(f + at + 18, g + at + 18, (size_t)lens[i] - at - 18) ||
+                tcp_sum(f, (size_t)lens[i], at) % 0xffff !=
+                    tcp_sum(g, (size_t)lens[i], at) % 0xffff)
+                abort();
+        } else if (memcmp(f + 20, g + 20, (size_t)lens[i] - 20)) {
             abort(); /* more than the outer addresses changed */
+        }
     }
 done:
     for (i = 0; i < n; i++) {

@@ -13,7 +13,9 @@
  *   4: walk the live flows and read each entry; 5: release an index (any: refused or taken);
  *   6: restore an entry made of the next sizeof(struct geneve_flow) bytes (a handover record
  *      that may lie about everything), then 1 byte: bit 0 forces a plausible key (bit 1: of
- *      IPv6 length), bit 2 restores it as a tombstone. Walking (4) also exports both lists.
+ *      IPv6 length), bit 2 restores it as a tombstone. Walking (4) also exports both lists;
+ *   7: sequence adjustment: SYNs to Python or not, a live flow marked adjusted, and the rest
+ *      of the input as a TCP segment through geneve_seq_fast.
  * Every ended flow is popped and released after each operation, as Python does.
  */
 #include <stdint.h>
@@ -49,7 +51,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!t)
         abort();
     while (pos < size) {
-        int op = data[pos++] % 7;
+        int op = data[pos++] % 8;
         if (op == 0) {
             uint8_t *packet;
             size_t n;
@@ -161,6 +163,40 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
             free(entry);
             pos += sizeof(struct geneve_flow) + 1;
+        } else if (op == 7) {
+            /* Sequence adjustment: SYNs to Python or not; a live flow marked adjusted, as
+             * Python marks it through its view (it then leaves a tombstone when idle). */
+            int32_t i;
+            if (pos >= size)
+                break;
+            if (geneve_flow_set_syn_to_python(t, data[pos] & 1) != 0 ||
+                geneve_flow_set_syn_to_python(NULL, 1) != GENEVE_FLOW_BAD_ARGUMENT)
+                abort();
+            i = geneve_flow_next(t, data[pos] >> 1);
+            if (i >= 0) {
+                /* And a segment through its adjustment: whatever the bytes, only the header's
+                 * sequence, acknowledgment and checksum fields may change. */
+                struct geneve_flow *f = geneve_flow_entry(t, i);
+                uint8_t *tcp;
+                size_t n = size - pos - 1;
+                f->seq_adjusted = (uint8_t)(data[pos] | GENEVE_SEQ_ADJUSTED);
+                f->seq[0].shift = (int8_t)data[pos];
+                f->seq[1].after = data[pos];
+                tcp = malloc(n ? n : 1);
+                if (!tcp)
+                    abort();
+                memcpy(tcp, data + pos + 1, n);
+                if (geneve_seq_fast(f, data[pos] & 1, tcp, (uint32_t)n) == 0 &&
+                    (n < 20 || memcmp(tcp, data + pos + 1, 4) ||
+                     memcmp(tcp + 12, data + pos + 13, 4) ||
+                     memcmp(tcp + 18, data + pos + 19, n - 18)))
+                    abort();
+                if (geneve_seq_fast(NULL, 1, tcp, (uint32_t)n) != GENEVE_FLOW_BAD_ARGUMENT ||
+                    geneve_seq_fast(f, 1, NULL, 20) != GENEVE_FLOW_BAD_ARGUMENT)
+                    abort();
+                free(tcp);
+            }
+            pos++;
         } else {
             if (pos >= size)
                 break;

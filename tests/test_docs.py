@@ -54,13 +54,19 @@ def test_the_readme_modifier_runs_on_udp_and_tcp() -> None:
     namespace: dict[str, object] = {}
     exec(compile(code, "README.md", "exec"), namespace)
     modifier = namespace["modifier"]
-    text = b"a weakly typed language"
-    for l4, grows in ((UDP(sport=5, dport=3000), True), (TCP(sport=5, dport=80), False)):
+    text = b"see http://example.com/"
+    for l4 in (UDP(sport=5, dport=3000), TCP(sport=5, dport=80, flags="PA")):
         inner = bytes(IP(src="10.0.0.1", dst="10.0.0.2") / l4 / text)
-        stats = geneve.Stats()
+        # With flows, as the daemon runs it: on TCP too the payload grows.
+        pipeline = geneve.Pipeline(modifier, flows=True)  # type: ignore[arg-type]
         frame = geneve.build_frame(inner)
-        out = geneve.process(frame, len(frame), modifier, stats)  # type: ignore[arg-type]
-        assert out is not None and stats.modifier_errors == 0
-        assert (b"strongly typed" in bytes(out.data)) is grows
+        (out,) = pipeline.handle(frame, len(frame), 1.0)
+        assert pipeline.stats.modifier_errors == 0
+        assert bytes(out).endswith(b"see https://example.com/")
         blocked = geneve.build_frame(bytes(IP() / l4 / b"forbidden"))
-        assert geneve.process(blocked, len(blocked), modifier, stats) is None  # type: ignore[arg-type]
+        assert pipeline.handle(blocked, len(blocked), 1.0) == ()
+    # Without flows a TCP length change is refused, a UDP one is not.
+    stats = geneve.Stats()
+    tcp = geneve.build_frame(bytes(IP() / TCP(sport=5, dport=80, flags="PA") / text))
+    assert geneve.process(tcp, len(tcp), modifier, stats) is None  # type: ignore[arg-type]
+    assert isinstance(stats.last_error, geneve.UnsupportedError)

@@ -13,7 +13,7 @@ LAYERS: dict[str, int] = {
     "_errors": 0, "_layout": 0, "_pychecksum": 0, "checksum": 0, "_checksum_cffi": 0,
     "_headers": 0, "_fixup": 0, "_packet": 0, "_pcap": 0, "_reject": 0,
     "inspect": 0, "inspect._errors": 0, "inspect._tls": 0, "inspect._http": 0, "inspect._dns": 0,
-    "_flows": 1, "_flows_cffi": 1, "_stream": 1, "_pipeline": 1, "rules": 1,
+    "_flows": 1, "_flows_cffi": 1, "_seq": 1, "_stream": 1, "_pipeline": 1, "rules": 1,
     "rules.reference": 1, "rules.egress": 1, "_loader": 1,
     "_health": 2, "_notify": 2, "_handover": 2, "_batch_cffi": 2, "_steering": 2,
     "_sockets": 2, "_transport": 2, "_worker": 2, "_appliance": 2,

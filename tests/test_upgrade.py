@@ -565,3 +565,31 @@ def test_a_stop_during_an_upgrade_stops_the_service(ns: Pair, tmp_path: pathlib.
         if found:
             _kill(int(found.group(1)))
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.parametrize("old_table", FLOW_TABLES)
+@pytest.mark.parametrize("new_table", FLOW_TABLES)
+def test_a_connection_whose_length_was_rewritten_goes_on_the_same_after_a_handover(
+    old_table: type[FlowTable], new_table: type[FlowTable]
+) -> None:
+    """The sequence adjustment travels: the pipeline that took over answers the rest of the
+    connection byte for byte as the one that handed over would have."""
+    from test_seq import ACK, links, segment
+
+    old = Pipeline(links, flows=old_table(max_flows=10))
+    before = [
+        segment(b"see http://a and http://b\n", seq=1000, ack=5000),  # grows by 2
+        segment(seq=5000, ack=1000 + 26 + 2, flags=ACK, reply=False),
+    ]
+    for frame in before:
+        assert _handle(old, frame, 1.0)
+    handed = pickle.loads(pickle.dumps(old.hand_over()))
+    new = Pipeline(links, flows=new_table(max_flows=10))
+    assert new.take_over(handed, 2.0) == 1
+    after = [
+        segment(b"then http://c\n", seq=1026, ack=5000),  # shifted by 2, grows by 1
+        segment(b"see http://a and http://b\n", seq=1000, ack=5000),  # a retransmission
+        segment(seq=5000, ack=1026 + 2 + 15, flags=ACK, reply=False),  # shifted back
+    ]
+    for frame in after:
+        assert _handle(new, bytearray(frame), 3.0) == _handle(old, bytearray(frame), 3.0)

@@ -1155,6 +1155,12 @@ def _prometheus(counters: dict[str, Any], healthy: bool, body: dict[str, object]
     metric("geneve_rejects_total", "counter",
            "Frames refused with a TCP RST or ICMP error sent back (REJECT).",
            total("rejected"))  # fmt: skip
+    metric("geneve_seq_adjusted_total", "counter",
+           "TCP segments Python shifted for a rewrite that changed a length (docs/codec.md).",
+           [("", counters.get("seq_adjusted", 0))])  # fmt: skip
+    metric("geneve_seq_resets_total", "counter",
+           "Connections reset both ways because their rewrite state was lost.",
+           [("", counters.get("seq_resets", 0))])  # fmt: skip
     flows: dict[str, Any] = body["flows"]  # type: ignore[assignment]
     metric("geneve_flows_enabled", "gauge", "1 when flows are tracked, 0 with --no-flows.",
            [("", int(flows["tracking"]))])  # fmt: skip

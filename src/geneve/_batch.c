@@ -225,8 +225,8 @@ static int check_arguments(uint8_t **slots, int slot_size, const int32_t *lens,
 
 /* The flow of a usual-layout frame f (its key from the GWLB options and the inner headers),
  * counted when the fast path may decide it: geneve_flow_fast's result. */
-static int flow_of(struct geneve_flow_table *flows, const uint8_t *f, int ipv4,
-                   const uint8_t *l4, uint32_t proto, uint32_t length, int create, double now)
+static int flow_of(struct geneve_flow_table *flows, const uint8_t *f, int ipv4, uint8_t *l4,
+                   uint32_t room, uint32_t proto, uint32_t length, int create, double now)
 {
     if (!(now > -1e15) || !(now < 1e15)) /* a time the table refuses: Python says so */
         return GENEVE_FLOW_SLOW;
@@ -251,8 +251,10 @@ static int flow_of(struct geneve_flow_table *flows, const uint8_t *f, int ipv4,
     put16(key + k, pa);
     put16(key + k + 2, pb);
     key[47] = (uint8_t)(k + 4); /* the key's length, as _flowtable.c's make_key writes it */
+    /* A TCP segment goes with its header: the flow may adjust its sequence numbers. */
     return geneve_flow_fast(flows, key, k + 4, low, proto == 6 ? l4[13] : 0,
-                            be32p(f + GENEVE_LAYOUT_OPTION3 + 4), length, create, now);
+                            be32p(f + GENEVE_LAYOUT_OPTION3 + 4), length, create, now,
+                            proto == 6 ? l4 : NULL, proto == 6 ? room : 0);
 }
 
 /*
@@ -298,7 +300,7 @@ int geneve_fast_forward(uint8_t **slots, int slot_size, const int32_t *lens,
         const int32_t len = lens[i];
         uint8_t *f = slots[i];
         uint32_t total, ptype, ip_end, room, proto;
-        const uint8_t *l4;
+        uint8_t *l4;
         int ok = 0, wanted;
         out[i] = 0;
         for (k = 0; k < n_admitted && !ok; k++)
@@ -366,8 +368,8 @@ int geneve_fast_forward(uint8_t **slots, int slot_size, const int32_t *lens,
         }
         if (flows) {
             /* The flow decides first: its verdict, else the interest; counted in C. */
-            int decided = flow_of(flows, f, ptype == 0x0800, l4, proto, ip_end - INNER, !wanted,
-                                  now);
+            int decided = flow_of(flows, f, ptype == 0x0800, l4, room, proto, ip_end - INNER,
+                                  !wanted, now);
             if (decided < 0)
                 goto slow;
             counts[2] += (decided >> 2) & 1;

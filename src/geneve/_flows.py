@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from . import checksum as _checksum
 from ._headers import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
 from ._packet import Packet, ReceiveBuffer
+from ._seq import record_edits
 
 if TYPE_CHECKING:
     from ._pipeline import Stats, Verdict
@@ -98,11 +99,18 @@ class PipelinePacket(Packet):
     pipeline tracks no flows); :attr:`timestamp` the caller's time for this frame.
     """
 
-    __slots__ = ("flow", "streams", "timestamp")
+    __slots__ = ("flow", "grown", "max_growth", "streams", "timestamp")
 
     flow: Flow | None
     timestamp: float
     streams: Any  # the pipeline's StreamBudget (geneve.stream_start)
+    max_growth: int  # the modifier's declared growth of a TCP segment (0: none declared)
+    grown: int  # how much the rewrites of this TCP segment grew it so far
+
+    def _tcp_length_change(self, edits: list[tuple[int, int, bytes]]) -> int:
+        # With a flow, the rewrite is recorded and applied as the packet leaves the pipeline,
+        # sequence numbers adjusted (geneve._seq); without one, the codec's refusal.
+        return record_edits(self, edits)
 
 
 class Flow:
@@ -126,11 +134,13 @@ class Flow:
         "_end_at",
         "_fins",
         "_gone",
+        "_highs",
         "_orig_low",
         "_packets_o",
         "_packets_r",
         "_reason",
         "_replied",
+        "_seq",
         "_state",
         "_timeout",
         "direction",
@@ -165,6 +175,10 @@ class Flow:
         self._timeout = timeout
         self._replied = False
         self._gone = False
+        self._seq: Any = None  # sequence adjustment, per direction (geneve._seq)
+        # The end of the TCP data forwarded so far, per direction (None: none yet), which a
+        # first rewrite must not reach behind (geneve._seq).
+        self._highs: list[int | None] | None = None
 
     @property
     def packets(self) -> tuple[int, int]:
@@ -263,6 +277,34 @@ class Flow:
 
     def _replied_value(self) -> bool:
         return self._replied
+
+    def _set_seq_adjusted(self) -> None:
+        """The flow's TCP segments have their sequence numbers adjusted (geneve._seq): a C
+        table then maps what it can in the fast path (:meth:`_seq_push`) and hands the rest to
+        Python, and keeps a tombstone when the flow ends idle; nothing to do for a Python
+        flow."""
+
+    def _seq_pull(self, state: Any) -> None:
+        """Bring the record up to the data forwarded without it (and, for a C table's flow, to
+        what the fast path forwarded and saw acknowledged)."""
+        highs = self._highs
+        if highs is not None:
+            for d in (0, 1):
+                record, high = state[d], highs[d]
+                if record is not None and high is not None:
+                    record.raise_high(high)
+
+    def _note_high(self, d: int, end: int) -> None:
+        """TCP data up to sequence number ``end`` of direction ``d`` was forwarded."""
+        highs = self._highs
+        if highs is None:
+            highs = self._highs = [None, None]
+        high = highs[d]
+        if high is None or 0 < (end - high) & 0xFFFFFFFF < 0x80000000:
+            highs[d] = end
+
+    def _seq_push(self, state: Any) -> None:
+        """Give the fast path what it needs of the record (a C table's flow)."""
 
     def __repr__(self) -> str:
         (src, sport), (dst, dport) = self._ends()
@@ -514,8 +556,11 @@ class FlowTable:
         ended = stats.flows_ended
         ended[reason] = ended.get(reason, 0) + 1
         verdict = flow.verdict
-        # A verdict that discards (DROP) leaves a tombstone when GWLB may still send stragglers.
-        if reason == "idle" and verdict is not None and verdict.name != "FORWARD":
+        # A verdict that discards (DROP) leaves a tombstone when GWLB may still send stragglers;
+        # so does a flow whose sequence numbers were adjusted (its next packets are reset).
+        if (reason == "idle" and verdict is not None and verdict.name != "FORWARD") or (
+            reason in ("idle", "evicted") and flow._seq is not None
+        ):
             tombstones = self._tombstones
             tombstones[key] = (flow.deadline + TOMBSTONE_SECONDS, flow.cookies)
             if len(tombstones) > self.max_flows:
@@ -596,7 +641,12 @@ class FlowTable:
             if record["state"]:
                 states[record["key"]] = record["state"]
             record["state"] = None
-        return {"records": records, "states": states, "tombstones": self.export_tombstones()}
+        return {
+            "records": records,
+            "states": states,
+            "seqs": _seqs_of(self._flows.values()),
+            "tombstones": self.export_tombstones(),
+        }
 
     def export_tombstones(self) -> list[tuple[bytes, float, int | None, int | None]]:
         """The tombstones, oldest first: (key, when it expires, the cookies it had)."""
@@ -624,12 +674,26 @@ class FlowTable:
         if records is None:  # a C table's entries: read with the layout they came with
             records = decode_entries(exported["entries"], exported["layout"])
         taken = self.restore(records, now)
+        self._restore_extras(exported, now)
+        return taken
+
+    def _restore_extras(self, exported: dict[str, Any], now: float) -> None:
+        """What goes beside the flows: tombstones, states, sequence adjustment records."""
         self.restore_tombstones(exported.get("tombstones", []), now)
         for key, state in exported.get("states", {}).items():
             flow = self.get(key)
             if flow is not None:
                 flow._state = state
-        return taken
+        for key, (seq, highs) in exported.get("seqs", {}).items():
+            flow = self.get(key)
+            if flow is None:
+                continue
+            if highs is not None and flow._highs is None:
+                flow._highs = highs
+            if seq is not None:
+                flow._seq = seq
+                flow._set_seq_adjusted()
+                flow._seq_push(seq)
 
     def end_all(self, reason: EndReason = "shutdown") -> int:
         """End every live flow with ``reason`` (oldest first); how many ended."""
@@ -639,6 +703,16 @@ class FlowTable:
         for flow in flows:
             self._end(flow, reason)
         return len(flows)
+
+
+def _seqs_of(flows: Any) -> dict[bytes, tuple[Any, Any]]:
+    """The sequence adjustment records (geneve._seq) and high marks of the flows that have
+    them, by key: they go beside the flows at a handover."""
+    return {
+        flow.key: (flow._seq, flow._highs)
+        for flow in flows
+        if flow._seq is not None or flow._highs is not None
+    }
 
 
 def flow_record(flow: Flow) -> dict[str, Any]:
@@ -765,7 +839,7 @@ def _verdict_by_name(name: str) -> Verdict:
 
 # -- the C table ---------------------------------------------------------------------------------
 #
-# The same rules in compact memory (_flowtable.c): entries of 152 bytes in one array, a hash
+# The same rules in compact memory (_flowtable.c): entries of 184 bytes in one array, a hash
 # index, a timer wheel for the timeouts. Python keeps only the views it has made
 # (:class:`CFlow`) of the flows it has seen, by entry index. A flow that ends waits in C until
 # Python has copied it for its view and its ``on_flow_end`` call, then its entry is reused.
@@ -782,6 +856,17 @@ else:
 _NEED_IDS = -5 if _c is None else _c.lib.GENEVE_FLOW_NEED_IDS
 _HOLDING = 64 if _c is None else _c.lib.GENEVE_FLOW_HOLDING
 _REPLIED = 4 if _c is None else _c.lib.GENEVE_FLOW_REPLIED
+
+_SEQ_ADJUSTED, _SEQ_RECORD, _SEQ_HIGH, _SEQ_ACKED = (
+    (1, 2, 8, 32)
+    if _c is None
+    else (
+        _c.lib.GENEVE_SEQ_ADJUSTED,
+        _c.lib.GENEVE_SEQ_RECORD,
+        _c.lib.GENEVE_SEQ_HIGH,
+        _c.lib.GENEVE_SEQ_ACKED,
+    )
+)
 # Whether ReceiveBuffer._target is a C view of the buffer (the C checksum module's).
 _TARGETS = _checksum.IMPLEMENTATION == "c"
 #: The most flows one C table holds (the bound is per table: per worker in the appliance).
@@ -825,6 +910,8 @@ class CFlow(Flow):
         # a view of a copy: a flow that ended).
         self._table = table
         self._state = None
+        self._seq = None
+        self._highs = None
         self.direction = "original"
         # Only Python sets a verdict (C reads it): kept here too, so reading it is cheap.
         self._verdict = _verdict_table()[entry.verdict]
@@ -866,6 +953,39 @@ class CFlow(Flow):
     def _set_holding(self, holding: bool) -> None:
         e = self._e
         e.flags = (e.flags | _HOLDING) if holding else (e.flags & ~_HOLDING & 0xFF)
+
+    def _set_seq_adjusted(self) -> None:
+        self._e.seq_adjusted |= _SEQ_ADJUSTED
+
+    def _note_high(self, d: int, end: int) -> None:
+        e = self._e
+        bit = _SEQ_HIGH << d
+        c = e.seq[d]
+        if not e.seq_adjusted & bit or 0 < (end - c.high) & 0xFFFFFFFF < 0x80000000:
+            c.high = end
+            e.seq_adjusted |= bit
+
+    def _seq_pull(self, state: Any) -> None:
+        e = self._e
+        bits = e.seq_adjusted
+        for d in (0, 1):
+            record = state[d]
+            if record is not None:
+                if bits & (_SEQ_HIGH << d):
+                    record.raise_high(e.seq[d].high)
+                if bits & (_SEQ_ACKED << d):
+                    record.acknowledged(record.unmapped(e.seq[d].acked, True))
+
+    def _seq_push(self, state: Any) -> None:
+        e = self._e
+        bits = e.seq_adjusted
+        for d in (0, 1):
+            record = state[d]
+            if record is not None:
+                c = e.seq[d]
+                c.after, c.shift, c.high = record.fast_path()
+                bits |= (_SEQ_RECORD | _SEQ_HIGH) << d
+        e.seq_adjusted = bits
 
     @property
     def packets(self) -> tuple[int, int]:
@@ -1023,6 +1143,11 @@ class CFlowTable(FlowTable):
         view.direction = "original" if result & 4 else "reply"
         return view
 
+    def set_syn_to_python(self, on: bool) -> None:
+        """Whether the fast path hands every TCP SYN to Python (to clamp its MSS: geneve._seq)."""
+        assert _c is not None
+        _c.lib.geneve_flow_set_syn_to_python(self._t, 1 if on else 0)
+
     def count_created(self, count: int) -> None:
         """``count`` flows the fast path made."""
         stats = self._stats_of()
@@ -1087,6 +1212,7 @@ class CFlowTable(FlowTable):
             "entries": bytes(ffi.buffer(entries, copied * ffi.sizeof("struct geneve_flow"))),
             "layout": _LAYOUT,
             "states": states,
+            "seqs": _seqs_of(self._views.values()),
             "tombstones": self.export_tombstones(),
         }
 
@@ -1144,11 +1270,7 @@ class CFlowTable(FlowTable):
         else:
             taken = 0
         self._stats_of().flows_active += max(0, taken)
-        self.restore_tombstones(exported.get("tombstones", []), now)
-        for key, state in exported.get("states", {}).items():
-            flow = self.get(key)
-            if flow is not None:
-                flow._state = state
+        self._restore_extras(exported, now)
         return max(0, taken)
 
     def restore(self, records: list[dict[str, Any]], now: float) -> int:

@@ -37,6 +37,10 @@ class _Lib:
     GENEVE_FLOW_SLOW: Final[int]
     GENEVE_FLOW_NEED_IDS: Final[int]
     GENEVE_FLOW_EXISTS: Final[int]
+    GENEVE_SEQ_ADJUSTED: Final[int]
+    GENEVE_SEQ_RECORD: Final[int]
+    GENEVE_SEQ_HIGH: Final[int]
+    GENEVE_SEQ_ACKED: Final[int]
     @staticmethod
     def geneve_flow_table_new(
         max_flows: int, tcp_timeout: float, other_timeout: float, /
@@ -96,7 +100,13 @@ class _Lib:
         length: int,
         create_flow: int,
         now: float,
+        tcp: FFI.CData,
+        tcp_room: int,
         /,
     ) -> int: ...
+    @staticmethod
+    def geneve_flow_set_syn_to_python(t: FFI.CData, on: int, /) -> int: ...
+    @staticmethod
+    def geneve_seq_fast(f: FFI.CData, original: int, tcp: FFI.CData, tcp_room: int, /) -> int: ...
 
 lib: _Lib

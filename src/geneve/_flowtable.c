@@ -4,7 +4,7 @@
  * table's (geneve/_flows.py, the reference; docs/flows.md); this file keeps them in compact
  * memory:
  *
- * - Entries (struct geneve_flow, 152 bytes) in one array, allocated once for the table's bound
+ * - Entries (struct geneve_flow, 184 bytes) in one array, allocated once for the table's bound
  *   (live flows, as many tombstones, and room for flows that ended and wait for Python) with
  *   calloc: the kernel maps pages as entries are first used, so memory follows the flows seen.
  *   Freed entries are reused first.
@@ -52,6 +52,7 @@ struct geneve_flow_table {
     uint32_t live, tombs, pending, max_flows;
     uint32_t end_cursor; /* where the next geneve_flow_end_all call goes on (0: the start) */
     double tcp_timeout, other_timeout;
+    int syn_to_python; /* sequence adjustment: every TCP SYN goes to Python (its MSS) */
 };
 
 #define E(t, ref) (&(t)->e[(ref) - 1])
@@ -266,9 +267,13 @@ static void end_flow(struct geneve_flow_table *t, uint32_t ref, int reason)
     f->reason = (uint8_t)reason;
     t->live--;
     /* A flow a verdict was discarding leaves a tombstone when it ends idle: GWLB may still send
-     * stragglers of it, which must not come back as a new flow seen mid-stream. */
-    if (reason == GENEVE_FLOW_IDLE && f->verdict != GENEVE_FLOW_UNDECIDED &&
-        f->verdict != GENEVE_FLOW_FORWARD) {
+     * stragglers of it, which must not come back as a new flow seen mid-stream. So does a flow
+     * whose sequence numbers were adjusted, ended idle or evicted: Python resets its next
+     * packets. */
+    if ((reason == GENEVE_FLOW_IDLE && f->verdict != GENEVE_FLOW_UNDECIDED &&
+         f->verdict != GENEVE_FLOW_FORWARD) ||
+        ((reason == GENEVE_FLOW_IDLE || reason == GENEVE_FLOW_EVICTED) &&
+         (f->seq_adjusted & GENEVE_SEQ_ADJUSTED))) {
         f->flags |= GENEVE_FLOW_TOMB;
         f->expires = deadline(t, f) + GENEVE_FLOW_TOMBSTONE;
         u_append(t, &t->tomb_head, &t->tomb_tail, ref);
@@ -542,6 +547,135 @@ int32_t geneve_flow_track(struct geneve_flow_table *t, const void *frame, size_t
                      (uint32_t)(cookie < 0 ? 0 : cookie), (uint32_t)(ip_end - ip_off), now);
 }
 
+/* -- sequence adjustment (geneve/_seq.py) -------------------------------------------------- */
+
+int geneve_flow_set_syn_to_python(struct geneve_flow_table *t, int on)
+{
+    if (!t)
+        return GENEVE_FLOW_BAD_ARGUMENT;
+    t->syn_to_python = on != 0;
+    return 0;
+}
+
+/* Whether Python must see a TCP packet (flags tcp_flags) of flow f (NULL: no live flow) before
+ * anything else is tried: a SYN whose MSS Python may clamp, or a segment of an adjusted flow
+ * that the fast path cannot map (no TCP header given). */
+static int seq_needs_python(const struct geneve_flow_table *t, const struct geneve_flow *f,
+                            int tcp_flags, const uint8_t *tcp)
+{
+    return (f && (f->seq_adjusted & GENEVE_SEQ_ADJUSTED) && !tcp) ||
+           (t->syn_to_python && (tcp_flags & TCP_SYN));
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+/* The TCP checksum at c after a 32-bit field changed from old to new (RFC 1624, eqn. 3). */
+static void checksum_replace32(uint8_t *c, uint32_t old, uint32_t new)
+{
+    uint32_t sum = (uint32_t)(~((uint32_t)c[0] << 8 | c[1]) & 0xffff);
+    sum += (~old >> 16 & 0xffff) + (~old & 0xffff) + (new >> 16) + (new & 0xffff);
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    sum = ~sum & 0xffff;
+    c[0] = (uint8_t)(sum >> 8);
+    c[1] = (uint8_t)sum;
+}
+
+/* The end of the data of a TCP segment of direction d that the fast path forwards: a first
+ * rewrite in that direction later must not reach behind it (geneve/_seq.py). */
+static void seq_note_high(struct geneve_flow *f, int d, const uint8_t *tcp, uint32_t tcp_room)
+{
+    uint32_t doff, end, bit = (uint32_t)GENEVE_SEQ_HIGH << d;
+    if (tcp_room < 20)
+        return;
+    doff = (uint32_t)(tcp[12] >> 4) * 4;
+    if (doff < 20 || doff > tcp_room)
+        return;
+    end = get32(tcp + 4) + (tcp_room - doff) + (uint32_t)(tcp[13] & TCP_FIN) +
+          (uint32_t)((tcp[13] & TCP_SYN) >> 1);
+    if (end == get32(tcp + 4))
+        return;
+    if (!(f->seq_adjusted & bit) || (int32_t)(end - f->seq[d].high) > 0) {
+        f->seq[d].high = end;
+        f->seq_adjusted |= (uint8_t)bit;
+    }
+}
+
+int32_t geneve_seq_fast(struct geneve_flow *f, int original, uint8_t *tcp, uint32_t tcp_room)
+{
+    int d = original ? 0 : 1;
+    struct geneve_seq_dir *mine, *theirs;
+    uint32_t doff, seq, ack, end, i;
+    int flags, mine_on, theirs_on;
+    if (!f || !tcp || tcp_room < 20)
+        return GENEVE_FLOW_BAD_ARGUMENT;
+    mine = &f->seq[d];
+    theirs = &f->seq[1 - d];
+    doff = (uint32_t)(tcp[12] >> 4) * 4;
+    if (doff < 20 || doff > tcp_room)
+        return GENEVE_FLOW_BAD_ARGUMENT;
+    flags = tcp[13];
+    if (flags & (TCP_SYN | TCP_RST))
+        return GENEVE_FLOW_SLOW;
+    /* SACK blocks need the whole record: Python maps them. */
+    for (i = 20; i < doff;) {
+        uint8_t kind = tcp[i];
+        if (kind == 0)
+            break;
+        if (kind == 1) {
+            i++;
+            continue;
+        }
+        if (i + 1 >= doff || tcp[i + 1] < 2 || i + tcp[i + 1] > doff || kind == 5)
+            return GENEVE_FLOW_SLOW;
+        i += tcp[i + 1];
+    }
+    mine_on = (f->seq_adjusted >> d) & GENEVE_SEQ_RECORD;
+    theirs_on = (f->seq_adjusted >> (1 - d)) & GENEVE_SEQ_RECORD;
+    seq = get32(tcp + 4);
+    ack = get32(tcp + 8);
+    end = seq + (tcp_room - doff) + (uint32_t)(flags & TCP_FIN);
+    /* Only past the last region of each record, where the shift is one number; and not data
+     * beyond a gap, which Python drops (a match in the gap must still be rewritable). */
+    if (mine_on && (int32_t)(seq - mine->after) < 0)
+        return GENEVE_FLOW_SLOW;
+    if (mine_on && end != seq && ((f->seq_adjusted >> d) & GENEVE_SEQ_HIGH) &&
+        (int32_t)(seq - mine->high) > 0)
+        return GENEVE_FLOW_SLOW;
+    if (theirs_on && (flags & TCP_ACK) &&
+        (int32_t)(ack - (theirs->after + (uint32_t)theirs->shift)) < 0)
+        return GENEVE_FLOW_SLOW;
+    if (!((f->seq_adjusted >> d) & GENEVE_SEQ_HIGH) || (int32_t)(end - mine->high) > 0)
+        mine->high = end;
+    f->seq_adjusted |= (uint8_t)(GENEVE_SEQ_HIGH << d);
+    if (mine_on && mine->shift) {
+        put32(tcp + 4, seq + (uint32_t)mine->shift);
+        checksum_replace32(tcp + 16, seq, seq + (uint32_t)mine->shift);
+    }
+    if (flags & TCP_ACK) {
+        if (!((f->seq_adjusted >> (1 - d)) & GENEVE_SEQ_ACKED) ||
+            (int32_t)(ack - theirs->acked) > 0)
+            theirs->acked = ack;
+        f->seq_adjusted |= (uint8_t)(GENEVE_SEQ_ACKED << (1 - d));
+        if (theirs_on && theirs->shift) {
+            put32(tcp + 8, ack - (uint32_t)theirs->shift);
+            checksum_replace32(tcp + 16, ack, ack - (uint32_t)theirs->shift);
+        }
+    }
+    return 0;
+}
+
 /*
  * The fast path's share: count a packet whose flow the fast path may decide alone, and return
  * its verdict (GENEVE_FLOW_UNDECIDED: forward it, the modifier did not want it) with
@@ -552,7 +686,7 @@ int32_t geneve_flow_track(struct geneve_flow_table *t, const void *frame, size_t
  */
 int32_t geneve_flow_fast(struct geneve_flow_table *t, const uint8_t *key, int key_len, int low,
                          int tcp_flags, uint32_t cookie, uint32_t length, int create_flow,
-                         double now)
+                         double now, uint8_t *tcp_header, uint32_t tcp_room)
 {
     int syn = (tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
     int tcp = key[8] == 6;
@@ -565,18 +699,29 @@ int32_t geneve_flow_fast(struct geneve_flow_table *t, const uint8_t *key, int ke
         int seen = (f->flags & (original ? GENEVE_FLOW_COOKIE_O : GENEVE_FLOW_COOKIE_R)) != 0;
         if (f->end_at >= 0 || now >= deadline(t, f) || (syn && seen && f->cookie[d] != cookie) ||
             (f->flags & GENEVE_FLOW_HOLDING) ||
-            f->verdict == GENEVE_FLOW_REJECT || (f->verdict == GENEVE_FLOW_UNDECIDED && !create_flow))
+            f->verdict == GENEVE_FLOW_REJECT || (f->verdict == GENEVE_FLOW_UNDECIDED && !create_flow) ||
+            (tcp && seq_needs_python(t, f, tcp_flags, tcp_header)))
             return GENEVE_FLOW_SLOW;
+        /* Last: the segment is changed only when everything else let C decide it. */
+        if (tcp && (f->seq_adjusted & GENEVE_SEQ_ADJUSTED)) {
+            if (geneve_seq_fast(f, original, tcp_header, tcp_room) != 0)
+                return GENEVE_FLOW_SLOW;
+        } else if (tcp && tcp_header) {
+            seq_note_high(f, d, tcp_header, tcp_room);
+        }
         count(t, ref, original, tcp ? tcp_flags : 0, 1, cookie, length, now);
         return (int32_t)(f->verdict | (t->pending != pending) << 3);
     }
     if (!create_flow || find(t, key, GENEVE_FLOW_TOMB) ||
-        (t->live >= t->max_flows && !t->unreplied_head))
+        (t->live >= t->max_flows && !t->unreplied_head) ||
+        (tcp && seq_needs_python(t, NULL, tcp_flags, tcp_header)))
         return GENEVE_FLOW_SLOW;
     ref = create(t, key, key_len, low, tcp, syn, now);
     if (!ref)
         return GENEVE_FLOW_SLOW;
     count(t, ref, 1, tcp ? tcp_flags : 0, 1, cookie, length, now);
+    if (tcp && tcp_header)
+        seq_note_high(E(t, ref), 0, tcp_header, tcp_room);
     return (int32_t)(GENEVE_FLOW_UNDECIDED | 1 << 2 | (t->pending != pending) << 3);
 }
 
@@ -744,6 +889,10 @@ int32_t geneve_flow_restore(struct geneve_flow_table *t, const struct geneve_flo
     f->reason = src->reason;
     f->tcp = src->tcp;
     f->flags = (uint8_t)(GENEVE_FLOW_LIVE | (src->flags & keep));
+    /* What the fast path knows of its sequence adjustment (geneve/_seq.py), if any. */
+    f->seq_adjusted = (uint8_t)(src->seq_adjusted & 0x7f);
+    f->seq[0] = src->seq[0];
+    f->seq[1] = src->seq[1];
     hash_add(t, ref);
     if (!t->wheel_started) {
         int64_t second = (int64_t)now;

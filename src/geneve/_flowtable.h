@@ -32,7 +32,22 @@
 #define GENEVE_FLOW_LINGER 10
 #define GENEVE_FLOW_TOMBSTONE 60
 
-/* One flow: 152 bytes. Links are entry index + 1 (0: none). */
+/* Sequence adjustment of one direction of a TCP flow (geneve/_seq.py keeps the whole record;
+ * this is the part the fast path applies, like the kernel's nf_nat_seq_adj). Sequence
+ * numbers as on the wire (modulo 2^32). */
+struct geneve_seq_dir {
+    uint32_t after; /* the end of the last rewritten region: from here on, a shift of `shift` */
+    uint32_t high;  /* the end of the data forwarded so far */
+    uint32_t acked; /* the highest acknowledgment of this direction's data the fast path saw */
+    int32_t shift;  /* what every later byte of the direction has moved by */
+};
+/* struct geneve_flow.seq_adjusted */
+#define GENEVE_SEQ_ADJUSTED 1 /* Python adjusts the flow's sequence numbers */
+#define GENEVE_SEQ_RECORD 2   /* << direction: the direction has a record (after, shift) */
+#define GENEVE_SEQ_HIGH 8     /* << direction: high is known */
+#define GENEVE_SEQ_ACKED 32   /* << direction: acked is known */
+
+/* One flow: 184 bytes. Links are entry index + 1 (0: none). */
 struct geneve_flow {
     uint8_t key[48]; /* endpoint id, protocol, low end's address, high end's, their ports;
                       * zeros after them, and the key's length in the last byte */
@@ -57,6 +72,11 @@ struct geneve_flow {
     uint8_t flags;
     uint8_t tcp;
     uint16_t slot; /* the wheel slot it is in */
+    /* Sequence adjustment (geneve/_seq.py): GENEVE_SEQ_* bits, set by Python when a rewrite
+     * changed a TCP payload's length; the fast path then shifts the segments it can (after
+     * the last region, no SACK) and hands the others to Python. */
+    uint8_t seq_adjusted;
+    struct geneve_seq_dir seq[2]; /* original, reply */
 };
 
 struct geneve_flow_table;
@@ -101,6 +121,9 @@ int32_t geneve_flow_lookup(struct geneve_flow_table *t, const uint8_t *key, size
 int32_t geneve_flow_next(struct geneve_flow_table *t, int32_t from);
 struct geneve_flow *geneve_flow_entry(struct geneve_flow_table *t, int32_t index);
 int64_t geneve_flow_count(struct geneve_flow_table *t, int what);
+/* Sequence adjustment: with on != 0, the fast path hands every TCP SYN to Python (whose
+ * modifier may rewrite lengths: it clamps their MSS). 0, or GENEVE_FLOW_BAD_ARGUMENT. */
+int geneve_flow_set_syn_to_python(struct geneve_flow_table *t, int on);
 #define GENEVE_FLOW_COUNT_LIVE 0
 #define GENEVE_FLOW_COUNT_TOMBSTONES 1
 #define GENEVE_FLOW_COUNT_PENDING 2
@@ -111,6 +134,10 @@ int64_t geneve_flow_count(struct geneve_flow_table *t, int what);
 #define GENEVE_FLOW_SLOW -3
 int32_t geneve_flow_fast(struct geneve_flow_table *t, const uint8_t *key, int key_len, int low,
                          int tcp_flags, uint32_t cookie, uint32_t length, int create,
-                         double now);
+                         double now, uint8_t *tcp, uint32_t tcp_room);
+/* The fast path's sequence adjustment of one TCP segment (its header at tcp, tcp_room bytes of
+ * header and payload) of flow f in direction original: 0 when done (the segment's numbers and
+ * checksum rewritten), GENEVE_FLOW_SLOW (nothing changed) when Python must map it. */
+int32_t geneve_seq_fast(struct geneve_flow *f, int original, uint8_t *tcp, uint32_t tcp_room);
 
 #endif

@@ -86,6 +86,10 @@ _swap_unpack, _swap_pack = _SWAP.unpack_from, _SWAP.pack_into
 _u16 = _U16.pack_into
 
 _IP6_FRAGMENT = 44
+_TCP_LENGTH_MESSAGE = (
+    "changing a TCP payload's length needs flows (Pipeline(..., flows=True)) to adjust its "
+    "sequence numbers"
+)
 
 _ETH_VLAN = (0x8100, 0x88A8)
 
@@ -618,7 +622,7 @@ class Packet:
         self.modified = True
 
     def replace_payload(self, data: bytes | bytearray | memoryview) -> None:
-        """Replace the inner UDP or ICMP payload (TCP: only with the same length).
+        """Replace the inner UDP, ICMP or TCP payload (TCP: another length needs flows).
 
         Grows or shrinks the frame and rewrites the inner IP, inner UDP, outer IPv4 and outer UDP
         lengths; checksums are fixed by :meth:`reply` (or :meth:`fix_checksums`). Bytes after
@@ -628,19 +632,31 @@ class Packet:
             raise FragmentError("inner packet is a fragment; it is never rewritten")
         if self.payload_offset < 0:
             raise UnsupportedError("inner packet has no payload to replace", "no-payload")
+        if self.l4_protocol == IPPROTO_TCP and self.payload_offset + len(data) != self.ip_end:
+            self._tcp_length_change([(0, self.ip_end - self.payload_offset, bytes(data))])
+            return
         self._write_payload(data)
 
-    def _write_payload(self, data: bytes | bytearray | memoryview) -> None:
+    def _tcp_length_change(self, edits: list[tuple[int, int, bytes]]) -> int:
+        # A Packet on its own cannot change a TCP payload's length: the peer would see its
+        # sequence numbers off. A pipeline's packet with a flow can (geneve._seq).
+        raise UnsupportedError(_TCP_LENGTH_MESSAGE)
+
+    def _resize_tcp_payload(self, data: bytes | bytearray | memoryview) -> None:
+        """Replace the TCP payload whatever its length (the sequence adjustment's own edit)."""
+        self._write_payload(data, True)
+
+    def _write_payload(
+        self, data: bytes | bytearray | memoryview, tcp: bool = False
+    ) -> None:
         # The inner packet is parsed, has a payload and is not a fragment.
         start = self.payload_offset
         new_ip_end = start + len(data)
         if new_ip_end != self.ip_end:
             proto = self.l4_protocol
-            if proto == IPPROTO_TCP:
-                raise UnsupportedError(
-                    "changing a TCP payload's length breaks its sequence numbers"
-                )
-            if proto != IPPROTO_UDP and proto != IPPROTO_ICMP and proto != IPPROTO_ICMPV6:
+            if proto == IPPROTO_TCP and not tcp:
+                raise UnsupportedError(_TCP_LENGTH_MESSAGE)
+            if proto not in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6):
                 raise UnsupportedError(f"cannot resize the payload of IP protocol {proto}")
             limit = 0xFFFF if self.ip_version == 4 else 0xFFFF + 40
             if new_ip_end > 0xFFFF or new_ip_end - self.ip_offset > limit:
@@ -692,7 +708,7 @@ class Packet:
             data = buf[96:end].replace(old, new, count)
             new_end = 96 + len(data)
             if new_end == end or new_end > 0xFFFF or new_end - 68 > self.max_inner_length:
-                return self._replace_other(96, end, data, old, count)
+                return self._replace_other(96, end, data, old, new, count)
             try:
                 buf[96:new_end] = data
             except BufferError:
@@ -722,7 +738,7 @@ class Packet:
             or new_end > 0xFFFF
             or new_end - self.inner_offset > self.max_inner_length
         ):
-            return self._replace_other(start, end, data, old, count)
+            return self._replace_other(start, end, data, old, new, count)
         try:
             # Grows the buffer when the frame outgrows it (the slice then ends at its end).
             buf[start:new_end] = data
@@ -744,9 +760,20 @@ class Packet:
         # Each replacement changed the length by the same amount: no second scan.
         return (new_end - end) // (len(new) - len(old))
 
-    def _replace_other(self, start: int, end: int, data: bytearray, old: bytes, count: int) -> int:
+    def _replace_other(
+        self, start: int, end: int, data: bytearray, old: bytes, new: bytes, count: int
+    ) -> int:
         if not count:
             return 0
+        if self.l4_protocol == IPPROTO_TCP and len(old) != len(new):
+            # Each occurrence, as bytes.replace finds them: left to right, not overlapping.
+            edits: list[tuple[int, int, bytes]] = []
+            buf = self.buf
+            at = buf.find(old, start, end)
+            while at >= 0 and count != len(edits):
+                edits.append((at - start, len(old), bytes(new)))
+                at = buf.find(old, at + len(old), end)
+            return self._tcp_length_change(edits)
         found = self.buf.count(old, start, end)  # non-overlapping, as replace() counts
         self._write_payload(data)
         return found if count < 0 else min(count, found)

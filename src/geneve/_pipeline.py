@@ -19,10 +19,19 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
 
 from ._errors import GeneveError, NotGeneveError, PacketTooLargeError
-from ._flows import DROP_TOMBSTONE, CFlowTable, EndReason, Flow, FlowTable, PipelinePacket
+from ._flows import (
+    DROP_TOMBSTONE,
+    TOMBSTONE_SECONDS,
+    CFlowTable,
+    EndReason,
+    Flow,
+    FlowTable,
+    PipelinePacket,
+)
 from ._headers import GENEVE_PORT, IPPROTO_TCP, IPPROTO_UDP
 from ._packet import MAX_INNER_LENGTH, Packet
 from ._reject import reject_frame
+from ._seq import ADJUSTED, GAP, adjust, clamp_mss, note_forwarded, tcp_reset_forward
 from ._stream import STATE_KEY as STREAM_STATE_KEY
 from ._stream import StreamBudget, release_streams
 
@@ -163,14 +172,21 @@ class Interest:
     modifier at all (checked, swapped and sent in C, in batches), which is what makes traffic
     that no rule touches cheap. A modifier that declares nothing sees every packet.
 
-    ``|`` combines the interests of modifiers run one after another, ``&`` narrows one by a
-    condition; both may over-approximate (send Python a packet it did not need), never the
-    other way.
+    ``max_growth``: the most bytes the modifier adds to one TCP segment (a rewrite that changes
+    the length, docs/codec.md, "TCP rewrites that change the length"). With flows on, the
+    pipeline lowers the MSS option of the SYN and SYN-ACK of every TCP flow on the ports of
+    interest by that much, so that a full-size segment still fits the path once grown (GWLB
+    does not fragment). 0 (the default): the modifier never grows a TCP segment.
+
+    ``|`` combines the interests of modifiers run one after another (their growths add up),
+    ``&`` narrows one by a condition; both may over-approximate (send Python a packet it did
+    not need), never the other way.
     """
 
     udp_ports: frozenset[int] | None = None
     tcp_ports: frozenset[int] | None = None
     needles: frozenset[bytes] | None = None
+    max_growth: int = 0
 
     def __post_init__(self) -> None:
         # An empty needle is in every payload: it would make needles mean nothing.
@@ -184,6 +200,8 @@ class Interest:
         # so that combining with another interest does not widen its needles.
         if self.udp_ports == frozenset() and self.tcp_ports == frozenset():
             object.__setattr__(self, "needles", frozenset())
+        if type(self.max_growth) is not int or not 0 <= self.max_growth <= 0xFFFF:
+            raise ValueError("max_growth must be an integer from 0 to 65535")
 
     def __or__(self, other: Interest) -> Interest:
         def union(a: frozenset[Any] | None, b: frozenset[Any] | None) -> frozenset[Any] | None:
@@ -193,6 +211,7 @@ class Interest:
             union(self.udp_ports, other.udp_ports),
             union(self.tcp_ports, other.tcp_ports),
             union(self.needles, other.needles),
+            min(self.max_growth + other.max_growth, 0xFFFF),
         )
 
     def __and__(self, other: Interest) -> Interest:
@@ -203,7 +222,10 @@ class Interest:
         a, b = self.needles, other.needles
         needles = b if a is None else a if b is None else a | b
         return Interest(
-            meet(self.udp_ports, other.udp_ports), meet(self.tcp_ports, other.tcp_ports), needles
+            meet(self.udp_ports, other.udp_ports),
+            meet(self.tcp_ports, other.tcp_ports),
+            needles,
+            max(self.max_growth, other.max_growth),
         )
 
     @property
@@ -232,11 +254,13 @@ def declare_interest(
     tcp_ports: Iterable[int] | None = None,
     payload_contains: Iterable[bytes] | None = None,
     interest: Interest | None = None,
+    max_growth: int = 0,
 ) -> _F:
     """Say that ``modifier`` only needs some inner UDP/TCP packets (and all the others).
 
     ``udp_ports`` / ``tcp_ports``: ``None`` means every port, an empty list none.
-    ``payload_contains``: the modifier acts only on payloads containing one of these. Or give
+    ``payload_contains``: the modifier acts only on payloads containing one of these.
+    ``max_growth``: the most bytes it adds to one TCP segment (see :class:`Interest`). Or give
     an :class:`Interest` made already (``interest=``), alone. Returns the same callable, so
     ``modifier = declare_interest(fn, udp_ports=[53])`` works. The promise is the modifier's:
     a packet outside its interest is forwarded as if it returned None without changing
@@ -252,8 +276,14 @@ def declare_interest(
             None if udp_ports is None else frozenset(udp_ports),
             None if tcp_ports is None else frozenset(tcp_ports),
             needles,
+            max_growth,
         )
-    elif udp_ports is not None or tcp_ports is not None or payload_contains is not None:
+    elif (
+        udp_ports is not None
+        or tcp_ports is not None
+        or payload_contains is not None
+        or max_growth
+    ):
         raise ValueError("give interest= alone, or the ports and payload_contains")
     setattr(modifier, _INTEREST_ATTR, interest)
     return modifier
@@ -277,6 +307,11 @@ class Stats:
     (their flow was dropped, rejected or ended) or ``hold-limit`` (a bound was reached).
     ``stream_flow_limits`` / ``stream_total_limits`` count the stream starts
     (:func:`geneve.stream_start`) that reached their cap per direction / the pipeline's.
+    ``seq_adjusted`` counts TCP segments whose sequence or acknowledgment numbers the pipeline
+    shifted for a rewrite that changed a length (those the appliance's C fast path shifts are
+    counted as forwarded only), ``seq_resets`` the connections reset (a RST
+    both ways) because their rewrite state was lost (the flow ended idle, or too many rewrites
+    waited for an acknowledgment).
     """
 
     __slots__ = (
@@ -299,6 +334,8 @@ class Stats:
         "modifier_errors",
         "received",
         "rejected",
+        "seq_adjusted",
+        "seq_resets",
         "skipped",
         "stream_flow_limits",
         "stream_total_limits",
@@ -321,6 +358,8 @@ class Stats:
         self.held_bytes = 0
         self.stream_flow_limits = 0
         self.stream_total_limits = 0
+        self.seq_adjusted = 0
+        self.seq_resets = 0
         self.flows_active = 0
         self.flows_created = 0
         self.flows_early_dropped = 0
@@ -360,6 +399,8 @@ class Stats:
             "held_bytes": self.held_bytes,
             "stream_flow_limits": self.stream_flow_limits,
             "stream_total_limits": self.stream_total_limits,
+            "seq_adjusted": self.seq_adjusted,
+            "seq_resets": self.seq_resets,
             "drops": dict(self.drops),
             "malformed_reasons": dict(self.malformed_reasons),
             "flows_ended": dict(self.flows_ended),
@@ -385,6 +426,8 @@ class Stats:
         "held_bytes",
         "stream_flow_limits",
         "stream_total_limits",
+        "seq_adjusted",
+        "seq_resets",
     )
 
     @classmethod
@@ -427,6 +470,9 @@ HOLD_SECONDS = 5.0
 #: Bytes of held frames in one pipeline (one worker) at most.
 HOLD_TOTAL_BYTES = 32 * 1024 * 1024
 REJECTS_PER_SECOND = 5
+#: Connections whose rewrite state was lost that the pipeline remembers, to reset them at their
+#: next packet (the oldest is forgotten first).
+LOST_FLOWS = 4096
 #: Flows the rate limit remembers; when full, the one rejected longest ago is forgotten.
 REJECT_FLOWS = 4096
 # Packet.parse makes a packet of the class it is called on.
@@ -458,7 +504,9 @@ class Pipeline:
     """
 
     __slots__ = (
+        "_growth",
         "_held",
+        "_lost",
         "_on_flow_end",
         "_rejects",
         "_released",
@@ -517,6 +565,17 @@ class Pipeline:
         self.flows: FlowTable | None = table
         # REJECT's rate limit: flow key -> (start of its one-second window, REJECTs in it).
         self._rejects: dict[bytes, tuple[float, int]] = {}
+        # Sequence adjustment (geneve._seq): flows whose rewrite state was lost, by
+        # _flow_key -> (until when, {source end: its direction's last shift}).
+        self._lost: dict[bytes, tuple[float, dict[bytes, int]]] = {}
+        self._growth = 0
+        self._set_growth()
+
+    def _set_growth(self) -> None:
+        """The modifier's declared growth of a TCP segment: the MSS clamp of its SYNs."""
+        self._growth = self.interest.max_growth if self.flows is not None else 0
+        if isinstance(self.flows, CFlowTable):
+            self.flows.set_syn_to_python(self._growth > 0)
 
     def handle(self, buf: bytearray, length: int, now: float = 0.0) -> tuple[memoryview, ...]:
         """The frames to send for the received frame ``buf[:length]``: ``()`` or its reply.
@@ -568,6 +627,7 @@ class Pipeline:
         self.modifier = modifier
         self.interest = interest_of(modifier)
         self._on_flow_end = getattr(modifier, "on_flow_end", None)
+        self._set_growth()
 
     # -- the life cycle and the clock ----------------------------------------------------------
 
@@ -623,6 +683,11 @@ class Pipeline:
         table = self.flows
         exported = table.export_flows() if table is not None else {"records": [], "states": {}}
         states = exported.pop("states")
+        seqs = exported.pop("seqs", {})
+        try:
+            packed_seqs = pickle.dumps(seqs, pickle.HIGHEST_PROTOCOL)
+        except Exception:  # cannot happen with geneve._seq's records; never fail a handover
+            packed_seqs = pickle.dumps({}, pickle.HIGHEST_PROTOCOL)
         lost = 0
         try:
             packed_states = pickle.dumps(states, pickle.HIGHEST_PROTOCOL)
@@ -644,6 +709,7 @@ class Pipeline:
             "flows": pickle.dumps(exported, pickle.HIGHEST_PROTOCOL),
             "count": len(table) if table is not None else 0,
             "states": packed_states,
+            "seqs": packed_seqs,
             "held": held,
             "states_lost": lost,
         }
@@ -657,6 +723,7 @@ class Pipeline:
             return 0
         exported = pickle.loads(handed["flows"])
         exported["states"] = states = pickle.loads(handed["states"])
+        exported["seqs"] = pickle.loads(handed.get("seqs", pickle.dumps({})))
         taken = table.restore_flows(exported, now)
         for key, state in states.items():
             starts = state.get(STREAM_STATE_KEY)
@@ -692,6 +759,8 @@ class Pipeline:
             self.stats.note_error(exc)
 
     def _flow_ended(self, flow: Flow, reason: EndReason) -> None:
+        if flow._seq is not None and reason in ("idle", "evicted"):
+            self._remember_lost(flow)
         if self._held:
             self._discard(flow, "hold")
         if self._streams.used:
@@ -734,6 +803,8 @@ class Pipeline:
             return None
         packet.timestamp = now
         packet.streams = self._streams
+        packet.max_growth = self._growth
+        packet.grown = 0
         flows = self.flows
         if flows is None or not packet.ip_version:
             packet.flow = None
@@ -743,15 +814,23 @@ class Pipeline:
                 packet.flow = None
                 if flow is DROP_TOMBSTONE:
                     stats.flow_verdict_packets += 1
+                    if self._lost and packet.l4_protocol == IPPROTO_TCP:
+                        return self._reset_lost(packet, now)
                 stats.drop(flow)
                 return None
             packet.flow = flow
+            if self._growth and packet.l4_protocol == IPPROTO_TCP:
+                self._clamp(packet)
             decided = flow.verdict
             if decided is not None:
                 stats.flow_verdict_packets += 1
                 if self._held:
                     self._settle(flow, decided)
                 if decided is _FORWARD:
+                    if packet.l4_protocol == IPPROTO_TCP:
+                        if flow._seq is not None:
+                            return self._adjust(packet, now)
+                        note_forwarded(packet)
                     return packet
                 if decided is _REJECT:
                     return self._reject(packet, now)
@@ -815,10 +894,95 @@ class Pipeline:
                 reason = "rule:other"
             stats.drop(reason)
             return None
+        flow_ = packet.flow
+        if flow_ is not None and packet.l4_protocol == IPPROTO_TCP:
+            if flow_._seq is not None:
+                return self._adjust(packet, now)
+            note_forwarded(packet)
         if packet.modified and packet.length - packet.inner_offset > max_inner_length:
             stats.drop("too-large")
             return None
         return packet
+
+    # -- sequence adjustment (geneve._seq) -----------------------------------------------------
+
+    def _clamp(self, packet: PipelinePacket) -> None:
+        """Lower the MSS of a SYN or SYN-ACK on the ports of interest by the declared growth."""
+        l4 = packet.l4_offset
+        if l4 < 0 or packet.payload_offset - l4 <= 20 or not packet.buf[l4 + 13] & 0x02:
+            return
+        ports = self.interest.tcp_ports
+        if ports is not None:
+            sport, dport = packet.ports or (0, 0)
+            if sport not in ports and dport not in ports:
+                return
+        clamp_mss(packet, self._growth)
+
+    def _adjust(self, packet: PipelinePacket, now: float) -> Packet | memoryview | None:
+        """A TCP segment of a flow with a rewrite record, mapped through it as it leaves."""
+        stats = self.stats
+        try:
+            done = adjust(packet)
+        except PacketTooLargeError:  # a retransmission that carries its replacements grew
+            stats.drop("too-large")
+            return None
+        if done == GAP:  # data beyond a gap: sent again once the gap is filled
+            stats.drop("seq-gap")
+            return None
+        if done != ADJUSTED:  # too many rewrites waited for an acknowledgment: the state is lost
+            flow = packet.flow
+            assert flow is not None
+            flow.verdict = _DROP
+            state = flow._seq
+            d = 0 if flow.direction == "original" else 1
+            record = state[d]
+            shift = 0 if record is None else record.shift_at_end()
+            return self._reset(packet, now, shift)
+        stats.seq_adjusted += 1
+        if packet.length - packet.inner_offset > self.max_inner_length:
+            stats.drop("too-large")
+            return None
+        return packet
+
+    def _remember_lost(self, flow: Flow) -> None:
+        """A flow with a rewrite record ended idle or evicted: reset the connection at its
+        next packet."""
+        key = flow.key
+        size = 4 if len(key) == 21 else 16
+        low = key[9 : 9 + size] + key[9 + 2 * size : 11 + 2 * size]
+        high = key[9 + size : 9 + 2 * size] + key[11 + 2 * size : 13 + 2 * size]
+        original, reply = (low, high) if flow._orig_low else (high, low)
+        shifts = {}
+        for end, record in zip((original, reply), flow._seq, strict=True):
+            shifts[end] = 0 if record is None else record.shift_at_end()
+        lost = self._lost
+        if len(lost) >= LOST_FLOWS:
+            del lost[next(iter(lost))]
+        lost[bytes((key[8],)) + low + high] = (flow.deadline + TOMBSTONE_SECONDS, shifts)
+
+    def _reset_lost(self, packet: PipelinePacket, now: float) -> memoryview | None:
+        """A packet of a connection whose rewrite state was lost: reset it, once."""
+        entry = self._lost.pop(_flow_key(packet), None)
+        if entry is None or now >= entry[0]:
+            self.stats.drop(DROP_TOMBSTONE)
+            return None
+        buf = packet.buf
+        ip, l4 = packet.ip_offset, packet.l4_offset
+        src = buf[ip + 8 : ip + 24] if packet.ip_version == 6 else buf[ip + 12 : ip + 16]
+        return self._reset(packet, now, entry[1].get(bytes(src + buf[l4 : l4 + 2]), 0))
+
+    def _reset(self, packet: PipelinePacket, now: float, shift: int) -> memoryview | None:
+        """RST both ways: back to the packet's sender, and on to its receiver (its sequence
+        number moved by ``shift``, the last known shift of its direction)."""
+        stats = self.stats
+        stats.seq_resets += 1
+        frame = reject_frame(packet)
+        if frame is None or not self._may_reject(packet, now):
+            stats.drop("seq-lost")
+            return None
+        self._released = [bytes(tcp_reset_forward(packet, shift)), *(self._released or ())]
+        stats.rejected += 1
+        return memoryview(frame)
 
     # -- HOLD ---------------------------------------------------------------------------------
 
@@ -829,6 +993,16 @@ class Pipeline:
         if flow is None:  # nowhere to keep it
             stats.drop("hold-limit")
             return None
+        if flow._seq is not None and packet.l4_protocol == IPPROTO_TCP:
+            done = adjust(cast(PipelinePacket, packet))
+            if done == GAP:
+                stats.drop("seq-gap")
+                return None
+            if done != ADJUSTED:  # lost: what it holds goes with the flow's DROP
+                flow.verdict = _DROP
+                self._discard(flow, "seq-lost")
+                stats.drop("seq-lost")
+                return None
         try:
             data = bytes(packet.reply())  # as it will be sent: outer addresses swapped
         except GeneveError as err:  # the modifier broke a length field

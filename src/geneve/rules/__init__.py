@@ -215,10 +215,12 @@ def drop_if_contains(needle: bytes) -> Modifier:
     return _declared(modifier, Interest(needles=frozenset((needle,))))
 
 
-def replace(old: bytes, new: bytes) -> Modifier:
+def replace(old: bytes, new: bytes, *, max_growth: int = 0) -> Modifier:
     """Replace every ``old`` in the inner payload by ``new`` (lengths and checksums follow).
 
-    Fragments are left alone: they are never rewritten.
+    Fragments are left alone: they are never rewritten. On TCP a length change needs flows
+    (sequence numbers follow); ``max_growth`` declares the most bytes it adds to one TCP
+    segment, by which the MSS of TCP flows is clamped (:class:`geneve.Interest`).
     """
     if not old:
         raise ValueError("old must not be empty")
@@ -227,7 +229,7 @@ def replace(old: bytes, new: bytes) -> Modifier:
         # One search when ``old`` is absent; fragments have no payload to rewrite.
         packet.replace_in_payload(old, new)
 
-    return _declared(modifier, Interest(needles=frozenset((old,))))
+    return _declared(modifier, Interest(needles=frozenset((old,)), max_growth=max_growth))
 
 
 def chain(*modifiers: Modifier) -> Modifier:
