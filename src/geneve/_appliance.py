@@ -889,16 +889,6 @@ class Appliance:
                 channel = Channel.from_fd(int(handover), UPGRADE_TIMEOUT)
             except (ValueError, OSError) as err:
                 raise ApplianceError(f"{HANDOVER_ENV}={handover!r}: {err}") from None
-        try:
-            self._start(channel)
-        finally:
-            if channel is not None and not self._running:
-                channel.close()
-        notify("READY=1", f"STATUS=serving on port {self.port}", f"MAINPID={os.getpid()}")
-        if channel is not None:
-            with contextlib.suppress(HandoverError):
-                channel.send({"type": "running", "pid": os.getpid()})
-            channel.close()
         stop = threading.Event()
         signals: list[int] = []
         reloads: list[int] = []
@@ -928,8 +918,19 @@ class Appliance:
             signal.SIGHUP: on_hangup,
             signal.SIGUSR2: on_upgrade,
         }
+        # Handlers first: a signal that comes as soon as READY=1 is out must find them.
         previous = {s: signal.signal(s, h) for s, h in handlers.items()}
         try:
+            try:
+                self._start(channel)
+            finally:
+                if channel is not None and not self._running:
+                    channel.close()
+            notify("READY=1", f"STATUS=serving on port {self.port}", f"MAINPID={os.getpid()}")
+            if channel is not None:
+                with contextlib.suppress(HandoverError):
+                    channel.send({"type": "running", "pid": os.getpid()})
+                channel.close()
             while True:
                 while not stop.wait(0.5):
                     pass
@@ -964,7 +965,8 @@ class Appliance:
                     log.info("a second signal: the drain ends early")
         finally:
             try:
-                if not handed_over:  # else the new copy is the service now: nothing to say
+                # Unless it never started, or the new copy is the service now (nothing to say).
+                if self._running and not handed_over:
                     notify("STOPPING=1", "STATUS=stopping: ending flows")
                     self.stop()  # a second signal meanwhile changes nothing
             finally:
