@@ -45,6 +45,7 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
+from . import _tun
 from ._flows import OTHER_TIMEOUT, TCP_TIMEOUT, EndReason
 from ._headers import GENEVE_PORT
 from ._health import HealthReport, HealthServer
@@ -123,9 +124,16 @@ def _user_entry(user: str) -> pwd.struct_passwd:
         raise ApplianceError(f"--user: no such user {user!r}") from None
 
 
-def _drop_privileges(user: str) -> None:
-    """Become ``user`` (and its primary group) for good; the open sockets keep working."""
+def _drop_privileges(user: str, keep_net_admin: bool = False) -> None:
+    """Become ``user`` (and its primary group) for good; the open sockets keep working.
+    ``keep_net_admin``: tun mode, which makes interfaces and runs hooks afterwards."""
     entry = _user_entry(user)
+    if keep_net_admin:
+        try:
+            return _tun.drop_privileges_keeping_net_admin(user)
+        except OSError as err:
+            raise ApplianceError(f"--user {user}: cannot switch user keeping CAP_NET_ADMIN "
+                                 f"({err.strerror or err}; not root?)") from None  # fmt: skip
     try:
         os.setgroups([])
         os.setgid(entry.pw_gid)
@@ -186,6 +194,10 @@ class Appliance:
         flow_timeout_tcp: float = TCP_TIMEOUT,
         flow_timeout_other: float = OTHER_TIMEOUT,
         max_flows: int | None = None,
+        tun: bool = False,
+        tun_create_hook: str | None = None,
+        tun_destroy_hook: str | None = None,
+        tun_idle_timeout: float | None = None,
     ) -> None:
         try:
             check_modifier(modifier)
@@ -231,6 +243,16 @@ class Appliance:
             )
         self.flows = bool(flows)
         self.max_flows = max_flows
+        # Tun mode (docs/tun.md): forwarded inner packets go into per-endpoint tun interfaces.
+        self.tun: _tun.TunOptions | None = None
+        if tun or tun_create_hook or tun_destroy_hook or tun_idle_timeout is not None:
+            try:
+                self.tun = _tun.options(tun, tun_create_hook, tun_destroy_hook, tun_idle_timeout,
+                                        flows=self.flows, workers=workers, receive=receive,
+                                        batch=batch)  # fmt: skip
+            except ValueError as err:
+                raise ApplianceError(str(err)) from None
+        self._tun: _tun.TunBridge | None = None
         # The 68 bytes of encapsulation around the inner packet must still fit in IPv4.
         if not 0 < max_inner_length <= 0xFFFF - GWLB_ENCAP_LENGTH:
             raise ApplianceError(f"max_inner_length must be 1 to {0xFFFF - GWLB_ENCAP_LENGTH}")
@@ -325,8 +347,12 @@ class Appliance:
                         f"cannot open the health endpoint {self.health_host}:{self.health_port}: "
                         f"{err.strerror or err}"
                     ) from None
+            if self.tun is not None:
+                self._tun = self._tun_bridge(sockets[0])
             if self.user is not None:
-                _drop_privileges(self.user)
+                _drop_privileges(self.user, keep_net_admin=self.tun is not None)
+            if self._tun is not None:
+                self._tun.start()  # after the drop: its thread inherits what is kept
             if not self.allow_from:
                 log.warning(
                     "no --allow-from: Geneve from any source is answered; a spoofed sender "
@@ -384,6 +410,19 @@ class Appliance:
             other_timeout=self.flow_timeout_other,
             max_flows=self.max_flows_per_worker,
         )
+
+    def _tun_bridge(self, socks: Sockets) -> _tun.TunBridge:
+        """Tun mode's bridge, whose sender the (one) worker sends through."""
+        assert self.tun is not None
+        bridge = _tun.TunBridge(
+            self.tun,
+            max_flows=self.max_flows_per_worker,
+            tcp_timeout=self.flow_timeout_tcp,
+            other_timeout=self.flow_timeout_other,
+            send_fd=socks.raw_send.fileno(),
+        )
+        socks.make_sender = bridge.sender
+        return bridge
 
     def _make_worker(self, index: int, socks: Sockets, publish: Any) -> Worker:
         return Worker(
@@ -482,6 +521,9 @@ class Appliance:
         for thread in self._threads:
             if not thread.name.startswith("geneve-worker"):
                 thread.join(0.5)
+        if self._tun is not None:  # the worker is gone: the interfaces go, destroy hooks run
+            self._tun.close()
+            self._tun = None
         for worker in self._local_workers:
             worker.sockets.close()
         if self._health is not None:
@@ -757,9 +799,13 @@ class Appliance:
             "done": self.reloads,
             "failed": self.reload_failures + worker_failures,
         }
+        metrics = _prometheus(counters, not problems, body)
+        if self._tun is not None:
+            body["tun"] = tun = self._tun.report()
+            metrics += _tun.prometheus(tun)
         if problems:
             body["problems"] = problems
-        return HealthReport(not problems, body, _prometheus(counters, not problems, body))
+        return HealthReport(not problems, body, metrics)
 
     def _summary_line(self) -> str:
         s = self.stats()

@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from . import _steering
 
@@ -52,6 +53,8 @@ class Sockets:
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.raw_send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         self.raw_recv: socket.socket | None = None
+        # Tun mode (geneve._tun): makes the worker's sender from raw_send and its slots.
+        self.make_sender: Callable[[socket.socket, Any], Any] | None = None
         try:
             if reuse:
                 self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

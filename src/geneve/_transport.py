@@ -440,4 +440,7 @@ def open_transport(
         and (flows is None or table is not None)
     ):
         fast = FastPath(receiver.slots, interest, max_inner, sockets.port, table)
+    if sockets.make_sender is not None:  # tun mode: forwarded frames go into the tuns
+        sender: BatchSender = sockets.make_sender(sockets.raw_send, receiver.slots)
+        return receiver, sender, fast
     return receiver, BatchSender(sockets.raw_send, receiver.slots), fast
