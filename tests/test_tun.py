@@ -47,7 +47,7 @@ class Bridge:
             s.setblocking(False)
         if endpoint is not None:
             fd_in, fd_out = os.dup(self.ingress[0].fileno()), os.dup(self.egress[0].fileno())
-            assert lib.geneve_tun_add_endpoint(self.t, endpoint, fd_in, fd_out, 0.0) >= 0
+            assert lib.geneve_tun_add_endpoint(self.t, endpoint, fd_in, fd_out, 1, 0.0) >= 0
         self.unknown = ffi.new("uint64_t[]", 16)
 
     def decap(self, frames: list[bytearray], now: float = 1.0) -> tuple[int, list[int]]:
@@ -145,7 +145,10 @@ def test_both_directions_share_a_key(proto: str, v6: bool) -> None:
     reply_type = None if proto != "icmp" else (129 if v6 else 0)
     back_port = 80 if proto != "icmp" else 40000
     back = inner_of(flow_frame(b, a, proto, back_port, 40000, icmp_type=reply_type))
-    assert key(there) is not None and key(there) == key(back)
+    k, k_back = key(there), key(back)
+    assert k is not None and k_back is not None
+    # One flow, two directions: the keys differ in the direction byte only.
+    assert k[:2] + k[3:] == k_back[:2] + k_back[3:] and {k[2], k_back[2]} == {0, 1}
     other = inner_of(flow_frame(a, b, proto, 40001, 80))
     assert key(other) != key(there)
 
@@ -158,7 +161,23 @@ def test_an_icmp_error_belongs_to_the_flow_it_quotes() -> None:
     error = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0, 64, 1, 0,
                         ipaddress.ip_address("10.0.0.2").packed,
                         ipaddress.ip_address("10.0.0.1").packed) + icmp  # fmt: skip
-    assert key(error) == key(udp)
+    k, k_error = key(error), key(udp)
+    assert k is not None and k_error is not None  # the error travels against the datagram
+    assert k[:2] + k[3:] == k_error[:2] + k_error[3:] and k[2] != k_error[2]
+
+
+def test_each_direction_goes_back_with_its_own_header(bridge: Bridge) -> None:
+    there = forward(flow_frame("10.0.0.1", "10.0.0.2", "udp", 40000, 53, cookie=0x1111))
+    back = forward(flow_frame("10.0.0.2", "10.0.0.1", "udp", 53, 40000, cookie=0x2222))
+    bridge.decap([there])
+    # Only one direction seen yet: the other goes back with its header.
+    sent = bridge.encap(reply_inner(there))
+    assert isinstance(sent, bytes) and sent[28:68] == there[28:68]
+    bridge.decap([back])
+    for frame in (there, back):
+        sent = bridge.encap(inner_of(frame))
+        assert isinstance(sent, bytes) and sent[20:22] == frame[20:22]  # its source port
+        assert sent[28:68] == frame[28:68]
 
 
 def test_not_ip_has_no_key() -> None:
@@ -277,7 +296,7 @@ def test_bad_arguments_are_refused(bridge: Bridge) -> None:
         lib.GENEVE_TUN_BAD_ARGUMENT
     )
     assert lib.geneve_tun_new(0, 1.0, 1.0, 0) == ffi.NULL
-    assert lib.geneve_tun_add_endpoint(bridge.t, ENDPOINT, 0, 1, 0.0) == -17  # EEXIST
+    assert lib.geneve_tun_add_endpoint(bridge.t, ENDPOINT, 0, 1, 1, 0.0) == -17  # EEXIST
 
 
 # -- options --------------------------------------------------------------------------------

@@ -11,7 +11,9 @@
  * start flows into GWLB, and a guessed header would name no GWLB flow.
  *
  * The header store is set-associative: a fixed number of buckets of WAYS entries, so it never
- * holds more than the flows bound it was made with. A new flow takes a free or expired entry of
+ * holds more than the flows bound it was made with. An entry is one direction of a flow (GWLB
+ * may use an outer source port per direction); the way back takes the packet's own direction's
+ * header, else the other's. A new flow takes a free or expired entry of
  * its bucket, or else the one of that bucket seen longest ago (counted as evicted). Every frame
  * from GWLB rewrites its flow's entry: the latest cookie is always the one sent back.
  *
@@ -31,7 +33,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define KEY_LEN 40 /* version, protocol, 2 spare, ports (lower end first), two 16-byte addresses */
+/* Version, protocol, direction (1: the packet goes from the higher end to the lower), spare,
+ * ports (lower end first), two 16-byte addresses (lower first). */
+#define KEY_LEN 40
+#define KEY_DIRECTION 2
 #define WAYS 8
 #define READ_SIZE 65536
 #define GWLB_OPTION_CLASS 0x0108
@@ -47,7 +52,7 @@ struct entry {
 
 struct endpoint {
     uint64_t id;
-    int used, fd_in, fd_out;
+    int used, ready, fd_in, fd_out; /* ready: its create hook is done (or there is none) */
     double last_seen;
     uint64_t counts[GENEVE_TUN_EP_COUNTERS];
 };
@@ -154,8 +159,10 @@ static int key_of(const uint8_t *p, int len, uint8_t *key, int depth)
                 sport = dport = be16(l4 + 4); /* the echo identifier, both ways */
             } else if (error && depth == 0 && off + 8 < len) {
                 /* An error about a packet of a flow belongs to that flow (RFC 792, 4443). */
-                if (key_of(l4 + 8, len - off - 8, key, 1) == 0)
+                if (key_of(l4 + 8, len - off - 8, key, 1) == 0) {
+                    key[KEY_DIRECTION] ^= 1; /* the quoted packet went the other way */
                     return 0;
+                }
             }
         }
     }
@@ -165,6 +172,7 @@ static int key_of(const uint8_t *p, int len, uint8_t *key, int depth)
     /* The lower (address, port) end first: both directions of a flow share one key. */
     int c = memcmp(src, dst, (size_t)alen);
     if (c > 0 || (c == 0 && sport > dport)) {
+        key[KEY_DIRECTION] = 1;
         const uint8_t *a = src;
         uint32_t q = sport;
         src = dst;
@@ -216,8 +224,8 @@ static int expired(const struct geneve_tun *t, const struct entry *e, double now
     return now - e->last > timeout;
 }
 
-static struct entry *lookup(struct geneve_tun *t, uint64_t endpoint, const uint8_t *key,
-                            double now)
+static struct entry *lookup_one(struct geneve_tun *t, uint64_t endpoint, const uint8_t *key,
+                                double now)
 {
     struct entry *b = bucket_of(t, endpoint, key);
     for (uint32_t w = 0; w < t->ways; w++) {
@@ -254,6 +262,20 @@ static void remember(struct geneve_tun *t, uint64_t endpoint, const uint8_t *key
     memcpy(slot->tmpl, tmpl, (size_t)tlen);
     slot->tlen = (uint16_t)tlen;
     slot->last = now;
+}
+
+/* A flow's header for a packet going the key's way: the one GWLB last sent that way (its
+ * outer source port is that direction's, should GWLB use one per direction), else the one it
+ * last sent the other way. key is changed and restored. */
+static struct entry *lookup(struct geneve_tun *t, uint64_t endpoint, uint8_t *key, double now)
+{
+    struct entry *e = lookup_one(t, endpoint, key, now);
+    if (e == NULL) {
+        key[KEY_DIRECTION] ^= 1;
+        e = lookup_one(t, endpoint, key, now);
+        key[KEY_DIRECTION] ^= 1;
+    }
+    return e;
 }
 
 /* -- endpoints ------------------------------------------------------------------------------ */
@@ -312,7 +334,8 @@ void geneve_tun_free(struct geneve_tun *t)
     free(t);
 }
 
-int geneve_tun_add_endpoint(struct geneve_tun *t, uint64_t id, int fd_in, int fd_out, double now)
+int geneve_tun_add_endpoint(struct geneve_tun *t, uint64_t id, int fd_in, int fd_out, int ready,
+                            double now)
 {
     int rc = -ENOSPC;
     if (t == NULL || fd_in < 0 || fd_out < 0)
@@ -326,6 +349,7 @@ int geneve_tun_add_endpoint(struct geneve_tun *t, uint64_t id, int fd_in, int fd
             if (!e->used) {
                 memset(e, 0, sizeof *e);
                 e->used = 1;
+                e->ready = ready != 0;
                 e->id = id;
                 e->fd_in = fd_in;
                 e->fd_out = fd_out;
@@ -354,6 +378,20 @@ int geneve_tun_remove_endpoint(struct geneve_tun *t, uint64_t id)
             close(e->fd_out);
         e->used = 0;
     }
+    pthread_mutex_unlock(&t->lock);
+    return e != NULL ? 0 : -ENOENT;
+}
+
+/* The endpoint's create hook is done: its frames go into its tun from now on. */
+int geneve_tun_endpoint_ready(struct geneve_tun *t, uint64_t id)
+{
+    struct endpoint *e;
+    if (t == NULL)
+        return GENEVE_TUN_BAD_ARGUMENT;
+    pthread_mutex_lock(&t->lock);
+    e = endpoint_of(t, id);
+    if (e != NULL)
+        e->ready = 1;
     pthread_mutex_unlock(&t->lock);
     return e != NULL ? 0 : -ENOENT;
 }
@@ -455,6 +493,11 @@ int geneve_tun_decap(struct geneve_tun *t, uint8_t **slots, int slot_size, int32
             continue;
         }
         out[i] = 0;
+        e->last_seen = now;
+        if (!e->ready) { /* the kernel is not set up for it yet: it would go astray */
+            e->counts[GENEVE_TUN_EP_EARLY]++;
+            continue;
+        }
         ilen = len - inner;
         if (key_of(f + inner, ilen, key, 0) == 0) {
             if (inner <= GENEVE_TUN_TEMPLATE_MAX)
@@ -465,7 +508,6 @@ int geneve_tun_decap(struct geneve_tun *t, uint8_t **slots, int slot_size, int32
             e->counts[GENEVE_TUN_EP_NOT_IP]++;
             continue;
         }
-        e->last_seen = now;
         if (write(e->fd_in, f + inner, (size_t)ilen) == ilen) {
             e->counts[GENEVE_TUN_EP_IN]++;
             e->counts[GENEVE_TUN_EP_IN_BYTES] += (uint64_t)ilen;

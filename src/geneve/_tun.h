@@ -19,7 +19,8 @@
 #define GENEVE_TUN_EP_WRITE_ERRORS 5
 #define GENEVE_TUN_EP_SEND_ERRORS 6
 #define GENEVE_TUN_EP_NOT_IP 7      /* read from a tun, neither IPv4 nor IPv6 (or truncated) */
-#define GENEVE_TUN_EP_COUNTERS 8
+#define GENEVE_TUN_EP_EARLY 8       /* from GWLB before the create hook was done: dropped */
+#define GENEVE_TUN_EP_COUNTERS 9
 /* Bridge-wide counters, from geneve_tun_counts. */
 #define GENEVE_TUN_NO_ENDPOINT 0    /* frames without the endpoint id option: dropped */
 #define GENEVE_TUN_EVICTED 1        /* live headers pushed out to make room (the bound) */
@@ -35,8 +36,10 @@ struct geneve_tun;
 struct geneve_tun *geneve_tun_new(uint32_t max_flows, double tcp_timeout, double other_timeout,
                                   uint64_t seed);
 void geneve_tun_free(struct geneve_tun *t);
-int geneve_tun_add_endpoint(struct geneve_tun *t, uint64_t id, int fd_in, int fd_out, double now);
+int geneve_tun_add_endpoint(struct geneve_tun *t, uint64_t id, int fd_in, int fd_out, int ready,
+                            double now);
 int geneve_tun_remove_endpoint(struct geneve_tun *t, uint64_t id);
+int geneve_tun_endpoint_ready(struct geneve_tun *t, uint64_t id);
 int geneve_tun_idle_endpoints(struct geneve_tun *t, double now, double idle, uint64_t *ids,
                               int max_ids);
 int geneve_tun_endpoint_counts(struct geneve_tun *t, uint64_t id, uint64_t *counts,

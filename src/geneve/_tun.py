@@ -27,6 +27,7 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -266,41 +267,51 @@ class Hooks:
     """Runs hook commands one after another in a thread of their own, in the order asked."""
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[list[str] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[list[str], Callable[[], None] | None] | None]
+        self._queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="geneve-tun-hooks", daemon=True)
         self._thread.start()
         self.failures = 0
         self.done = 0
 
-    def call(self, command: str | None, *args: str) -> None:
-        if command:
-            # As gwlbtun does: the command line, then the arguments, through a shell.
-            self._queue.put(["/bin/sh", "-c", " ".join([command, *map(shlex.quote, args)])])
+    def call(self, command: str, *args: str, then: Callable[[], None] | None = None) -> None:
+        """Run ``command`` with ``args``, then call ``then`` (however the command ended)."""
+        # As gwlbtun does: the command line, then the arguments, through a shell.
+        argv = ["/bin/sh", "-c", " ".join([command, *map(shlex.quote, args)])]
+        self._queue.put((argv, then))
 
     def _run(self) -> None:
-        while (argv := self._queue.get()) is not None:
-            started = time.monotonic()
+        while (item := self._queue.get()) is not None:
+            argv, then = item
             try:
-                done = subprocess.run(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    timeout=HOOK_TIMEOUT,
-                    check=False,
-                )
-            except (OSError, subprocess.TimeoutExpired) as err:
-                self.failures += 1
-                log.error("tun hook %r failed: %s", argv[-1], err)
-                continue
-            self.done += 1
-            output = (done.stdout + done.stderr).decode(errors="replace").strip()
-            if done.returncode:
-                self.failures += 1
-                log.error("tun hook %r exited %d: %s", argv[-1], done.returncode, output[-500:])
-            else:
-                log.info("tun hook %r done in %.2f s", argv[-1], time.monotonic() - started)
-                if output:
-                    log.debug("tun hook output: %s", output[-2000:])
+                self._one(argv)
+            finally:
+                if then is not None:
+                    then()
+
+    def _one(self, argv: list[str]) -> None:
+        started = time.monotonic()
+        try:
+            done = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=HOOK_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            self.failures += 1
+            log.error("tun hook %r failed: %s", argv[-1], err)
+            return
+        self.done += 1
+        output = (done.stdout + done.stderr).decode(errors="replace").strip()
+        if done.returncode:
+            self.failures += 1
+            log.error("tun hook %r exited %d: %s", argv[-1], done.returncode, output[-500:])
+        else:
+            log.info("tun hook %r done in %.2f s", argv[-1], time.monotonic() - started)
+            if output:
+                log.debug("tun hook output: %s", output[-2000:])
 
     def close(self, timeout: float = HOOK_STOP_TIMEOUT) -> None:
         """Run what is queued (at most ``timeout`` seconds more), then stop the thread."""
@@ -340,6 +351,7 @@ class TunBridge:
         self._pump: threading.Thread | None = None
         self.hooks = Hooks()
         self._closed = False
+        self._freed = False
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -359,7 +371,9 @@ class TunBridge:
         for endpoint in list(self.endpoints.values()):
             self._destroy(endpoint, "stop")
         self.hooks.close()
-        self.lib.geneve_tun_free(self.table)
+        with self._lock:  # a hook left running may still call _ready
+            self._freed = True
+            self.lib.geneve_tun_free(self.table)
 
     def sender(self, sock: socket.socket, slots: Slots) -> TunSender:
         """The worker's sender in tun mode (see :class:`TunSender`)."""
@@ -379,8 +393,11 @@ class TunBridge:
                 os.close(fd)
             self._create_failed(endpoint_id, f"cannot make {ingress}/{egress}: {err}")
             return False
+        hook = self.options.create_hook
+        # With a create hook, the endpoint's frames are dropped (counted) until it is done:
+        # before it, the kernel would route them as it was, not as the hook sets it up.
         rc = self.lib.geneve_tun_add_endpoint(
-            self.table, endpoint_id, fds[0], fds[1], time.monotonic()
+            self.table, endpoint_id, fds[0], fds[1], int(hook is None), time.monotonic()
         )
         if rc < 0:
             for fd in fds:
@@ -397,10 +414,15 @@ class TunBridge:
         log.info(
             "endpoint %s: interfaces %s and %s made", endpoint_hex(endpoint_id), ingress, egress
         )
-        self.hooks.call(
-            self.options.create_hook, "CREATE", ingress, egress, endpoint_hex(endpoint_id)
-        )
+        if hook is not None:
+            self.hooks.call(hook, "CREATE", ingress, egress, endpoint_hex(endpoint_id),
+                            then=lambda: self._ready(endpoint_id))  # fmt: skip
         return True
+
+    def _ready(self, endpoint_id: int) -> None:
+        with self._lock:
+            if not self._freed:
+                self.lib.geneve_tun_endpoint_ready(self.table, endpoint_id)
 
     def _create_failed(self, endpoint_id: int, why: str) -> None:
         self.create_failures += 1
@@ -421,13 +443,9 @@ class TunBridge:
             endpoint.egress,
             why,
         )
-        self.hooks.call(
-            self.options.destroy_hook,
-            "DESTROY",
-            endpoint.ingress,
-            endpoint.egress,
-            endpoint_hex(endpoint.id),
-        )
+        if self.options.destroy_hook is not None:
+            self.hooks.call(self.options.destroy_hook, "DESTROY", endpoint.ingress,
+                            endpoint.egress, endpoint_hex(endpoint.id))  # fmt: skip
 
     def _expire(self, now: float) -> None:
         idle = self.options.idle_timeout
@@ -463,32 +481,37 @@ class TunBridge:
         """Bridge-wide counters and, per endpoint, its interfaces and counters."""
         lib, ffi = self.lib, self.ffi
         totals = ffi.new("uint64_t[]", lib.GENEVE_TUN_COUNTERS)
-        lib.geneve_tun_counts(self.table, totals)
         counts = ffi.new("uint64_t[]", lib.GENEVE_TUN_EP_COUNTERS)
         last = ffi.new("double *")
         endpoints = []
-        with self._lock:
-            known = list(self.endpoints.values())
         now = time.monotonic()
-        for endpoint in known:
-            if lib.geneve_tun_endpoint_counts(self.table, endpoint.id, counts, last) != 0:
-                continue
-            endpoints.append(
-                {
-                    "endpoint": endpoint_hex(endpoint.id),
-                    "ingress": endpoint.ingress,
-                    "egress": endpoint.egress,
-                    "packets_in": counts[lib.GENEVE_TUN_EP_IN],
-                    "bytes_in": counts[lib.GENEVE_TUN_EP_IN_BYTES],
-                    "packets_out": counts[lib.GENEVE_TUN_EP_OUT],
-                    "bytes_out": counts[lib.GENEVE_TUN_EP_OUT_BYTES],
-                    "misses": counts[lib.GENEVE_TUN_EP_MISSES],
-                    "not_ip": counts[lib.GENEVE_TUN_EP_NOT_IP],
-                    "write_errors": counts[lib.GENEVE_TUN_EP_WRITE_ERRORS],
-                    "send_errors": counts[lib.GENEVE_TUN_EP_SEND_ERRORS],
-                    "idle_seconds": round(max(0.0, now - last[0]), 3),
-                }
-            )
+        with self._lock:  # the C side is not freed meanwhile (a health check during a stop)
+            if self._freed:
+                totals = ffi.new("uint64_t[]", lib.GENEVE_TUN_COUNTERS)
+            else:
+                lib.geneve_tun_counts(self.table, totals)
+            for endpoint in self.endpoints.values():
+                if self._freed or lib.geneve_tun_endpoint_counts(
+                    self.table, endpoint.id, counts, last
+                ):
+                    continue
+                endpoints.append(
+                    {
+                        "endpoint": endpoint_hex(endpoint.id),
+                        "ingress": endpoint.ingress,
+                        "egress": endpoint.egress,
+                        "packets_in": counts[lib.GENEVE_TUN_EP_IN],
+                        "bytes_in": counts[lib.GENEVE_TUN_EP_IN_BYTES],
+                        "packets_out": counts[lib.GENEVE_TUN_EP_OUT],
+                        "bytes_out": counts[lib.GENEVE_TUN_EP_OUT_BYTES],
+                        "misses": counts[lib.GENEVE_TUN_EP_MISSES],
+                        "not_ip": counts[lib.GENEVE_TUN_EP_NOT_IP],
+                        "before_hook": counts[lib.GENEVE_TUN_EP_EARLY],
+                        "write_errors": counts[lib.GENEVE_TUN_EP_WRITE_ERRORS],
+                        "send_errors": counts[lib.GENEVE_TUN_EP_SEND_ERRORS],
+                        "idle_seconds": round(max(0.0, now - last[0]), 3),
+                    }
+                )
         return {
             "endpoints": endpoints,
             "headers": totals[lib.GENEVE_TUN_ENTRIES],
@@ -497,6 +520,7 @@ class TunBridge:
             "no_endpoint": totals[lib.GENEVE_TUN_NO_ENDPOINT],
             "long_header": totals[lib.GENEVE_TUN_LONG_HEADER],
             "create_failures": self.create_failures,
+            "hooks_run": self.hooks.done,
             "hook_failures": self.hooks.failures,
         }
 

@@ -18,6 +18,7 @@ class _Lib:
     GENEVE_TUN_EP_WRITE_ERRORS: Final[int]
     GENEVE_TUN_EP_SEND_ERRORS: Final[int]
     GENEVE_TUN_EP_NOT_IP: Final[int]
+    GENEVE_TUN_EP_EARLY: Final[int]
     GENEVE_TUN_EP_COUNTERS: Final[int]
     GENEVE_TUN_NO_ENDPOINT: Final[int]
     GENEVE_TUN_EVICTED: Final[int]
@@ -34,8 +35,10 @@ class _Lib:
     def geneve_tun_free(t: FFI.CData, /) -> None: ...
     @staticmethod
     def geneve_tun_add_endpoint(
-        t: FFI.CData, id: int, fd_in: int, fd_out: int, now: float, /
+        t: FFI.CData, id: int, fd_in: int, fd_out: int, ready: int, now: float, /
     ) -> int: ...
+    @staticmethod
+    def geneve_tun_endpoint_ready(t: FFI.CData, id: int, /) -> int: ...
     @staticmethod
     def geneve_tun_remove_endpoint(t: FFI.CData, id: int, /) -> int: ...
     @staticmethod
