@@ -7,8 +7,12 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import pathlib
+import shutil
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -326,3 +330,48 @@ def test_appliance_takes_the_tun_options() -> None:
     app = Appliance(modifier, health_port=None, tun=True, tun_create_hook="hook.sh",
                     tun_idle_timeout=30)  # fmt: skip
     assert app.tun == _tun.TunOptions("hook.sh", None, 30.0)
+
+
+# -- privileges and the unit ----------------------------------------------------------------
+
+DROPPED = r"""
+import os, subprocess, sys
+from geneve import _tun
+_tun.drop_privileges_keeping_net_admin("nobody")
+try:
+    _tun.open_tun("gwi-captest")  # CAP_NET_ADMIN still works for us...
+    made = "made"
+except PermissionError:  # /dev/net/tun is not open to every user here (usually 0666)
+    made = "denied"
+status = open("/proc/self/status").read()
+child = subprocess.run(["grep", "^Cap", "/proc/self/status"], capture_output=True, text=True)
+print(os.getuid(), made, [l for l in status.splitlines() if l.startswith("CapEff")][0])
+print(child.stdout)  # ...and for a hook
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare")  # fmt: skip
+def test_user_keeps_net_admin_and_nothing_else_in_tun_mode() -> None:
+    import pwd
+
+    done = subprocess.run(["unshare", "--net", sys.executable, "-c", DROPPED],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split()
+    assert int(lines[0]) == pwd.getpwnam("nobody").pw_uid
+    if os.stat("/dev/net/tun").st_mode & 0o006 == 0o006:
+        assert lines[1] == "made"
+    net_admin = f"{1 << 12:016x}"
+    assert f"CapEff:\t{net_admin}" in done.stdout
+    assert f"CapAmb:\t{net_admin}" in done.stdout and f"CapEff:\t{net_admin}" in done.stdout
+
+
+def test_the_tun_unit_gives_what_the_mode_needs() -> None:
+    unit = pathlib.Path(__file__).parents[1] / "deploy" / "systemd" / "geneve-appliance-tun.service"
+    text = unit.read_text()
+    for line in ("Environment=GENEVE_TUN=1", "Environment=GENEVE_WORKERS=1",
+                 "AmbientCapabilities=CAP_NET_RAW CAP_NET_ADMIN",
+                 "CapabilityBoundingSet=CAP_NET_RAW CAP_NET_ADMIN",
+                 "DeviceAllow=/dev/net/tun rw", "ProtectKernelTunables=no"):  # fmt: skip
+        assert line in text.splitlines(), line
