@@ -1,6 +1,6 @@
 """Tun bridge benchmark: ``geneve --tun`` against a minimal C tun bridge, on one machine.
 
-Usage (root; gcc, iproute2 with tc, and the act_mirred and cls_matchall modules)::
+Usage (root; gcc, iproute2 with tc, and the kernel's u32 classifier and mirred action)::
 
     .venv/bin/python benchmarks/tun.py              # 5 rounds, 156 and 1500 bytes
     .venv/bin/python benchmarks/tun.py --rounds 7 --json tun.json
@@ -48,7 +48,8 @@ PASSTHROUGH = """#!/bin/sh
 # gwlbtun's passthrough: what enters the ingress interface leaves by the egress one, unchanged.
 [ "$1" = CREATE ] || exit 0
 tc qdisc add dev "$2" ingress
-tc filter add dev "$2" parent ffff: matchall action mirred egress redirect dev "$3"
+tc filter add dev "$2" parent ffff: protocol all prio 2 u32 match u32 0 0 flowid 1:1 \\
+  action mirred egress redirect dev "$3"
 """
 APPLIANCES = ("tunfloor", "geneve-tun")
 
