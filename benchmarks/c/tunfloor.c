@@ -69,7 +69,12 @@ static int open_tun(const char *name) {
         exit(1);
     }
     ifr.ifr_mtu = 8500;
-    if (ioctl(s, SIOCSIFMTU, &ifr) || ioctl(s, SIOCGIFFLAGS, &ifr)) {
+    if (ioctl(s, SIOCSIFMTU, &ifr)) {
+        perror("tunfloor: mtu");
+        exit(1);
+    }
+    ifr.ifr_qlen = 4096; /* as geneve's tuns: the default 500 overflows in bursts */
+    if (ioctl(s, SIOCSIFTXQLEN, &ifr) || ioctl(s, SIOCGIFFLAGS, &ifr)) {
         perror("tunfloor: mtu");
         exit(1);
     }
