@@ -375,3 +375,52 @@ def test_the_tun_unit_gives_what_the_mode_needs() -> None:
                  "CapabilityBoundingSet=CAP_NET_RAW CAP_NET_ADMIN",
                  "DeviceAllow=/dev/net/tun rw", "ProtectKernelTunables=no"):  # fmt: skip
         assert line in text.splitlines(), line
+
+
+# -- the daemon's flags -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--tun", "--no-flows"], "--tun cannot go with --no-flows"),
+        (["--tun", "--workers", "2"], "--tun takes one worker"),
+        (["--tun-destroy-hook", "x"], "need --tun"),
+        (["--tun", "--tun-idle-timeout", "0"], "positive number of seconds"),
+    ],
+)
+def test_tun_flags_refused_in_one_line(
+    argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from geneve import appliance
+
+    assert appliance.main(argv) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1, err
+
+
+def test_tun_flags_and_their_environment_reach_the_appliance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from geneve import appliance
+
+    made: dict[str, object] = {}
+
+    class Made(Exception):
+        pass
+
+    def record(modifier: object, **kwargs: object) -> None:
+        made.update(kwargs)
+        raise Made
+
+    monkeypatch.setattr(appliance, "Appliance", record)
+    monkeypatch.setenv("GENEVE_TUN", "yes")
+    monkeypatch.setenv("GENEVE_TUN_DESTROY_HOOK", "/etc/geneve/down.sh")
+    with pytest.raises(Made):
+        appliance.main(["--tun-create-hook", "/etc/geneve/up.sh", "--tun-idle-timeout", "30"])
+    assert {k: v for k, v in made.items() if k.startswith("tun")} == {
+        "tun": True,
+        "tun_create_hook": "/etc/geneve/up.sh",
+        "tun_destroy_hook": "/etc/geneve/down.sh",
+        "tun_idle_timeout": 30.0,
+    }
