@@ -278,7 +278,7 @@ def test_the_store_stays_within_its_bound_under_a_flood() -> None:
         b.close()
 
 
-def test_pump_drops_and_counts_unknown_flows(bridge: Bridge) -> None:
+def test_the_way_back_drops_and_counts_unknown_flows(bridge: Bridge) -> None:
     frame = forward(flow_frame("10.0.0.1", "10.0.0.2", "udp", 40000, 53))
     bridge.decap([frame])
     bridge.ingress[1].recv(65536)
@@ -287,7 +287,7 @@ def test_pump_drops_and_counts_unknown_flows(bridge: Bridge) -> None:
     bridge.egress[1].send(inner_of(flow_frame("10.0.0.7", "10.0.0.2", "udp", 1, 2)))
     bridge.egress[1].send(reply_inner(frame))
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as refuser:
-        assert lib.geneve_tun_pump(bridge.t, refuser.fileno(), 100, 2.0) == 0
+        assert lib.geneve_tun_wait(bridge.t, -1, refuser.fileno(), 100, 2.0) == 0
     counts = bridge.endpoint_counts()
     assert counts[lib.GENEVE_TUN_EP_MISSES] == 1
     assert counts[lib.GENEVE_TUN_EP_SEND_ERRORS] == 1 and counts[lib.GENEVE_TUN_EP_OUT] == 0

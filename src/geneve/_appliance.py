@@ -351,8 +351,6 @@ class Appliance:
                 self._tun = self._tun_bridge(sockets[0])
             if self.user is not None:
                 _drop_privileges(self.user, keep_net_admin=self.tun is not None)
-            if self._tun is not None:
-                self._tun.start()  # after the drop: its thread inherits what is kept
             if not self.allow_from:
                 log.warning(
                     "no --allow-from: Geneve from any source is answered; a spoofed sender "
@@ -421,7 +419,7 @@ class Appliance:
             other_timeout=self.flow_timeout_other,
             send_fd=socks.raw_send.fileno(),
         )
-        socks.make_sender = bridge.sender
+        socks.tun = bridge
         return bridge
 
     def _make_worker(self, index: int, socks: Sockets, publish: Any) -> Worker:

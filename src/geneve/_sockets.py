@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from collections.abc import Callable
 from typing import Any, Literal
 
 from . import _steering
@@ -53,8 +52,8 @@ class Sockets:
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.raw_send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         self.raw_recv: socket.socket | None = None
-        # Tun mode (geneve._tun): makes the worker's sender from raw_send and its slots.
-        self.make_sender: Callable[[socket.socket, Any], Any] | None = None
+        # Tun mode: the geneve._tun.TunBridge whose receiver and sender the worker uses.
+        self.tun: Any = None
         try:
             if reuse:
                 self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

@@ -2,10 +2,10 @@
  * The tun bridge's data path: decapsulated inner packets into an endpoint's ingress tun, and
  * packets the kernel sends out of its tuns back into Geneve (docs/tun.md).
  *
- * Way in (geneve_tun_decap, the worker's thread): for each frame the pipeline forwarded, find
- * the GWLB endpoint id option, remember the frame's outer IPv4 + UDP + Geneve bytes (already a
- * reply: addresses swapped) under the inner flow's key, and write the inner packet into the
- * endpoint's gwi- tun. Way back (geneve_tun_pump, a thread of its own): read what the kernel
+ * Way in (geneve_tun_decap): for each frame the pipeline forwarded, find the GWLB endpoint id
+ * option, remember the frame's outer IPv4 + UDP + Geneve bytes (already a reply: addresses
+ * swapped) under the inner flow's key, and write the inner packet into the endpoint's gwi-
+ * tun. Way back (geneve_tun_wait, the worker's wait for its next batch): read what the kernel
  * routed out of a tun, look its flow up, put the remembered bytes in front and sendmmsg it to
  * GWLB. A packet of a flow never seen from GWLB is dropped and counted: an appliance cannot
  * start flows into GWLB, and a guessed header would name no GWLB flow.
@@ -17,9 +17,9 @@
  * its bucket, or else the one of that bucket seen longest ago (counted as evicted). Every frame
  * from GWLB rewrites its flow's entry: the latest cookie is always the one sent back.
  *
- * Threads: one mutex guards the store and the endpoints. Only the pump's thread reads the tuns
- * and closes them (geneve_tun_remove_endpoint is called from it), so it may poll and read
- * without the lock; writes into a tun happen under it, so no write meets a closed descriptor.
+ * Threads: one worker does both ways, as a C bridge would in one thread: its wait polls the
+ * tuns beside its socket, so what a batch wrote comes back in a batch too. A mutex guards the
+ * store and the endpoints all the same, for the hook thread and the health endpoint.
  */
 #define _GNU_SOURCE
 #include "_tun.h"
@@ -66,7 +66,7 @@ struct geneve_tun {
     uint64_t counts[GENEVE_TUN_COUNTERS];
     struct endpoint eps[GENEVE_TUN_ENDPOINTS_MAX];
     int last_ep;
-    /* The pump's buffers, made once. */
+    /* The way back's buffers, made once. */
     uint8_t *bufs;
     struct mmsghdr msgs[GENEVE_TUN_BATCH];
     struct iovec iov[GENEVE_TUN_BATCH];
@@ -363,8 +363,8 @@ int geneve_tun_add_endpoint(struct geneve_tun *t, uint64_t id, int fd_in, int fd
     return rc;
 }
 
-/* Forget an endpoint and close its tuns (which deletes the interfaces). Call it from the pump's
- * thread only: that thread reads the descriptors without the lock. */
+/* Forget an endpoint and close its tuns (which deletes the interfaces). Call it from the
+ * worker's thread only: geneve_tun_wait reads the descriptors without the lock. */
 int geneve_tun_remove_endpoint(struct geneve_tun *t, uint64_t id)
 {
     struct endpoint *e;
@@ -568,7 +568,7 @@ int geneve_tun_encap(struct geneve_tun *t, uint64_t id, const uint8_t *inner, in
     return len - rc;
 }
 
-/* Encapsulate the m packets read and send them; how many were sent. */
+/* Encapsulate the m packets read and send them (one sendmmsg); how many were sent. */
 static int flush(struct geneve_tun *t, int send_fd, int m, double now)
 {
     int c = 0, sent = 0;
@@ -635,16 +635,20 @@ static int flush(struct geneve_tun *t, int send_fd, int m, double now)
     return sent;
 }
 
-/* Wait up to timeout_ms for packets on every endpoint's tuns (both: the kernel may route a
- * reply out of the ingress one too), and send back what belongs to a known flow. Returns the
- * frames sent, or a negative errno. Only from the thread that removes endpoints. */
-int geneve_tun_pump(struct geneve_tun *t, int send_fd, int timeout_ms, double now)
+/* The worker's wait (poll) over its UDP socket and every endpoint's tuns (both: the kernel may
+ * route a packet out of the ingress one too), up to timeout_ms. What the tuns have is sent back
+ * at once (a batch per descriptor at most, so one busy tun cannot starve the others); returns
+ * 1 when udp_fd has datagrams to receive, 0 when it has none (yet), or a negative errno.
+ * udp_fd < 0: the tuns alone. The worker's thread is the only one that reads or closes a tun,
+ * so it polls and reads them without the lock. */
+int geneve_tun_wait(struct geneve_tun *t, int udp_fd, int send_fd, int timeout_ms, double now)
 {
-    struct pollfd pfds[2 * GENEVE_TUN_ENDPOINTS_MAX];
-    uint64_t ids[2 * GENEVE_TUN_ENDPOINTS_MAX];
-    int n = 0, m = 0, sent = 0, r;
+    struct pollfd pfds[1 + 2 * GENEVE_TUN_ENDPOINTS_MAX];
+    uint64_t ids[1 + 2 * GENEVE_TUN_ENDPOINTS_MAX];
+    int n = 1, m = 0, r;
     if (t == NULL || send_fd < 0)
         return GENEVE_TUN_BAD_ARGUMENT;
+    pfds[0] = (struct pollfd){.fd = udp_fd, .events = POLLIN};
     pthread_mutex_lock(&t->lock);
     for (int i = 0; i < GENEVE_TUN_ENDPOINTS_MAX; i++) {
         struct endpoint *e = &t->eps[i];
@@ -658,13 +662,12 @@ int geneve_tun_pump(struct geneve_tun *t, int send_fd, int timeout_ms, double no
         }
     }
     pthread_mutex_unlock(&t->lock);
-    r = poll(n ? pfds : NULL, (nfds_t)n, timeout_ms);
+    r = poll(pfds, (nfds_t)n, timeout_ms);
     if (r < 0)
         return errno == EINTR ? 0 : -errno;
-    for (int k = 0; k < n && r > 0; k++) {
+    for (int k = 1; k < n && r > 0; k++) {
         if (!(pfds[k].revents & POLLIN))
             continue;
-        /* At most a batch per descriptor per call: one busy tun cannot starve the others. */
         for (int got = 0; got < GENEVE_TUN_BATCH; got++) {
             uint8_t *p = t->bufs + (size_t)m * (GENEVE_TUN_TEMPLATE_MAX + READ_SIZE) +
                          GENEVE_TUN_TEMPLATE_MAX;
@@ -674,12 +677,12 @@ int geneve_tun_pump(struct geneve_tun *t, int send_fd, int timeout_ms, double no
             t->pkt_ep[m] = ids[k];
             t->pkt_len[m++] = (int32_t)len;
             if (m == GENEVE_TUN_BATCH) {
-                sent += flush(t, send_fd, m, now);
+                flush(t, send_fd, m, now);
                 m = 0;
             }
         }
     }
     if (m)
-        sent += flush(t, send_fd, m, now);
-    return sent;
+        flush(t, send_fd, m, now);
+    return r > 0 && (pfds[0].revents & POLLIN) ? 1 : 0;
 }

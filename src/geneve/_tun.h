@@ -49,7 +49,7 @@ int geneve_tun_decap(struct geneve_tun *t, uint8_t **slots, int slot_size, int32
                      double now, uint64_t *unknown, int max_unknown);
 int geneve_tun_encap(struct geneve_tun *t, uint64_t id, const uint8_t *inner, int len,
                      double now, uint8_t *frame, int frame_size);
-int geneve_tun_pump(struct geneve_tun *t, int send_fd, int timeout_ms, double now);
+int geneve_tun_wait(struct geneve_tun *t, int udp_fd, int send_fd, int timeout_ms, double now);
 int geneve_tun_flow_key(const uint8_t *inner, int len, uint8_t *key);
 
 #endif

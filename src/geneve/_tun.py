@@ -9,13 +9,15 @@ outgoing packets go back to GWLB (so do packets routed out of ``gwi-<id>``, as i
 Split of the work: C (``_tun.c``) moves the packets both ways and keeps the per-flow headers;
 this module makes and deletes the interfaces, runs the hook commands (a thread of their own: a
 slow hook never stalls a packet), times endpoints out, and reports. One worker serves a tun
-appliance (docs/tun.md says why); the way back runs in a thread beside it (``pump``), both
-sharing the one header store behind a mutex in C.
+appliance (docs/tun.md says why) and does both ways in its own thread: its sender writes what
+the pipeline forwarded into the tuns, its receiver's wait also reads the tuns, like a C bridge
+in one thread.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import logging
 import os
@@ -31,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._transport import BUFFER_SIZE, BatchSender, Slots
+from ._transport import BUFFER_SIZE, BatchSender, Slots, UdpBatchReceiver
 
 try:
     from . import _tun_cffi
@@ -61,8 +63,8 @@ TUN_MTU = 8500
 TUN_TXQUEUE = 4096
 #: gwlbtun's digits for the endpoint id in interface names.
 BASE60 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-#: How long the way back waits in one poll (ms): endpoints made meanwhile join at the next.
-PUMP_WAIT_MS = 50
+#: Seconds between two looks for idle endpoints (--tun-idle-timeout).
+EXPIRE_EVERY = 1.0
 #: Seconds a hook may run before it is killed (a hook that hangs must not pile up the rest).
 HOOK_TIMEOUT = 60.0
 #: Seconds the hooks still queued at a stop get, all together, before they are skipped.
@@ -351,28 +353,20 @@ class TunBridge:
         self.endpoints: dict[int, Endpoint] = {}
         self.create_failures = 0
         self._failed_ids: set[int] = set()  # logged once each
-        self._lock = threading.Lock()  # self.endpoints: the worker adds, the pump removes
-        self._stop = threading.Event()
-        self._pump: threading.Thread | None = None
+        # self.endpoints and the C side's life: the worker, the hook thread, the health endpoint.
+        self._lock = threading.Lock()
+        self._next_expiry = time.monotonic() + EXPIRE_EVERY
         self.hooks = Hooks()
         self._closed = False
         self._freed = False
 
     # -- life cycle ------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the way back (call after the privilege drop: the thread inherits it)."""
-        self._pump = threading.Thread(target=self._pump_loop, name="geneve-tun-pump", daemon=True)
-        self._pump.start()
-
     def close(self) -> None:
         """Stop the way back, delete every endpoint's interfaces (destroy hooks run), free C."""
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
-        if self._pump is not None:
-            self._pump.join(5.0)
         for endpoint in list(self.endpoints.values()):
             self._destroy(endpoint, "stop")
         self.hooks.close()
@@ -383,6 +377,10 @@ class TunBridge:
     def sender(self, sock: socket.socket, slots: Slots) -> TunSender:
         """The worker's sender in tun mode (see :class:`TunSender`)."""
         return TunSender(self, sock, slots)
+
+    def receiver(self, sock: socket.socket, port: int, size: int) -> TunReceiver:
+        """The worker's receiver in tun mode (see :class:`TunReceiver`)."""
+        return TunReceiver(self, sock, port, size)
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -437,7 +435,7 @@ class TunBridge:
             log.error("endpoint %s: %s; its frames are dropped", endpoint_hex(endpoint_id), why)
 
     def _destroy(self, endpoint: Endpoint, why: str) -> None:
-        """Delete an endpoint's interfaces (only from the pump's thread, or after it stopped)."""
+        """Delete an endpoint's interfaces (from the worker's thread, or once it stopped)."""
         self.lib.geneve_tun_remove_endpoint(self.table, endpoint.id)
         with self._lock:
             self.endpoints.pop(endpoint.id, None)
@@ -467,18 +465,11 @@ class TunBridge:
 
     # -- the way back ----------------------------------------------------------------------
 
-    def _pump_loop(self) -> None:
-        pump, table, fd = self.lib.geneve_tun_pump, self.table, self.send_fd
-        next_check = time.monotonic() + 1.0
-        while not self._stop.is_set():
-            now = time.monotonic()
-            rc = pump(table, fd, PUMP_WAIT_MS, now)  # the GIL is let go while it waits
-            if rc < 0 and rc != self.lib.GENEVE_TUN_BAD_ARGUMENT:
-                log.error("tun way back: %s", os.strerror(-rc))
-                time.sleep(0.1)
-            if now >= next_check:
-                self._expire(now)
-                next_check = now + 1.0
+    def chores(self, now: float) -> None:
+        """The worker's, between two waits: idle endpoints go (at most once a second)."""
+        if now >= self._next_expiry:
+            self._next_expiry = now + EXPIRE_EVERY
+            self._expire(now)
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -528,6 +519,32 @@ class TunBridge:
             "hooks_run": self.hooks.done,
             "hook_failures": self.hooks.failures,
         }
+
+
+class TunReceiver(UdpBatchReceiver):
+    """A worker's receiver in tun mode: its wait for the next batch also serves the tuns.
+
+    One poll over the Geneve socket and every endpoint's tuns: what the kernel sent out of a
+    tun goes back to GWLB there and then (C, ``geneve_tun_wait``), so that what one batch wrote
+    into the tuns comes back as a batch too, in the worker's own thread, as a one-thread C
+    bridge would do it. Then the batch from the socket, if there is one.
+    """
+
+    def __init__(self, bridge: TunBridge, sock: socket.socket, port: int, size: int) -> None:
+        timeout = sock.gettimeout() or 0.0  # what the worker's heartbeat allows
+        super().__init__(sock, port, size)
+        self.bridge = bridge
+        self._wait = bridge.lib.geneve_tun_wait
+        self._timeout_ms = max(1, int(timeout * 1000))
+
+    def receive(self) -> int:
+        bridge = self.bridge
+        now = time.monotonic()
+        ready = self._wait(bridge.table, self._fd, bridge.send_fd, self._timeout_ms, now)
+        bridge.chores(now)
+        if ready < 0 and ready != -errno.EINTR:
+            raise OSError(-ready, os.strerror(-ready))
+        return super().receive() if ready > 0 else 0
 
 
 class TunSender(BatchSender):
