@@ -52,6 +52,9 @@ tc filter add dev "$2" parent ffff: protocol all prio 2 u32 match u32 0 0 flowid
   action mirred egress redirect dev "$3"
 """
 APPLIANCES = ("tunfloor", "geneve-tun")
+# The rig's table orders appliances by its own list: ours join it.
+for _name in APPLIANCES:
+    rig.APPLIANCES[_name] = rig.Appliance(_name, ("forward",), None)
 
 
 def command(name: str, binaries: Path, hook: Path) -> list[str]:
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, rig.on_signal)
     signal.signal(signal.SIGINT, rig.on_signal)
     os.sched_setaffinity(0, {args.gen_cpu})
-    info = {"machine": rig.machine(), "rounds": plan.rounds, "source": rig.source_state(),
+    info = {"machine": rig.machine(), "load_before": os.getloadavg(), "rounds": plan.rounds, "source": rig.source_state(),
             "gen_cpu": args.gen_cpu, "app_cpu": args.app_cpu, "nice": args.nice, "tx": "packet",
             "plan": plan.__dict__}  # fmt: skip
     topo = rig.Topology()
@@ -133,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
                 results.extend(measured)
         summary = rig.summarize(results)
         info["elapsed_s"] = round(time.monotonic() - started, 1)
+        info["load_after"] = os.getloadavg()
+        if args.json:  # first: nothing measured is lost to a failure below
+            import json
+
+            args.json.write_text(json.dumps({"info": info, "results": results}, indent=1))
         print()
         print(rig.table(summary, info))
         for size in plan.sizes:
@@ -142,10 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"geneve-tun / tunfloor at {size} bytes: saturation "
                       f"{ours['saturation_pps'] / floor['saturation_pps']:.2f}x, no-loss "
                       f"{ours['no_loss_pps'] / max(floor['no_loss_pps'], 1):.2f}x")  # fmt: skip
-        if args.json:
-            import json
-
-            args.json.write_text(json.dumps({"info": info, "results": results}, indent=1))
+        print(f"load average after the run: {' '.join(f'{x:.2f}' for x in info['load_after'])}")
     except (rig.BenchmarkError, rig.EmulatorError, subprocess.SubprocessError) as err:
         print(f"benchmark: {err}", file=sys.stderr)
         return 1
