@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, rig.on_signal)
     os.sched_setaffinity(0, {args.gen_cpu})
     info = {"machine": rig.machine(), "load_before": os.getloadavg(), "rounds": plan.rounds,
-            "source": rig.source_state(), "gen_cpu": args.gen_cpu, "app_cpu": args.app_cpu, "nice": args.nice, "tx": "packet",
-            "plan": plan.__dict__}  # fmt: skip
+            "source": rig.source_state(), "gen_cpu": args.gen_cpu, "app_cpu": args.app_cpu,
+            "nice": args.nice, "tx": "packet", "plan": plan.__dict__}  # fmt: skip
     topo = rig.Topology()
     results: list[dict[str, Any]] = []
     running: Any = None
