@@ -126,7 +126,7 @@ static int floor_reply_header(uint8_t *buf, size_t len, struct msghdr *m,
 }
 
 /* Send the k replies of out with sendmmsg; a refused one is counted and the rest go on. */
-static void floor_send(int fd, struct mmsghdr *out, int k, struct floor_counters *n) {
+static inline void floor_send(int fd, struct mmsghdr *out, int k, struct floor_counters *n) {
     int done = 0;
     while (done < k) {
         int r = sendmmsg(fd, out + done, (unsigned)(k - done), 0);
