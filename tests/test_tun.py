@@ -251,6 +251,23 @@ def test_a_new_endpoint_is_handed_back_and_its_frame_kept() -> None:
         b.close()
 
 
+def test_frames_wait_for_the_create_hook() -> None:
+    b = Bridge(endpoint=None)
+    try:
+        fd_in, fd_out = os.dup(b.ingress[0].fileno()), os.dup(b.egress[0].fileno())
+        assert lib.geneve_tun_add_endpoint(b.t, ENDPOINT, fd_in, fd_out, 0, 0.0) >= 0
+        frame = forward(flow_frame("10.0.0.1", "10.0.0.2"))
+        assert b.decap([frame]) == (0, [-len(frame)])  # the caller holds it
+        assert b.endpoint_counts()[lib.GENEVE_TUN_EP_EARLY] == 1
+        with pytest.raises(BlockingIOError):
+            b.ingress[1].recv(65536)
+        assert lib.geneve_tun_endpoint_ready(b.t, ENDPOINT) == 0
+        assert b.decap([frame]) == (0, [0])
+        assert b.ingress[1].recv(65536) == inner_of(frame)
+    finally:
+        b.close()
+
+
 def test_the_store_stays_within_its_bound_under_a_flood() -> None:
     b = Bridge(max_flows=100)
     try:

@@ -116,11 +116,13 @@ def endpoint(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def warm_up(emu: Emulator, address: str) -> None:
-    """The endpoint's first frame makes its interfaces; the create hook then runs in its own
-    thread, so that frame meets a kernel not yet set up: wait for the hook."""
-    emu.run("client", ["ping", "-n", "-c", "1", "-W", "1", address], timeout=5)
+    """The endpoint's first frame makes its interfaces and starts the create hook (in its own
+    thread); that frame is held until the hook is done, then goes through: the ping is answered."""
+    ping = emu.run("client", ["ping", "-n", "-c", "1", "-W", "2", address], timeout=5)
     doc = tun_doc(emu, lambda t: t["hooks_run"] >= 1)
     assert doc["hooks_run"] >= 1 and doc["hook_failures"] == 0, doc
+    assert ping.returncode == 0, ping.stdout
+    assert endpoint(doc)["before_hook"] >= 1 and doc["held"] == 0, doc
 
 
 def links(emu: Emulator) -> str:

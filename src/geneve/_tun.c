@@ -453,6 +453,12 @@ static int endpoint_option(const uint8_t *f, int g, int glen, uint64_t *id)
     return 0;
 }
 
+/* Write the forwarded frames of a batch (out[i] > 0: slot i's length) into their endpoints'
+ * ingress tuns. Afterwards out[i] is 0 (written, or dropped and counted), still the length for
+ * a frame of an endpoint not made yet (its id is in unknown, once: the caller makes it and
+ * calls again), or minus the length for one of an endpoint whose create hook is not done (the
+ * caller holds it, and offers it again once the endpoint is ready). Returns how many ids are
+ * in unknown. */
 int geneve_tun_decap(struct geneve_tun *t, uint8_t **slots, int slot_size, int32_t *out, int n,
                      double now, uint64_t *unknown, int max_unknown)
 {
@@ -492,12 +498,13 @@ int geneve_tun_decap(struct geneve_tun *t, uint8_t **slots, int slot_size, int32
             }
             continue;
         }
-        out[i] = 0;
         e->last_seen = now;
         if (!e->ready) { /* the kernel is not set up for it yet: it would go astray */
             e->counts[GENEVE_TUN_EP_EARLY]++;
+            out[i] = -len; /* the caller holds it until the endpoint is ready */
             continue;
         }
+        out[i] = 0;
         ilen = len - inner;
         if (key_of(f + inner, ilen, key, 0) == 0) {
             if (inner <= GENEVE_TUN_TEMPLATE_MAX)

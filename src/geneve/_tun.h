@@ -19,7 +19,7 @@
 #define GENEVE_TUN_EP_WRITE_ERRORS 5
 #define GENEVE_TUN_EP_SEND_ERRORS 6
 #define GENEVE_TUN_EP_NOT_IP 7      /* read from a tun, neither IPv4 nor IPv6 (or truncated) */
-#define GENEVE_TUN_EP_EARLY 8       /* from GWLB before the create hook was done: dropped */
+#define GENEVE_TUN_EP_EARLY 8       /* from GWLB before the create hook was done: held */
 #define GENEVE_TUN_EP_COUNTERS 9
 /* Bridge-wide counters, from geneve_tun_counts. */
 #define GENEVE_TUN_NO_ENDPOINT 0    /* frames without the endpoint id option: dropped */

@@ -16,6 +16,7 @@ in one thread.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import fcntl
@@ -71,6 +72,9 @@ HOOK_TIMEOUT = 60.0
 HOOK_STOP_TIMEOUT = 10.0
 #: New endpoints taken from one batch (the frames of more wait for the next of theirs).
 UNKNOWN_MAX = 16
+#: Frames held, all endpoints together, while their endpoints' create hooks run; more are
+#: dropped (counted).
+HOLD_MAX = 1024
 
 # linux/if_tun.h and linux/sockios.h
 _TUNSETIFF = 0x400454CA
@@ -356,6 +360,15 @@ class TunBridge:
         # self.endpoints and the C side's life: the worker, the hook thread, the health endpoint.
         self._lock = threading.Lock()
         self._next_expiry = time.monotonic() + EXPIRE_EVERY
+        # Endpoints whose create hook runs; their frames, held meanwhile (oldest first); the
+        # endpoints whose hook is done (the hook thread appends, the worker takes).
+        self.pending: set[int] = set()
+        self._held: list[bytes] = []
+        self.held_dropped = 0
+        self._hooked: collections.deque[int] = collections.deque()
+        self._replay = self.ffi.new("uint8_t[]", BUFFER_SIZE)
+        self._replay_slots = self.ffi.new("uint8_t *[]", [self._replay])
+        self._replay_out = self.ffi.new("int32_t[]", 1)
         self.hooks = Hooks()
         self._closed = False
         self._freed = False
@@ -418,14 +431,37 @@ class TunBridge:
             "endpoint %s: interfaces %s and %s made", endpoint_hex(endpoint_id), ingress, egress
         )
         if hook is not None:
+            self.pending.add(endpoint_id)
             self.hooks.call(hook, "CREATE", ingress, egress, endpoint_hex(endpoint_id),
-                            then=lambda: self._ready(endpoint_id))  # fmt: skip
+                            then=lambda: self._hooked.append(endpoint_id))  # fmt: skip
         return True
 
-    def _ready(self, endpoint_id: int) -> None:
-        with self._lock:
-            if not self._freed:
-                self.lib.geneve_tun_endpoint_ready(self.table, endpoint_id)
+    def hold(self, frame: bytes) -> None:
+        """Keep a frame of an endpoint whose create hook runs (the worker's thread)."""
+        if len(self._held) < HOLD_MAX:
+            self._held.append(frame)
+        else:
+            self.held_dropped += 1
+
+    def _release(self) -> None:
+        """The endpoints whose create hook is done take their frames: the held ones first, in
+        the order they came, then the new ones (the worker's thread)."""
+        lib, out = self.lib, self._replay_out
+        while self._hooked:
+            endpoint_id = self._hooked.popleft()
+            self.pending.discard(endpoint_id)
+            with self._lock:
+                if self._freed:
+                    return
+                lib.geneve_tun_endpoint_ready(self.table, endpoint_id)
+        held, self._held = self._held, []
+        for frame in held:
+            self.ffi.memmove(self._replay, frame, len(frame))
+            out[0] = len(frame)
+            lib.geneve_tun_decap(self.table, self._replay_slots, BUFFER_SIZE, out, 1,
+                                 time.monotonic(), self.ffi.NULL, 0)  # fmt: skip
+            if out[0] < 0:  # another endpoint, still waiting for its hook
+                self._held.append(frame)
 
     def _create_failed(self, endpoint_id: int, why: str) -> None:
         self.create_failures += 1
@@ -466,7 +502,10 @@ class TunBridge:
     # -- the way back ----------------------------------------------------------------------
 
     def chores(self, now: float) -> None:
-        """The worker's, between two waits: idle endpoints go (at most once a second)."""
+        """The worker's, between two waits: frames held for a hook now done go into their tun;
+        idle endpoints go (at most once a second)."""
+        if self._hooked:
+            self._release()
         if now >= self._next_expiry:
             self._next_expiry = now + EXPIRE_EVERY
             self._expire(now)
@@ -515,6 +554,8 @@ class TunBridge:
             "evicted": totals[lib.GENEVE_TUN_EVICTED],
             "no_endpoint": totals[lib.GENEVE_TUN_NO_ENDPOINT],
             "long_header": totals[lib.GENEVE_TUN_LONG_HEADER],
+            "held": len(self._held),
+            "held_dropped": self.held_dropped,
             "create_failures": self.create_failures,
             "hooks_run": self.hooks.done,
             "hook_failures": self.hooks.failures,
@@ -579,4 +620,10 @@ class TunSender(BatchSender):
                       time.monotonic(), self._unknown, 0)  # fmt: skip
         if n < 0:
             raise ValueError("geneve_tun_decap: the batch's arguments disagree")
+        if bridge.pending:  # frames of endpoints whose create hook runs: held till it is done
+            out, views = self.slots.out, self.slots.views
+            for i in range(count):
+                if out[i] < 0:
+                    bridge.hold(bytes(views[i][: -out[i]]))
+                    out[i] = 0
         return 0
