@@ -6,7 +6,9 @@
  * back for every endpoint made so far, and flow-keyed on their own.
  *
  * Input: byte 0 the header store's bound (0-255, 0 refused by geneve_tun_new: then 1), byte 1
- * `skip`, then frames, each a 2-byte length and its bytes.
+ * `skip` (its low bit set: endpoints are made waiting for their create hook, whose frames must
+ * come back held, and are ready once a frame later), then frames, each a 2-byte length and its
+ * bytes.
  */
 #include <fcntl.h>
 #include <stdint.h>
@@ -30,7 +32,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     t = geneve_tun_new(data[0] ? data[0] : 1, 350.0, 120.0, 42);
     if (t == NULL)
         abort();
-    int skip = data[1];
+    int skip = data[1], hook = data[1] & 1;
     while (pos + 2 <= size) {
         int len = (data[pos] << 8) | data[pos + 1];
         pos += 2;
@@ -50,12 +52,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             int fd_in = open("/dev/null", O_WRONLY), fd_out = open("/dev/null", O_RDONLY);
             if (fd_in < 0 || fd_out < 0)
                 abort();
-            if (geneve_tun_add_endpoint(t, unknown[i], fd_in, fd_out, 1, 1.0) < 0)
+            if (geneve_tun_add_endpoint(t, unknown[i], fd_in, fd_out, !hook, 1.0) < 0)
                 abort();
             made[n_made++] = unknown[i];
         }
         if (n > 0 && geneve_tun_decap(t, slots, len, out, 1, 1.0, unknown, 0) != 0)
             abort();
+        if (out[0] == -len && hook) { /* held: the hook is done now, and it goes in */
+            for (int e = 0; e < n_made; e++)
+                geneve_tun_endpoint_ready(t, made[e]);
+            out[0] = len;
+            if (geneve_tun_decap(t, slots, len, out, 1, 1.0, unknown, 0) != 0)
+                abort();
+        }
         if (out[0] != 0)
             abort(); /* every frame handled: written, kept or dropped */
         if (skip <= len) {
