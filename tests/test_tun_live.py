@@ -86,11 +86,30 @@ except OSError as err:
 RULES = "def forward(packet):\n    return None\n"  # FORWARD everything: into the tun
 
 
-def start(emu: Emulator, tmp_path: Path, *flags: str, env: dict[str, str] | None = None) -> None:
-    (tmp_path / "tun_rules.py").write_text(RULES)
+# A modifier in front of the tun: REJECT TCP to 7002 (a server listens), DROP UDP from port
+# 45001, "hello" made "HELLO" in UDP; the rest FORWARD, into the tun.
+EDITING_RULES = """
+from geneve import Verdict
+def edit(packet):
+    ports = packet.ports
+    if ports is None:
+        return None
+    if packet.l4_protocol == 6 and ports[1] == 7002:
+        return Verdict.REJECT
+    if packet.l4_protocol == 17 and ports[0] == 45001:
+        return Verdict.DROP
+    if packet.l4_protocol == 17:
+        packet.replace_in_payload(b"hello", b"HELLO")
+    return None
+"""
+
+
+def start(emu: Emulator, tmp_path: Path, *flags: str, env: dict[str, str] | None = None,
+          rules: str = "tun_rules:forward") -> None:  # fmt: skip
+    (tmp_path / "tun_rules.py").write_text(RULES + EDITING_RULES)
     settings = [f"{k}={v}" for k, v in {"PYTHONPATH": str(tmp_path), **(env or {})}.items()]
     log = (tmp_path / "appliance.log").open("w")
-    argv = ["env", *settings, *emu.appliance_command("tun_rules:forward", ["--tun", *flags])]
+    argv = ["env", *settings, *emu.appliance_command(rules, ["--tun", *flags])]
     emu.start_appliance(argv, log=log)
     emu.wait_healthy()
 
@@ -233,6 +252,27 @@ def test_two_arm_nat_masquerades_to_an_internet_namespace(tmp_path: Path) -> Non
     assert summary["returned"] > 0 and summary["verified"] == summary["returned"], summary
     assert ep["packets_out"] > 0
     assert "MASQUERADE" not in nat  # the destroy hook took the rule away
+
+
+def test_a_modifier_runs_before_the_tun(tmp_path: Path) -> None:
+    with Emulator() as emu:
+        a = emu.addressing
+        emu.spawn("server", [sys.executable, "-c", SERVERS])
+        start(emu, tmp_path, "--tun-create-hook", str(ONE_ARM), rules="tun_rules:edit")
+        warm_up(emu, a.server)
+        time.sleep(0.3)
+        edited = exchange(emu, "client", "udp", 7000, a.server)
+        dropped = exchange(emu, "client", "udp", 7000, a.server, "45001")
+        refused = exchange(emu, "client", "tcp", 7002, a.server)
+        echoed = exchange(emu, "client", "tcp", 7001, a.server)
+        summary = emu.summary()
+        counters = emu.http_get("/").json()["counters"]
+    assert edited == "HELLO"  # edited, then through the kernel; the echo unchanged
+    assert dropped == "error TimeoutError"
+    assert refused == "error ConnectionRefusedError"  # the RST went straight back to GWLB
+    assert echoed == "hello"
+    assert summary["failed"] == 0 and summary["injected"] >= 1 and summary["modified"] >= 1
+    assert counters["rejected"] >= 1 and counters["modified"] >= 1, counters
 
 
 def test_a_packet_of_no_flow_is_dropped_and_counted(tmp_path: Path) -> None:
