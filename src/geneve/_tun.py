@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import _transport
 from ._transport import BUFFER_SIZE, BatchSender, Slots, UdpBatchReceiver
 
 try:
@@ -93,6 +94,8 @@ def available() -> str | None:
     """Why tun mode cannot run here, or None when it can."""
     if _tun_cffi is None:
         return "the C module geneve._tun_cffi is not built (no compiler at install time?)"
+    if _transport._batch is None:  # the batch receiver and sender the bridge wraps
+        return "the C module geneve._batch_cffi is not built (no compiler at install time?)"
     return None
 
 
