@@ -34,13 +34,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _transport
 from ._transport import BUFFER_SIZE, BatchSender, Slots, UdpBatchReceiver
 
 try:
-    from . import _tun_cffi
+    from . import _batch_cffi, _tun_cffi
 except ImportError:  # built without a compiler: no tun mode
-    _tun_cffi = None  # type: ignore[assignment]
+    _batch_cffi = _tun_cffi = None  # type: ignore[assignment]
 
 __all__ = [
     "BASE60",
@@ -94,7 +93,7 @@ def available() -> str | None:
     """Why tun mode cannot run here, or None when it can."""
     if _tun_cffi is None:
         return "the C module geneve._tun_cffi is not built (no compiler at install time?)"
-    if _transport._batch is None:  # the batch receiver and sender the bridge wraps
+    if _batch_cffi is None:  # the batch receiver and sender the bridge wraps
         return "the C module geneve._batch_cffi is not built (no compiler at install time?)"
     return None
 
