@@ -441,3 +441,28 @@ def test_tun_flags_and_their_environment_reach_the_appliance(
         "tun_destroy_hook": "/etc/geneve/down.sh",
         "tun_idle_timeout": 30.0,
     }
+
+
+# -- the emulator's allowance for routed replies ----------------------------------------------
+
+
+def test_one_hop_back_undoes_a_routers_decrement() -> None:
+    from geneve._emulator.checker import checksum, one_hop_back
+
+    def with_checksum(header: bytearray) -> bytearray:
+        header[10:12] = b"\0\0"
+        struct.pack_into("!H", header, 10, checksum(header[:20]))
+        return header
+
+    for src, dst in (("10.0.0.1", "10.0.0.2"), ("2001:db8::1", "2001:db8::2")):
+        sent = bytearray(inner_of(flow_frame(src, dst, "udp", 1, 2)))
+        routed = bytearray(sent)
+        if ":" not in src:
+            sent = with_checksum(sent)
+            routed[8] -= 1
+            routed = with_checksum(routed)
+        else:
+            routed[7] -= 1
+        assert one_hop_back(routed) == bytes(sent)
+    assert one_hop_back(b"\x45" + bytes(7) + b"\xff" + bytes(11)) is None  # TTL 255
+    assert one_hop_back(b"not ip") is None
