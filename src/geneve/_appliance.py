@@ -410,7 +410,7 @@ class Appliance:
         )
 
     def _tun_bridge(self, socks: Sockets) -> _tun.TunBridge:
-        """Tun mode's bridge, whose sender the (one) worker sends through."""
+        """Tun mode's bridge, whose receiver and sender the (one) worker uses."""
         assert self.tun is not None
         bridge = _tun.TunBridge(
             self.tun,

@@ -23,6 +23,7 @@
  */
 #define _GNU_SOURCE
 #include "_tun.h"
+#include "_layout.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -39,8 +40,9 @@
 #define KEY_DIRECTION 2
 #define WAYS 8
 #define READ_SIZE 65536
-#define GWLB_OPTION_CLASS 0x0108
-#define GWLB_OPTION_ENDPOINT 1
+/* GWLB's endpoint id option (class 0x0108, type 1), from the one description of the layout. */
+#define GWLB_OPTION_CLASS (GENEVE_LAYOUT_OPTION1_WORD >> 16)
+#define GWLB_OPTION_ENDPOINT ((GENEVE_LAYOUT_OPTION1_WORD >> 8) & 0xFF)
 
 struct entry {
     uint64_t endpoint;
