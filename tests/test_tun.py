@@ -66,7 +66,8 @@ class Bridge:
 
     def encap(self, inner: bytes, now: float = 2.0, endpoint: int = ENDPOINT) -> bytes | int:
         frame = ffi.new("uint8_t[]", 100 + len(inner))
-        n = lib.geneve_tun_encap(self.t, endpoint, inner, len(inner), now, frame, len(frame))
+        n = lib.geneve_tun_encap(self.t, endpoint, ffi.from_buffer(inner), len(inner), now, frame,
+                                 len(frame))  # fmt: skip
         return n if n < 0 else bytes(ffi.buffer(frame, n))
 
     def counts(self) -> list[int]:
@@ -139,7 +140,8 @@ def test_endpoint_hex_is_gwlbtuns_17_digits() -> None:
 
 def key(inner: bytes) -> bytes | None:
     out = ffi.new("uint8_t[]", 40)
-    return bytes(ffi.buffer(out)) if lib.geneve_tun_flow_key(inner, len(inner), out) == 0 else None
+    found = lib.geneve_tun_flow_key(ffi.from_buffer(inner), len(inner), out)
+    return bytes(ffi.buffer(out)) if found == 0 else None
 
 
 @pytest.mark.parametrize("proto", ["tcp", "udp", "icmp"])

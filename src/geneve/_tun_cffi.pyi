@@ -67,7 +67,7 @@ class _Lib:
     def geneve_tun_encap(
         t: FFI.CData,
         id: int,
-        inner: FFI.CData | bytes,
+        inner: FFI.CData,
         len: int,
         now: float,
         frame: FFI.CData,
@@ -79,6 +79,6 @@ class _Lib:
         t: FFI.CData, udp_fd: int, send_fd: int, timeout_ms: int, now: float, /
     ) -> int: ...
     @staticmethod
-    def geneve_tun_flow_key(inner: FFI.CData | bytes, len: int, key: FFI.CData, /) -> int: ...
+    def geneve_tun_flow_key(inner: FFI.CData, len: int, key: FFI.CData, /) -> int: ...
 
 lib: _Lib
