@@ -28,6 +28,7 @@ setup(
         "src/geneve/_checksum_build.py:ffibuilder",
         "src/geneve/_batch_build.py:ffibuilder",
         "src/geneve/_flows_build.py:ffibuilder",
+        "src/geneve/_tun_build.py:ffibuilder",
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -18,7 +18,7 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 SEEDS = HERE / "seeds"
-TARGETS = ("fuzz_sum", "fuzz_fix", "fuzz_fast_forward", "fuzz_batch", "fuzz_flows")
+TARGETS = ("fuzz_sum", "fuzz_fix", "fuzz_fast_forward", "fuzz_batch", "fuzz_flows", "fuzz_tun")
 # The atheris targets of geneve.inspect (fuzz/<target>.py): seeded at build time only, with the
 # messages tests/support/messages.py builds and the payloads of the captures.
 INSPECT_TARGETS = ("fuzz_tls", "fuzz_http", "fuzz_dns")
@@ -130,6 +130,12 @@ def wrap(target: str, frame: bytes, variant: int = 0) -> bytes:
         track = bytes([0, 0, 20, len(inner), proto, variant, 1, 1, len(inner)]) + inner
         again = bytes([0, 0, 20, len(inner), proto, 1, 2, 5, len(inner)]) + inner
         return bytes([1]) + track + again + bytes([1, 30, 4, 2])
+    if target == "fuzz_tun":
+        # A bound of 2 (variant 1: 200); the frame twice, then its inner packet alone, looked
+        # up after 68 bytes (where the usual layout puts the inner packet).
+        inner = frame[68:]
+        body = b"".join(struct.pack("!H", len(f)) + f for f in (frame, frame, inner))
+        return bytes([2 if variant == 0 else 200, 68]) + body
     raise ValueError(target)
 
 

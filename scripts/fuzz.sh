@@ -23,6 +23,7 @@ declare -A sources=(
   [fuzz_fast_forward]="src/geneve/_batch.c src/geneve/_flowtable.c"
   [fuzz_batch]="src/geneve/_batch.c src/geneve/_flowtable.c"
   [fuzz_flows]=src/geneve/_flowtable.c
+  [fuzz_tun]=src/geneve/_tun.c
 )
 failed=0
 # Run one target (the command after its name) on its corpus for $seconds; report executions and
@@ -42,7 +43,7 @@ run_target() {
       "$log" | head -30 >&2
   fi
 }
-for target in fuzz_sum fuzz_fix fuzz_fast_forward fuzz_batch fuzz_flows; do
+for target in fuzz_sum fuzz_fix fuzz_fast_forward fuzz_batch fuzz_flows fuzz_tun; do
   # _GNU_SOURCE for memmem and recvmmsg (each source file defines it where it needs it).
   clang "${flags[@]}" -o "$out/$target" "fuzz/$target.c" ${sources[$target]} 2>"$out/$target.build.log" \
     || { cat "$out/$target.build.log" >&2; exit 1; }

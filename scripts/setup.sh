@@ -24,6 +24,10 @@ command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v dig >/dev/null || need_apt+=(bind9-dnsutils)
+# The tun bridge's live tests (tests/test_tun_live.py): an nftables filter, and iptables for
+# the MASQUERADE of gwlbtun's own NAT example hook.
+command -v nft >/dev/null || need_apt+=(nftables)
+command -v iptables >/dev/null || need_apt+=(iptables)
 # The fuzz targets (scripts/fuzz.sh): clang, and its sanitizer and libFuzzer runtime, which is
 # only a recommendation of clang on Debian 12.
 command -v clang >/dev/null || need_apt+=(clang)

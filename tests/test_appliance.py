@@ -1265,11 +1265,12 @@ def test_the_daemon_tells_systemd_ready_reloading_stopping(
         stop(proc)
 
 
-def test_the_shipped_systemd_unit_verifies(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("name", ["geneve-appliance.service", "geneve-appliance-tun.service"])
+def test_the_shipped_systemd_unit_verifies(tmp_path: pathlib.Path, name: str) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed (Debian: systemd)")
-    unit = pathlib.Path(__file__).parents[1] / "deploy" / "systemd" / "geneve-appliance.service"
+    unit = pathlib.Path(__file__).parents[1] / "deploy" / "systemd" / name
     text = unit.read_text()
     assert "Type=notify" in text and "ExecReload=/bin/kill -HUP $MAINPID" in text
     # verify wants ExecStart to exist: point it at this checkout's command.

@@ -16,7 +16,7 @@ LAYERS: dict[str, int] = {
     "_flows": 1, "_flows_cffi": 1, "_seq": 1, "_stream": 1, "_pipeline": 1, "rules": 1,
     "rules.reference": 1, "rules.egress": 1, "_loader": 1,
     "_health": 2, "_notify": 2, "_handover": 2, "_batch_cffi": 2, "_steering": 2,
-    "_sockets": 2, "_transport": 2, "_worker": 2, "_appliance": 2,
+    "_sockets": 2, "_transport": 2, "_worker": 2, "_appliance": 2, "_tun": 2, "_tun_cffi": 2,
     "appliance": 3, "replay": 3, "emulator": 3, "_emulator": 3,
     "_emulator.namespaces": 3, "_emulator.checker": 3, "_emulator.flows": 3,
     "_emulator.topology": 3, "_emulator.dataplane": 3, "_emulator.emulator": 3,

@@ -44,7 +44,8 @@ def test_sdist_carries_the_c_sources(sdist: pathlib.Path) -> None:
         "_flowtable.h",
         "_layout.h",
     )
-    for needed in (*needed_files, "_batch_cffi.pyi", "_flows_cffi.pyi", "py.typed", "setup.py"):
+    for needed in (*needed_files, "_batch_cffi.pyi", "_flows_cffi.pyi", "_tun_cffi.pyi",
+                   "_tun.c", "_tun.h", "_tun_build.py", "py.typed", "setup.py"):  # fmt: skip
         assert needed in names
     # No tests: they need the repository around them (MANIFEST.in says why).
     with tarfile.open(sdist) as tar:
@@ -61,6 +62,7 @@ def test_wheel_from_sdist_has_the_c_implementation(
     assert any(n.startswith("geneve/_checksum_cffi") and n.endswith(".so") for n in names)
     assert any(n.startswith("geneve/_batch_cffi") and n.endswith(".so") for n in names)
     assert any(n.startswith("geneve/_flows_cffi") and n.endswith(".so") for n in names)
+    assert any(n.startswith("geneve/_tun_cffi") and n.endswith(".so") for n in names)
     assert "geneve/py.typed" in names
     with zipfile.ZipFile(wheel) as zf:
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
@@ -128,7 +130,7 @@ def _python_type(ctype: Any) -> str:
     return "float" if ctype.cname in ("double", "float") else "int"
 
 
-@pytest.mark.parametrize("module", ["_checksum_cffi", "_batch_cffi", "_flows_cffi"])
+@pytest.mark.parametrize("module", ["_checksum_cffi", "_batch_cffi", "_flows_cffi", "_tun_cffi"])
 def test_type_stubs_describe_the_compiled_modules(module: str) -> None:
     """mypy checks calls into C against the .pyi: it must say what cffi actually compiled."""
     import importlib

@@ -125,6 +125,21 @@ static int floor_reply_header(uint8_t *buf, size_t len, struct msghdr *m,
     return 1;
 }
 
+/* Send the k replies of out with sendmmsg; a refused one is counted and the rest go on. */
+static inline void floor_send(int fd, struct mmsghdr *out, int k, struct floor_counters *n) {
+    int done = 0;
+    while (done < k) {
+        int r = sendmmsg(fd, out + done, (unsigned)(k - done), 0);
+        if (r <= 0) { /* the one at out[done] failed: count it and go on with the rest */
+            n->send_errors++;
+            done++;
+        } else {
+            n->forwarded += (uint64_t)r;
+            done += r;
+        }
+    }
+}
+
 static void floor_report(const char *name, const struct floor_counters *n) {
     fprintf(stderr, "%s: received %llu, forwarded %llu, own %llu, send errors %llu\n", name,
             (unsigned long long)n->received, (unsigned long long)n->forwarded,

@@ -58,17 +58,7 @@ int main(int argc, char **argv) {
                                              .msg_iov = &out_iov[k], .msg_iovlen = 1};
             k++;
         }
-        int done = 0;
-        while (done < k) {
-            int r = sendmmsg(s.raw, out + done, (unsigned)(k - done), 0);
-            if (r <= 0) { /* the one at out[done] failed: count it and go on with the rest */
-                n.send_errors++;
-                done++;
-            } else {
-                n.forwarded += (uint64_t)r;
-                done += r;
-            }
-        }
+        floor_send(s.raw, out, k, &n);
     }
     floor_report("floor_batch", &n);
     return 0;

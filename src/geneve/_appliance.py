@@ -46,6 +46,7 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
+from . import _tun
 from ._flows import OTHER_TIMEOUT, TCP_TIMEOUT, EndReason
 from ._handover import HANDOVER_ENV, Channel, HandoverError
 from ._headers import GENEVE_PORT
@@ -129,11 +130,18 @@ def _user_entry(user: str) -> pwd.struct_passwd:
         raise ApplianceError(f"--user: no such user {user!r}") from None
 
 
-def _drop_privileges(user: str) -> None:
-    """Become ``user`` (and its primary group) for good; the open sockets keep working."""
+def _drop_privileges(user: str, keep_net_admin: bool = False) -> None:
+    """Become ``user`` (and its primary group) for good; the open sockets keep working.
+    ``keep_net_admin``: tun mode, which makes interfaces and runs hooks afterwards."""
     entry = _user_entry(user)
     if os.getuid() == entry.pw_uid and os.getgid() == entry.pw_gid:
         return  # already (an upgrade's new copy, started by a daemon that switched)
+    if keep_net_admin:
+        try:
+            return _tun.drop_privileges_keeping_net_admin(user)
+        except OSError as err:
+            raise ApplianceError(f"--user {user}: cannot switch user keeping CAP_NET_ADMIN "
+                                 f"({err.strerror or err}; not root?)") from None  # fmt: skip
     try:
         os.setgroups([])
         os.setgid(entry.pw_gid)
@@ -194,6 +202,10 @@ class Appliance:
         flow_timeout_tcp: float = TCP_TIMEOUT,
         flow_timeout_other: float = OTHER_TIMEOUT,
         max_flows: int | None = None,
+        tun: bool = False,
+        tun_create_hook: str | None = None,
+        tun_destroy_hook: str | None = None,
+        tun_idle_timeout: float | None = None,
     ) -> None:
         try:
             check_modifier(modifier)
@@ -239,6 +251,16 @@ class Appliance:
             )
         self.flows = bool(flows)
         self.max_flows = max_flows
+        # Tun mode (docs/tun.md): forwarded inner packets go into per-endpoint tun interfaces.
+        self.tun: _tun.TunOptions | None = None
+        if tun or tun_create_hook or tun_destroy_hook or tun_idle_timeout is not None:
+            try:
+                self.tun = _tun.options(tun, tun_create_hook, tun_destroy_hook, tun_idle_timeout,
+                                        flows=self.flows, workers=workers, receive=receive,
+                                        batch=batch)  # fmt: skip
+            except ValueError as err:
+                raise ApplianceError(str(err)) from None
+        self._tun: _tun.TunBridge | None = None
         # The 68 bytes of encapsulation around the inner packet must still fit in IPv4.
         if not 0 < max_inner_length <= 0xFFFF - GWLB_ENCAP_LENGTH:
             raise ApplianceError(f"max_inner_length must be 1 to {0xFFFF - GWLB_ENCAP_LENGTH}")
@@ -334,8 +356,10 @@ class Appliance:
                         f"cannot open the health endpoint {self.health_host}:{self.health_port}: "
                         f"{err.strerror or err}"
                     ) from None
+            if self.tun is not None:
+                self._tun = self._tun_bridge(sockets[0])
             if self.user is not None:
-                _drop_privileges(self.user)
+                _drop_privileges(self.user, keep_net_admin=self.tun is not None)
             if not self.allow_from:
                 log.warning(
                     "no --allow-from: Geneve from any source is answered; a spoofed sender "
@@ -508,6 +532,19 @@ class Appliance:
             max_flows=self.max_flows_per_worker,
         )
 
+    def _tun_bridge(self, socks: Sockets) -> _tun.TunBridge:
+        """Tun mode's bridge, whose receiver and sender the (one) worker uses."""
+        assert self.tun is not None
+        bridge = _tun.TunBridge(
+            self.tun,
+            max_flows=self.max_flows_per_worker,
+            tcp_timeout=self.flow_timeout_tcp,
+            other_timeout=self.flow_timeout_other,
+            send_fd=socks.raw_send.fileno(),
+        )
+        socks.tun = bridge
+        return bridge
+
     def _make_worker(self, index: int, socks: Sockets, publish: Any) -> Worker:
         return Worker(
             index,
@@ -613,6 +650,9 @@ class Appliance:
         for thread in self._threads:
             if not thread.name.startswith("geneve-worker"):
                 thread.join(0.5)
+        if self._tun is not None:  # the worker is gone: the interfaces go, destroy hooks run
+            self._tun.close()
+            self._tun = None
         for socks in self._sockets:
             socks.close()
         if self._health is not None:
@@ -659,6 +699,13 @@ class Appliance:
         """
         if not self._running:
             raise ApplianceError("upgrade: the appliance is not running")
+        if self.tun is not None:
+            self.upgrade_failures += 1
+            log.error(
+                "upgrade: not in tun mode (the interfaces and the headers kept for the way back "
+                "stay with this process): restart to upgrade"
+            )
+            return False
         argv = list(command if command is not None else self.upgrade_command or [])
         if not argv:
             raise ApplianceError("upgrade: no command to start the new copy with")
@@ -1107,9 +1154,13 @@ class Appliance:
             "failed": self.upgrade_failures,
             "flows_taken_over": sum(snap.get("taken_over", 0) for snap in states),
         }
+        metrics = _prometheus(counters, not problems, body)
+        if self._tun is not None:
+            body["tun"] = tun = self._tun.report()
+            metrics += _tun.prometheus(tun)
         if problems:
             body["problems"] = problems
-        return HealthReport(not problems, body, _prometheus(counters, not problems, body))
+        return HealthReport(not problems, body, metrics)
 
     def _summary_line(self) -> str:
         s = self.stats()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import Literal
+from typing import Any, Literal
 
 from . import _steering
 
@@ -52,6 +52,8 @@ class Sockets:
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.raw_send = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         self.raw_recv: socket.socket | None = None
+        # Tun mode: the geneve._tun.TunBridge whose receiver and sender the worker uses.
+        self.tun: Any = None
         try:
             if reuse:
                 self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

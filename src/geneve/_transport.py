@@ -431,7 +431,10 @@ def open_transport(
     if _batch is None or batch <= 1:
         receiver = UdpReceiver(sockets.udp, sockets.port)
         return receiver, FrameSender(sockets.raw_send), None
-    receiver = UdpBatchReceiver(sockets.udp, sockets.port, batch)
+    if sockets.tun is not None:  # tun mode (geneve._tun): its wait also serves the tuns
+        receiver = sockets.tun.receiver(sockets.udp, sockets.port, batch)
+    else:
+        receiver = UdpBatchReceiver(sockets.udp, sockets.port, batch)
     fast = None
     table = flows if isinstance(flows, CFlowTable) else None
     if (
@@ -440,4 +443,7 @@ def open_transport(
         and (flows is None or table is not None)
     ):
         fast = FastPath(receiver.slots, interest, max_inner, sockets.port, table)
+    if sockets.tun is not None:  # tun mode: forwarded frames go into the tuns
+        sender: BatchSender = sockets.tun.sender(sockets.raw_send, receiver.slots)
+        return receiver, sender, fast
     return receiver, BatchSender(sockets.raw_send, receiver.slots), fast

@@ -297,6 +297,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="track no flows: no packet.flow, no flow hooks or verdicts [GENEVE_FLOWS=0]",
     )
     p.add_argument(
+        "--tun",
+        action="store_true",
+        default=False,
+        help="send forwarded inner packets into tun interfaces gwi-<id> (one pair per GWLB "
+        "endpoint, as gwlbtun names them) and what the kernel sends out of gwo-<id> back to "
+        "GWLB; one worker (docs/tun.md) [GENEVE_TUN=1]",
+    )
+    p.add_argument(
+        "--tun-create-hook",
+        default=_env("TUN_CREATE_HOOK", "") or None,
+        metavar="CMD",
+        help="with --tun: run through a shell when an endpoint's interfaces are made, with "
+        "gwlbtun's arguments: CREATE INGRESS EGRESS ENDPOINT-HEX [GENEVE_TUN_CREATE_HOOK]",
+    )
+    p.add_argument(
+        "--tun-destroy-hook",
+        default=_env("TUN_DESTROY_HOOK", "") or None,
+        metavar="CMD",
+        help="with --tun: the same when they are deleted (DESTROY ...) [GENEVE_TUN_DESTROY_HOOK]",
+    )
+    p.add_argument(
+        "--tun-idle-timeout",
+        type=_seconds,
+        default=_env("TUN_IDLE_TIMEOUT", "") or None,
+        metavar="SECONDS",
+        help="with --tun: delete an endpoint's interfaces after this long without a packet "
+        "(default: keep them) [GENEVE_TUN_IDLE_TIMEOUT]",
+    )
+    p.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=("debug", "info", "warning", "error"),
@@ -326,6 +355,22 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         args.fast_path = _switch("FAST_PATH", True)
     if args.flows:
         args.flows = _switch("FLOWS", True)
+    if not args.tun:
+        args.tun = _switch("TUN", False)
+    if isinstance(args.tun_idle_timeout, str):  # from the environment: argparse left it as is
+        try:
+            args.tun_idle_timeout = _seconds(args.tun_idle_timeout)
+        except argparse.ArgumentTypeError as err:
+            raise _Usage(f"GENEVE_TUN_IDLE_TIMEOUT: {err}") from None
+    if args.tun:
+        if not args.flows:
+            raise _Usage(
+                "--tun cannot go with --no-flows: the way back looks each packet's flow up"
+            )
+        if args.workers != 1:
+            raise _Usage(f"--tun takes one worker, not --workers {args.workers} (docs/tun.md)")
+    elif args.tun_create_hook or args.tun_destroy_hook or args.tun_idle_timeout is not None:
+        raise _Usage("--tun-create-hook, --tun-destroy-hook and --tun-idle-timeout need --tun")
     return args
 
 
@@ -370,6 +415,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             drain_seconds=args.drain_seconds,
             rules=source,
             max_error_share=args.max_error_share,
+            tun=args.tun,
+            tun_create_hook=args.tun_create_hook,
+            tun_destroy_hook=args.tun_destroy_hook,
+            tun_idle_timeout=args.tun_idle_timeout,
         )
         # SIGUSR2: this program again, with the same arguments (and environment), in the
         # same interpreter: a package upgraded in place is the new code.

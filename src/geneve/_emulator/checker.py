@@ -248,6 +248,28 @@ class Expected:
     geneve: bytes  # the Geneve header with options, echoed byte for byte
 
 
+def one_hop_back(inner: Buffer) -> bytes | None:
+    """``inner`` as it was one router earlier: its TTL (IPv4, header checksum made right
+    again) or hop limit (IPv6) one more; None if it is not IP or already at 255.
+
+    An appliance that routes the inner packets through its kernel (a tun bridge) sends each
+    one back with one hop less: a reply that is its request but for that is not an edit.
+    """
+    packet = bytearray(inner)
+    if len(packet) >= 20 and packet[0] >> 4 == 4:
+        ihl = (packet[0] & 0x0F) << 2
+        if packet[8] == 255 or ihl < 20 or len(packet) < ihl:
+            return None
+        packet[8] += 1
+        _U16.pack_into(packet, 10, 0)
+        _U16.pack_into(packet, 10, checksum(packet[:ihl]))
+        return bytes(packet)
+    if len(packet) >= 40 and packet[0] >> 4 == 6 and packet[7] < 255:
+        packet[7] += 1
+        return bytes(packet)
+    return None
+
+
 def check_reply(frame: Buffer, expected: Expected) -> str | None:
     """None if ``frame`` (an outer IPv4 packet) is a correct reply, else why it is not.
 

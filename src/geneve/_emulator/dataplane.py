@@ -38,6 +38,7 @@ from .checker import (
     five_tuple,
     flow_key,
     geneve_header,
+    one_hop_back,
     refuses,
 )
 from .flows import Flow
@@ -97,6 +98,7 @@ class DataPlane:
         self.sent = self.received = self.returned = self.verified = 0
         self.modified = self.delivered = self.passed_through_invalid = 0
         self.injected = 0
+        self.routed = 0  # replies that are their requests with the TTL or hop limit one less
         self.expired_dropped = 0  # non-SYN packets of a TCP flow past its idle timeout
         self.failures: dict[str, int] = {}
         self.tun_ignored = 0
@@ -346,6 +348,12 @@ class DataPlane:
             return
         if pending.take(inner) or pending.take_late(inner):
             request, changed = inner, False
+        elif (routed := one_hop_back(inner)) is not None and (
+            pending.take(routed) or pending.take_late(routed)
+        ):
+            # Routed by the appliance's kernel (a tun bridge): one hop less, nothing else.
+            request, changed = routed, False
+            self.routed += 1
         elif self._refusal(flow, inner):
             if not against:
                 self._fail(flow, "outer-udp-ports")
@@ -446,6 +454,7 @@ class DataPlane:
                 "returned": self.returned,
                 "verified": self.verified,
                 "modified": self.modified,
+                "routed": self.routed,
                 "passed_through_invalid": self.passed_through_invalid,
                 "injected": self.injected,
                 "expired_dropped": self.expired_dropped,
