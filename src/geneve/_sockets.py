@@ -87,6 +87,7 @@ class Sockets:
         self.raw_recv = socket.socket(fileno=fds[2]) if len(fds) > 2 else None
         self.receiver = self.raw_recv if self.raw_recv is not None else self.udp
         self.receiver.settimeout(timeout)
+        self.tun = None  # an upgrade never hands over a tun bridge
         return self
 
     def fds(self) -> list[int]:
