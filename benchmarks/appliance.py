@@ -29,6 +29,17 @@ replies; the appliance under test runs pinned to the other core. Appliances:
   256 flow slots, each opened by a 517-byte TLS ClientHello to ``allowed.example`` and then
   ``--flow-packets`` data frames (200: 100 each way), after which the slot opens a new
   connection. The floors run the same mix when it is in the plan.
+- ``geneve-grow`` / ``geneve-same``: TCP payload rewrites that change the length (issue 16),
+  ``benchmarks/seq_rules.py``'s modifiers on the ``rewrite`` / ``rewrite-same`` mixes: TCP
+  data from clients to port 8080 in the generator's 256 flow slots (``--flow-packets`` frames
+  a connection, no handshake), each payload with ``http://`` in it (once at 156 bytes, four
+  times at 1500), which ``geneve-grow`` makes ``https://`` (the reply longer, its sequence
+  number shifted by the connection's earlier growth: loadgen computes both) and
+  ``geneve-same`` ``HTTP://`` (the same length). Only the replacement differs, so their ratio
+  is the cost of sequence adjustment on the daemon's path. A frame lost before the appliance
+  leaves a gap in its connection, and ``geneve-grow`` drops the connection's later data
+  (``seq-gap``: the generator never retransmits), so at saturation its reply rate is lower than
+  what it could forward; the no-loss rate has no gaps.
 
 For each appliance, frame size and traffic mix it measures the reply rate at saturation, the
 highest offered rate with less than 0.1% loss and replies keeping pace (15% steps from the
@@ -156,6 +167,9 @@ class Appliance:
                 "--rules",
                 "geneve.rules.egress:from_env",
             ]
+        if self.name in ("geneve-grow", "geneve-same"):
+            rules = "grow" if self.name == "geneve-grow" else "same"
+            return ["env", f"PYTHONPATH={HERE}", *daemon, "--rules", f"seq_rules:{rules}"]
         if self.name in ("geneve-verdict", "geneve-verdict-py"):
             # benchmarks/flow_rules.py: a FORWARD verdict on each flow's first packet, or the
             # same decision in Python for every packet.
@@ -178,6 +192,8 @@ APPLIANCES = {
     "geneve-verdict": Appliance("geneve-verdict", ("forward",), (156,)),
     "geneve-verdict-py": Appliance("geneve-verdict-py", ("forward",), (156,)),
     "geneve-egress": Appliance("geneve-egress", ("egress",), None),
+    "geneve-grow": Appliance("geneve-grow", ("rewrite",), None),
+    "geneve-same": Appliance("geneve-same", ("rewrite-same",), None),
 }
 FLOORS = ("floor_single", "floor_batch")
 
@@ -293,6 +309,40 @@ def check_egress_mix(loadgen: Path, size: int, flows: int = 3, flow_packets: int
         if tcp.seq != next_seq[src] or tcp.ack != next_seq[dst]:
             raise BenchmarkError(f"{where}: sequence numbers do not follow the bytes sent")
         next_seq[src] = (tcp.seq + len(payload)) % 2**32
+
+
+def check_rewrite_mix(loadgen: Path, size: int, flows: int = 3, flow_packets: int = 5) -> None:
+    """Hand the rewrite mixes as loadgen writes them (two connections a slot) to geneve's own
+    pipeline, flows on, with ``benchmarks/seq_rules.py``'s modifier, and compare each reply
+    from the Geneve header on with the reply loadgen expects (``--dump-replies``): the
+    replacement in, lengths, sequence numbers and checksums right. BenchmarkError on the first
+    that differs."""
+    sys.path.insert(0, str(HERE))
+    try:
+        import seq_rules
+    finally:
+        sys.path.remove(str(HERE))
+    from geneve import FlowTable, Pipeline, ReceiveBuffer
+
+    count = 2 * flows * flow_packets
+    common = f"--size {size} --flows {flows} --flow-packets {flow_packets} --dump-frames {count}"
+    for mix, modifier in (("rewrite", seq_rules.grow), ("rewrite-same", seq_rules.same)):
+        frames = run(*f"{loadgen} --mix {mix} {common}".split()).split()
+        wanted = run(*f"{loadgen} --mix {mix} {common} --dump-replies 1".split()).split()
+        if len(frames) != count or len(wanted) != count:
+            raise BenchmarkError(f"loadgen --dump-frames: {len(frames)} frames, not {count}")
+        pipeline = Pipeline(modifier, flows=FlowTable())
+        buf = ReceiveBuffer()
+        for number, (frame, reply) in enumerate(zip(frames, wanted, strict=True)):
+            data = bytes.fromhex(frame)
+            buf[: len(data)] = data
+            out = pipeline.handle(buf, len(data), 1.0)
+            expected = bytes.fromhex(reply)
+            if len(out) != 1 or bytes(out[0][28:]) != expected[28:]:
+                raise BenchmarkError(
+                    f"{mix} mix frame {number} ({size} bytes): geneve's reply is not the one "
+                    f"loadgen expects ({pipeline.stats.as_dict()})"
+                )
 
 
 # -- the machine -------------------------------------------------------------------------------
@@ -520,7 +570,7 @@ class Generator:
         ]
         args += f"--size {size} --rate {int(rate)} --duration {duration} --tx {self.tx}".split()
         args += f"--validate-every {validate_every} --warmup {min(0.3, duration / 4)}".split()
-        if mix == "egress":
+        if mix in ("egress", "rewrite", "rewrite-same"):
             args += ["--flow-packets", str(self.flow_packets)]
         if self.tx == "packet":
             args += ["--ifname", topo.gen_if, "--dst-mac", topo.app_mac]
@@ -558,7 +608,9 @@ def search_no_loss(
     Keeping up also means the replies come back as fast as the frames go out: a short run
     slightly over capacity loses nothing while the socket buffer fills, but its reply rate
     falls behind. A rate passes when one of two tries passes. Starts at ``start`` (the
-    saturation reply rate), steps up or down by 15% until it has a bracket, then bisects.
+    saturation reply rate), steps up or down by 15% until it has a bracket, then bisects. The
+    rewrite mixes get twice the steps (up to about 5x): a growing rewrite's saturation rate is
+    far below what it forwards without loss (a frame lost before it ends its connection's data).
     Returns the rate and whether it is only a lower bound (the generator could not go faster).
     """
     ceiling = 0.0
@@ -579,7 +631,7 @@ def search_no_loss(
     step = 1.15
     lo, hi = 0.0, 0.0
     rate = start
-    for _ in range(6):  # 15% steps, up to about 2x either way
+    for _ in range(12 if mix.startswith("rewrite") else 6):  # 15% steps, about 2x either way
         if ok(rate):
             lo = rate
             if ceiling:
@@ -707,14 +759,14 @@ def table(summary: dict[tuple[str, str, int], dict[str, Any]], info: dict[str, A
         f"{info['app_cpu']}, nice {info['nice']}; {info['rounds']} rounds, medians; "
         f"'>=' = the appliance kept up with the generator (a lower bound)",
         "",
-        f"{'size':>5} {'mix':<8} {'appliance':<13} {'saturation':>11} {'no-loss':>9} "
+        f"{'size':>5} {'mix':<12} {'appliance':<13} {'saturation':>11} {'no-loss':>9} "
         f"{'p50 us':>7} {'p99 us':>7} {'loss@lat':>9} {'invalid':>8} {'other load':>10}",
     ]
     for (name, mix, size), s in sorted(
         summary.items(), key=lambda kv: (kv[0][2], kv[0][1], list(APPLIANCES).index(kv[0][0]))
     ):
         lines.append(
-            f"{size:>5} {mix:<8} {name:<13} "
+            f"{size:>5} {mix:<12} {name:<13} "
             f"{kpps(s['saturation_pps'], s['generator_bound']):>11} "
             f"{kpps(s['no_loss_pps'], s['no_loss_generator_bound']):>9} "
             f"{s['p50_us']:>7.1f} {s['p99_us']:>7.0f} "
@@ -807,6 +859,16 @@ def ratios(summary: dict[tuple[str, str, int], dict[str, Any]]) -> list[str]:
                     f"{e['hellos_per_s']:,.0f} connections/s, each a ClientHello then "
                     f"{e['data_per_hello']:.0f} data frames"
                 )
+    for size in sizes:  # a rewrite that grows against one of the same length (issue 16)
+        g = summary.get(("geneve-grow", "rewrite", size))
+        s = summary.get(("geneve-same", "rewrite-same", size))
+        if g and s and s["saturation_pps"] and s["no_loss_pps"]:
+            out.append(
+                f"{size:>5} geneve-grow rewrite / geneve-same rewrite-same: saturation "
+                f"{g['saturation_pps'] / s['saturation_pps']:.2f}x, no-loss "
+                f"{g['no_loss_pps'] / s['no_loss_pps']:.2f}x, p50 "
+                f"{g['p50_us'] - s['p50_us']:+.1f} us"
+            )
     for size in sizes:  # this checkout against --baseline's, mix by mix, in the same run
         for mix in ("forward", "rules"):
             g = summary.get(("geneve", mix, size))
@@ -930,6 +992,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any("egress" in mixes_for(APPLIANCES[name], plan) for name in plan.appliances):
             for size in plan.sizes:
                 check_egress_mix(binaries / "loadgen", size)
+        if any(mix.startswith("rewrite") for n in plan.appliances for mix in APPLIANCES[n].mixes):
+            for size in plan.sizes:
+                check_rewrite_mix(binaries / "loadgen", size)
         topo.up()
         gen = Generator(
             topo, binaries / "loadgen", args.gen_cpu, args.nice, args.tx, args.flow_packets

@@ -20,6 +20,12 @@
  * The egress mix (--mix egress) is TCP instead: flows opened by a TLS ClientHello, then data
  * both ways. Frame seq's place in it is computed from seq, as above; see egress_frame().
  *
+ * The rewrite mixes (--mix rewrite, --mix rewrite-same) are TCP data from clients to port 8080
+ * whose payloads hold "http://" (once at 156 bytes, 4 times at 1500) for an appliance that
+ * replaces it by "https://" (rewrite: each reply one byte longer per match, its sequence number
+ * shifted by what the connection's earlier frames grew) or by "HTTP://" (rewrite-same: the
+ * same length, the baseline); see rewrite_frame().
+ *
  * Modes: --rate R paces R frames/s for --duration seconds; --rate 0 sends as fast as it can
  * (saturation). Every run stops by itself: duration at most 120 s and at most --max-packets
  * frames, then at most --drain seconds waiting for late replies. Prints one JSON line.
@@ -65,6 +71,8 @@
 #define HELLO_RANDOM 11               /* record header 5 + handshake header 4 + version 2 */
 #define HELLO_SNI "allowed.example"
 #define TCP_ACK_PSH 0x18
+#define PORT_REWRITE 8080             /* the rewrite mixes' server port */
+#define NEEDLE "http://"
 
 static const char WEAK[] = "weakly typed";
 static const char STRONG[] = "strongly typed";
@@ -86,8 +94,11 @@ struct config {
     uint8_t dst_mac[6];      /* AF_PACKET: the appliance's MAC address */
     int rules;
     int egress;       /* --mix egress: TCP flows, each opened by a ClientHello */
-    int flow_packets; /* egress: data frames per flow (both directions), then a new flow */
+    int flow_packets; /* egress: data frames per flow (both directions), then a new flow;
+                       * rewrite: data frames per connection */
+    int rewrite;      /* --mix rewrite: 1 ("https://", one byte longer); rewrite-same: 2 */
     int dump_frames;  /* print the mix's first N frames in hex and exit */
+    int dump_replies; /* rewrite mixes: print the replies they must get instead */
     int size;
     double rate;
     double duration;
@@ -442,6 +453,94 @@ static uint64_t egress_hellos(uint64_t n) {
     return n / per_gen * flows + (rest < flows ? rest : flows);
 }
 
+/* -- the rewrite mixes ------------------------------------------------------------------------
+ *
+ * Flow slot f carries one TCP connection at a time from its client 198.18.x.y to 198.19.0.z
+ * port 8080 (no handshake: a flow table takes a flow first seen without SYN as established),
+ * --flow-packets data frames of --size bytes from the client, then the slot's next connection
+ * (the client's port moves on). Frames go: data frame 0 of every slot, frame 1 of every slot,
+ * ..., so each connection's frames leave in order. Sequence numbers follow the bytes sent; the
+ * acknowledgment number stays (the server sends nothing). The payload is the stamp, then
+ * filler with rewrite_k "http://" spread over it. The reply the appliance must send carries
+ * the replacement, and a sequence number moved by what the connection's earlier frames grew.
+ */
+static uint8_t *body_rewrite_reply;
+static int rewrite_k;    /* "http://" per frame */
+static int rewrite_grow; /* bytes a reply is longer than its frame */
+
+static void build_rewrite(void) {
+    body_len = (size_t)frame_len - OUTER_LEN - INNER_TCP_HDR - STAMP_LEN;
+    rewrite_k = 1 + (int)(body_len / 400);
+    rewrite_grow = cfg.rewrite == 1 ? rewrite_k : 0;
+    body_plain = malloc(body_len);
+    body_rewrite_reply = malloc(body_len + (size_t)rewrite_grow);
+    for (size_t i = 0; i < body_len; i++)
+        body_plain[i] = (uint8_t)FILLER[i % (sizeof FILLER - 1)];
+    size_t spacing = body_len / (size_t)rewrite_k, at[16];
+    for (int k = 0; k < rewrite_k; k++) {
+        at[k] = (size_t)k * spacing + (spacing - 7) / 2; /* filler before: no match with the stamp */
+        memcpy(body_plain + at[k], NEEDLE, 7);
+    }
+    const char *with = cfg.rewrite == 1 ? "https://" : "HTTP://";
+    size_t from = 0, to = 0;
+    for (int k = 0; k < rewrite_k; k++) {
+        memcpy(body_rewrite_reply + to, body_plain + from, at[k] - from);
+        to += at[k] - from;
+        memcpy(body_rewrite_reply + to, with, strlen(with));
+        to += strlen(with);
+        from = at[k] + 7;
+    }
+    memcpy(body_rewrite_reply + to, body_plain + from, body_len - from);
+    egress_outer = malloc((size_t)cfg.flows * 2 * OUTER_LEN);
+    uint8_t b[OUTER_LEN];
+    for (int f = 0; f < cfg.flows; f++) { /* [f * 2]: as sent; [f * 2 + 1]: the reply's length */
+        for (int r = 0; r < 2; r++) {
+            write_outer(b, f, frame_len + (r ? rewrite_grow : 0));
+            memcpy(egress_outer + ((size_t)f * 2 + (size_t)r) * OUTER_LEN, b, OUTER_LEN);
+        }
+    }
+    uint32_t r;
+    memcpy(&r, run_id, 4);
+    port_base = r % 64512u;
+}
+
+/* Write frame seq of the rewrite mix into buf, stamped with now_ns, or (reply) the frame the
+ * appliance must send for it (before the outer addresses are swapped) when it rewrote `before`
+ * earlier frames of the connection; its length. */
+static size_t rewrite_frame(uint8_t *buf, uint64_t seq, uint64_t now_ns, int reply,
+                            uint32_t before) {
+    uint64_t flows = (uint64_t)cfg.flows, per_gen = flows * (uint64_t)cfg.flow_packets;
+    uint64_t gen = seq / per_gen, r = seq % per_gen;
+    unsigned f = (unsigned)(r % flows);
+    uint32_t i = (uint32_t)(r / flows); /* data frame i of the connection */
+    uint32_t data = (uint32_t)body_len + STAMP_LEN, grow = reply ? (uint32_t)rewrite_grow : 0;
+    uint64_t conn = (port_base + gen) * flows + f; /* not the last run's numbers */
+    uint32_t seq_no = mix32(conn) + i * data + before * grow, ack_no = mix32(~conn);
+    size_t len = (size_t)frame_len + grow;
+    memcpy(buf, egress_outer + ((size_t)f * 2 + (size_t)(reply != 0)) * OUTER_LEN, OUTER_LEN);
+    uint8_t *ip = buf + OUTER_LEN, *tcp = ip + 20, *pl = tcp + 20;
+    uint16_t seg = (uint16_t)(len - OUTER_LEN - 20);
+    write_ipv4(ip, (uint16_t)(len - OUTER_LEN), (uint16_t)seq, client_addr((int)f),
+               server_addr((int)f), IPPROTO_TCP);
+    put16(tcp, (uint16_t)(1024 + (port_base + gen) % 64512u));
+    put16(tcp + 2, PORT_REWRITE);
+    put16(tcp + 4, (uint16_t)(seq_no >> 16));
+    put16(tcp + 6, (uint16_t)seq_no);
+    put16(tcp + 8, (uint16_t)(ack_no >> 16));
+    put16(tcp + 10, (uint16_t)ack_no);
+    tcp[12] = 5 << 4;
+    tcp[13] = TCP_ACK_PSH;
+    put16(tcp + 14, 65535);
+    memset(tcp + 16, 0, 4);
+    memcpy(pl, run_id, 4);
+    memcpy(pl + 4, &seq, 8);
+    memcpy(pl + 12, &now_ns, 8);
+    memcpy(pl + STAMP_LEN, reply ? body_rewrite_reply : body_plain, body_len + grow);
+    uint16_t c = (uint16_t)~csum_fold(csum_add(pseudo_sum(ip, seg), tcp, seg));
+    memcpy(tcp + 16, &c, 2);
+    return len;
+}
+
 /* --distinct: frame seq's own inner source address and port (65536 ports an address, from
  * 198.18.128.0 up, away from the flows' 198.18.0.x), the inner IPv4 checksum fixed. */
 static void distinct_tuple(uint8_t *frame, uint64_t seq) {
@@ -458,6 +557,8 @@ static void distinct_tuple(uint8_t *frame, uint64_t seq) {
 static size_t make_frame(uint8_t *buf, uint64_t seq, uint64_t now_ns) {
     if (cfg.egress)
         return egress_frame(buf, seq, now_ns);
+    if (cfg.rewrite)
+        return rewrite_frame(buf, seq, now_ns, 0, 0);
     struct tmpl *t = &templates[flow_of(seq) * 2 + is_weak(seq)];
     memcpy(buf, t->frame, (size_t)frame_len);
     uint8_t *stamp = buf + OUTER_LEN + INNER_HDR + 4;
@@ -501,13 +602,11 @@ static int outer_ok(const uint8_t *b, size_t n, const uint8_t *t) {
     return 1;
 }
 
-/* The egress mix: an allowed flow is forwarded unchanged, so the reply is the frame as sent
- * (rebuilt from seq and the stamp's send time) behind the swapped outer header. */
-static int validate_egress(const uint8_t *b, size_t n, uint64_t seq, uint64_t sent_ns) {
-    static uint8_t *expected;
-    if (!expected && !(expected = malloc((size_t)hello_frame_len + (size_t)frame_len)))
-        abort();
-    size_t len = egress_frame(expected, seq, sent_ns);
+/* TCP reply b (n bytes) against the frame it must be, expected (len bytes, outer addresses not
+ * yet swapped): byte for byte from the Geneve header on; with exact_sums 0 the inner IPv4 and
+ * TCP checksums need only be valid (a rewrite's incremental update may write 0 for 0xffff). */
+static int tcp_reply_ok(const uint8_t *b, size_t n, const uint8_t *expected, size_t len,
+                        int exact_sums) {
     n_validated++;
     if (n != len)
         return bad(R_LENGTH);
@@ -515,13 +614,50 @@ static int validate_egress(const uint8_t *b, size_t n, uint64_t seq, uint64_t se
         return 0;
     if (memcmp(b + 28, expected + 28, OUTER_LEN - 28))
         return bad(R_GENEVE);
-    if (memcmp(b + OUTER_LEN, expected + OUTER_LEN, 20))
+    const uint8_t *ip = b + OUTER_LEN, *eip = expected + OUTER_LEN;
+    uint16_t seg = (uint16_t)(len - OUTER_LEN - 20);
+    if (exact_sums ? memcmp(ip, eip, 20)
+                   : memcmp(ip, eip, 10) || memcmp(ip + 12, eip + 12, 8) ||
+                         csum_fold(csum_add(0, ip, 20)) != 0xffff)
         return bad(R_INNER_IP);
-    if (memcmp(b + OUTER_LEN + 20, expected + OUTER_LEN + 20, 20))
+    if (exact_sums ? memcmp(ip + 20, eip + 20, 20)
+                   : memcmp(ip + 20, eip + 20, 16) || memcmp(ip + 38, eip + 38, 2) ||
+                         csum_fold(csum_add(pseudo_sum(ip, seg), ip + 20, seg)) != 0xffff)
         return bad(R_INNER_TCP);
-    if (memcmp(b + OUTER_LEN + INNER_TCP_HDR, expected + OUTER_LEN + INNER_TCP_HDR,
-               len - OUTER_LEN - INNER_TCP_HDR))
+    if (memcmp(ip + INNER_TCP_HDR, eip + INNER_TCP_HDR, len - OUTER_LEN - INNER_TCP_HDR))
         return bad(R_PAYLOAD);
+    return 1;
+}
+
+/* The egress mix: an allowed flow is forwarded unchanged, so the reply is the frame as sent
+ * (rebuilt from seq and the stamp's send time) behind the swapped outer header. */
+static int validate_egress(const uint8_t *b, size_t n, uint64_t seq, uint64_t sent_ns) {
+    static uint8_t *expected;
+    if (!expected && !(expected = malloc((size_t)hello_frame_len + (size_t)frame_len)))
+        abort();
+    return tcp_reply_ok(b, n, expected, egress_frame(expected, seq, sent_ns), 1);
+}
+
+/* The rewrite mixes: the frame rebuilt from seq and its send time with the replacement in
+ * it, longer by the growth, its sequence number moved by the growth of the connection's
+ * earlier frames that the appliance rewrote; compared byte for byte but for the checksums,
+ * which must be valid. The frames it rewrote are those that came back: the flow starts at the
+ * first frame the appliance saw (frames lost before it are not the flow's), and after a lost
+ * frame it drops the connection's later data (a gap), so a reply's earlier frames that came
+ * back are the frames since the flow started. */
+static int validate_rewrite(const uint8_t *b, size_t n, uint64_t seq, uint64_t sent_ns) {
+    static uint8_t *expected;
+    if (!expected && !(expected = malloc((size_t)frame_len + 64)))
+        abort();
+    uint64_t flows = (uint64_t)cfg.flows, i = seq % (flows * (uint64_t)cfg.flow_packets) / flows;
+    uint32_t before = 0;
+    for (uint64_t j = 1; j <= i; j++) {
+        uint64_t s = seq - j * flows;
+        before += (seen[s >> 3] >> (s & 7)) & 1;
+    }
+    if (!tcp_reply_ok(b, n, expected, rewrite_frame(expected, seq, sent_ns, 1, before), 0))
+        return 0;
+    n_weak_ok++;
     return 1;
 }
 
@@ -628,6 +764,11 @@ static void on_reply(const uint8_t *b, size_t n, int truncated, uint64_t rx_ns) 
         return;
     }
     size_t stamp = inner + (size_t)(b[inner] & 15) * 4 + 8, fixed = OUTER_LEN + INNER_HDR;
+    if (cfg.rewrite) { /* after the TCP header */
+        size_t tcp = stamp - 8;
+        stamp = n >= tcp + 20 ? tcp + (size_t)(b[tcp + 12] >> 4) * 4 : n;
+        fixed = OUTER_LEN + INNER_TCP_HDR;
+    }
     if (cfg.egress) { /* after the TCP header; in a hello, in its random */
         size_t tcp = stamp - 8;
         stamp = n >= tcp + 20 ? tcp + (size_t)(b[tcp + 12] >> 4) * 4 : n;
@@ -663,7 +804,9 @@ static void on_reply(const uint8_t *b, size_t n, int truncated, uint64_t rx_ns) 
     seen[seq >> 3] |= (uint8_t)(1u << (seq & 7));
     n_unique++;
     record_latency((int64_t)(rx_ns - sent_ns));
-    if (cfg.egress) {
+    if (cfg.rewrite) { /* every reply: each one was rewritten */
+        validate_rewrite(b, n, seq, sent_ns);
+    } else if (cfg.egress) {
         if (cfg.validate_every == 1 || n_unique % (uint64_t)cfg.validate_every == 0 ||
             egress_is_hello(seq))
             validate_egress(b, n, seq, sent_ns);
@@ -675,10 +818,12 @@ static void on_reply(const uint8_t *b, size_t n, int truncated, uint64_t rx_ns) 
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: loadgen --src A --dst B [--mix forward|rules|egress] [--size BYTES]\n"
+            "usage: loadgen --src A --dst B [--mix forward|rules|egress|rewrite|\n"
+            "               rewrite-same] [--size BYTES]\n"
             "               [--rate PPS|0] [--duration S] [--warmup S] [--drain S] [--flows N]\n"
-            "               [--batch N] [--distinct 0|1] [--flow-packets N (egress)]\n"
+            "               [--batch N] [--distinct 0|1] [--flow-packets N (egress, rewrite)]\n"
             "               [--dump-frames N (print the first N frames in hex, send nothing)]\n"
+            "               [--dump-replies 1 (rewrite: print the replies they must get)]\n"
             "               [--validate-every N] [--max-packets N]\n"
             "               [--tx packet --ifname IF --dst-mac MAC | --tx raw]\n");
     exit(2);
@@ -770,14 +915,19 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--dst"))
             have_dst = inet_pton(AF_INET, v, &cfg.dst) == 1;
         else if (!strcmp(k, "--mix")) {
-            if (strcmp(v, "forward") && strcmp(v, "rules") && strcmp(v, "egress"))
+            if (strcmp(v, "forward") && strcmp(v, "rules") && strcmp(v, "egress") &&
+                strcmp(v, "rewrite") && strcmp(v, "rewrite-same"))
                 usage();
+            cfg.rewrite = !strcmp(v, "rewrite") ? 1 : !strcmp(v, "rewrite-same") ? 2 : 0;
             cfg.rules = !strcmp(v, "rules");
             cfg.egress = !strcmp(v, "egress");
         } else if (!strcmp(k, "--flow-packets"))
             cfg.flow_packets = atoi(v);
         else if (!strcmp(k, "--dump-frames"))
-            cfg.dump_frames = atoi(v); else if (!strcmp(k, "--size"))
+            cfg.dump_frames = atoi(v);
+        else if (!strcmp(k, "--dump-replies"))
+            cfg.dump_replies = atoi(v) != 0;
+        else if (!strcmp(k, "--size"))
             cfg.size = atoi(v);
         else if (!strcmp(k, "--rate"))
             cfg.rate = atof(v);
@@ -813,6 +963,8 @@ int main(int argc, char **argv) {
         else
             usage();
     }
+    if (cfg.dump_replies && (!cfg.rewrite || !cfg.dump_frames))
+        usage();
     if (cfg.dump_frames > 0) { /* nothing is sent: addresses and interface are optional */
         have_src = have_dst = 1;
         cfg.tx_packet = 0;
@@ -834,6 +986,11 @@ int main(int argc, char **argv) {
                 OUTER_LEN + INNER_TCP_HDR + HELLO_LEN);
         exit(2);
     }
+    if (cfg.rewrite && (cfg.distinct || cfg.size < OUTER_LEN + INNER_TCP_HDR + STAMP_LEN + 16)) {
+        fprintf(stderr, "loadgen: --mix rewrite takes no --distinct, and a --size of at least %d\n",
+                OUTER_LEN + INNER_TCP_HDR + STAMP_LEN + 16);
+        exit(2);
+    }
     if (cfg.duration > MAX_DURATION)
         cfg.duration = MAX_DURATION;
     if (cfg.drain > 5)
@@ -846,9 +1003,16 @@ int main(int argc, char **argv) {
         build_templates();
         if (cfg.egress)
             build_egress();
+        if (cfg.rewrite)
+            build_rewrite();
         static uint8_t frame[MAX_FRAME];
         for (uint64_t seq = 0; seq < (uint64_t)cfg.dump_frames; seq++) {
-            size_t n = make_frame(frame, seq, real_ns());
+            uint64_t ts = 1700000000000000000ull + seq * 1000u; /* the same in both dumps */
+            size_t n = make_frame(frame, seq, ts);
+            if (cfg.dump_replies) /* every earlier frame of the connection rewritten */
+                n = rewrite_frame(frame, seq, ts, 1,
+                                  (uint32_t)(seq % ((uint64_t)cfg.flows * (uint64_t)cfg.flow_packets) /
+                                             (uint64_t)cfg.flows));
             for (size_t i = 0; i < n; i++)
                 printf("%02x", frame[i]);
             putchar('\n');
@@ -873,6 +1037,8 @@ int main(int argc, char **argv) {
     build_templates();
     if (cfg.egress)
         build_egress();
+    if (cfg.rewrite)
+        build_rewrite();
     seen = calloc((size_t)(cfg.max_packets / 8 + 1), 1);
     hist = calloc(HIST_BINS, sizeof *hist);
     size_t slot = l2 + (size_t)(hello_frame_len > frame_len ? hello_frame_len : frame_len);
@@ -1000,6 +1166,7 @@ int main(int argc, char **argv) {
            "\"rx_pps\": %.0f, \"lost\": %llu, \"loss\": %.6f, \"duplicates\": %llu, "
            "\"invalid\": %llu, \"validated\": %llu, \"rewritten_ok\": %llu, "
            "\"hellos\": %llu, \"flow_packets\": %d, \"invalid_reasons\": {",
+           cfg.rewrite == 1 ? "rewrite" : cfg.rewrite ? "rewrite-same" :
            cfg.egress ? "egress" : cfg.rules ? "rules" : "forward", frame_len, cfg.rate, send_time, cfg.flows,
            (unsigned long long)n_sent, send_time > 0 ? (double)n_sent / send_time : 0.0,
            (unsigned long long)n_unique, window > 0 ? (double)window_rx / window : 0.0,
@@ -1007,7 +1174,7 @@ int main(int argc, char **argv) {
            (unsigned long long)n_dups, (unsigned long long)n_invalid,
            (unsigned long long)n_validated, (unsigned long long)n_weak_ok,
            (unsigned long long)(cfg.egress ? egress_hellos(n_sent) : 0),
-           cfg.egress ? cfg.flow_packets : 0);
+           cfg.egress || cfg.rewrite ? cfg.flow_packets : 0);
     int first = 1;
     for (int r = 0; r < R_COUNT; r++) {
         if (!reasons[r])
